@@ -1,0 +1,1 @@
+"""agp-mesh agents package."""

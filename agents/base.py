@@ -1,0 +1,493 @@
+"""The Agent base class: a standalone process that serves actions on the mesh.
+
+Writing an agent::
+
+    class Echo(Agent):
+        name = "echo"
+
+        @action()
+        def shout(self, data, ctx):
+            return str(data).upper()
+
+    if __name__ == "__main__":
+        Echo.main()
+
+Lifecycle: connect (HELLO), announce (READY with service, capacity, weight), serve, and on
+SIGTERM drain: tell the router to send nothing new, finish what is in flight, say goodbye.
+After a router restart the agent announces itself again on its own.
+
+Handlers: ``async def`` handlers run as tasks; plain functions run in a thread pool of
+``capacity`` workers (so a long scikit-learn fit never stalls heartbeats), or on the loop
+itself with ``@action(inline=True)`` for tiny handlers where a thread hop costs more than the
+work. A handler's exception becomes a HANDLER_ERROR reply (a poison input fails that call,
+not the agent). ``ctx.progress()`` reports progress to the caller and raises ``Cancelled``
+once the caller cancelled: progress reports double as the cancel channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import socket
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from mesh import codec
+from mesh.core import Core
+from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode
+from mesh.wire import Cmd, Flag, error_frames, pack_route
+from proto import agp_pb2
+
+log = logging.getLogger("agp.agent")
+
+_POLICIES = {"round_robin": 0, "weighted_round_robin": 1, "least_outstanding": 2}
+_EMPTY_ENVELOPE = agp_pb2.Envelope()
+IDEMPOTENCY_CACHE = 10_000
+STREAM_WINDOW = 16
+
+
+def action(name: str | None = None, *, stream: bool = False, inline: bool = False
+           ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as the handler of an action (default: the method's name)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn._agp_action = (name or fn.__name__, stream, inline)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Context:
+    """What a handler knows about the call it serves."""
+
+    def __init__(self, agent: Agent, crid: bytes, ident: int, action: str, deadline: float,
+                 envelope: agp_pb2.Envelope) -> None:
+        self.agent = agent
+        self.crid = crid
+        self.ident = ident
+        self.action = action
+        self.deadline = deadline
+        self.envelope = envelope
+        self.params: Any = None
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def remaining(self) -> float:
+        """Seconds left before the caller's deadline."""
+        assert self.agent.loop is not None
+        return self.deadline - self.agent.loop.time()
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Tell the caller how far along this call is; raise Cancelled if it gave up."""
+        if self._cancelled.is_set():
+            raise Cancelled(f"{self.action} cancelled by the caller")
+        frames = [pack_route(Cmd.PROGRESS, 0, 0, 0, self.ident), self.crid, b"",
+                  *codec.encode({"fraction": float(fraction), "message": message})]
+        self.agent._send_threadsafe(frames)
+
+
+class StreamIn:
+    """The chunks of an incoming stream, as an async iterator that grants credit back."""
+
+    def __init__(self, agent: Agent, crid: bytes, ident: int, window: int) -> None:
+        self.agent = agent
+        self.crid = crid
+        self.ident = ident
+        self.window = window
+        self._chunks: deque[list[bytes]] = deque()
+        self._ended = False
+        self._event = asyncio.Event()
+        self._consumed = 0
+        self.received = 0
+        self.overrun = False
+
+    def push(self, frames: list[bytes]) -> None:
+        if len(self._chunks) >= self.window:
+            self.overrun = True  # the sender ignored its credit: end the stream with an error
+            self._ended = True
+        else:
+            self._chunks.append(frames)
+            self.received += 1
+        self._event.set()
+
+    def end(self) -> None:
+        self._ended = True
+        self._event.set()
+
+    def __aiter__(self) -> StreamIn:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._chunks:
+            if self.overrun:
+                raise Error("stream sender ignored flow control")
+            if self._ended:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+        frames = self._chunks.popleft()
+        self._consumed += 1
+        if self._consumed >= max(1, self.window // 2):
+            self.agent._grant(self.crid, self.ident, self._consumed)
+            self._consumed = 0
+        route_flags = frames[0][2]
+        payload = frames[3:]
+        if route_flags & Flag.RAW:
+            return payload[0] if payload else b""
+        return codec.decode(payload)
+
+
+class Agent:
+    """Subclass, set ``name`` and mark handlers with ``@action``."""
+
+    name: str = ""
+    namespace: str = "agp/local"
+    capacity: int = 4
+    weight: int = 1
+    policy: str = "weighted_round_robin"
+    version: str = "1"
+    capabilities: tuple[str, ...] = ()
+
+    _actions: dict[str, tuple[Callable[..., Any], bool, bool]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, tuple[Callable[..., Any], bool, bool]] = {}
+        for klass in reversed(cls.__mro__):
+            for attr in vars(klass).values():
+                spec = getattr(attr, "_agp_action", None)
+                if spec is not None:
+                    found[spec[0]] = (attr, spec[1], spec[2])
+        cls._actions = found
+
+    def __init__(self, *, endpoint: str | None = None, namespace: str | None = None,
+                 name: str | None = None, instance: str | None = None,
+                 capacity: int | None = None, weight: int | None = None,
+                 policy: str | None = None, security: Any = None,
+                 labels: dict[str, str] | None = None) -> None:
+        from mesh.aio import resolve_endpoint
+
+        self.endpoint = resolve_endpoint(endpoint)
+        self.namespace = namespace or self.namespace
+        self.name = name or self.name or type(self).__name__.lower()
+        self.service = f"{self.namespace}/{self.name}"
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"[:64].replace("/", "-")
+        self.capacity = capacity or self.capacity
+        self.weight = weight or self.weight
+        self.policy = policy or self.policy
+        self.security = security
+        self.labels = dict(labels or {})
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.core: Core | None = None
+        self.draining = False
+        self.served = 0
+        self.failed = 0
+        self.dropped: dict[str, int] = {}
+        self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
+        self._streams: dict[tuple[bytes, int], StreamIn] = {}
+        self._idem: OrderedDict[str, list[Any]] = OrderedDict()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.capacity, thread_name_prefix=f"agp-{self.name}")
+        self._stop = asyncio.Event()
+        self._ready: asyncio.Future[str] | None = None
+        self.instance_name = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, timeout: float = 30.0) -> None:
+        """Connect and announce; returns once the router accepted the READY."""
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        core = Core(self.endpoint, name=self.service, kind=agp_pb2.AGENT,
+                    security=self.security)
+        core.on_inbound = self._on_inbound
+        core.on_session = self._on_session
+        self.core = core
+        self._ready = self.loop.create_future()
+        await core.start(timeout)
+        self.instance_name = await asyncio.wait_for(self._ready, timeout)
+        await self.on_start()
+
+    async def on_start(self) -> None:
+        """Hook: runs once the agent is registered."""
+
+    async def on_stop(self) -> None:
+        """Hook: runs after draining, before the connection closes."""
+
+    def _on_session(self) -> None:
+        assert self.loop is not None
+        self.loop.create_task(self._announce())
+
+    async def _announce(self) -> None:
+        core = self.core
+        assert core is not None and self.loop is not None
+        ready = agp_pb2.Ready(
+            service=self.service, instance=self.instance, capacity=self.capacity,
+            weight=self.weight, policy=_POLICIES.get(self.policy, 1),
+            actions=sorted(self._actions), labels=self.labels, version=self.version,
+            public_key=core.security.public if core.security is not None else b"",
+        )
+        waiter = self.loop.create_future()
+        core.start_request(Cmd.READY, self.service.encode(), ready.SerializeToString(), [],
+                           waiter, timeout=10.0)
+        try:
+            msg = await waiter
+        except Error as exc:
+            log.error("READY refused: %s", exc)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(exc)
+            return
+        name = msg[1].decode()
+        log.info("serving %s as %s", self.service, name)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(name)
+
+    async def serve(self) -> None:
+        """Run until stop() or drain(), then close."""
+        await self._stop.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (drain, then close). Safe from signal handlers."""
+        self._stop.set()
+
+    async def run(self, ready: Callable[[Agent], Any] | None = None) -> None:
+        await self.start()
+        if ready is not None:
+            ready(self)
+        await self.serve()
+
+    async def _shutdown(self, drain_timeout: float = 30.0) -> None:
+        core = self.core
+        if core is None:
+            return
+        self.draining = True
+        try:
+            core.send_frames([pack_route(Cmd.DISCONNECT, 0, ErrorCode.DRAINING), b""])
+        except Error:
+            pass
+        tasks = [t for t, _ in self._tasks.values() if t is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=drain_timeout)
+        await self.on_stop()
+        await core.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ inbound
+    def _on_inbound(self, cmd: int, flags: int, value: int, ident: int, msg: list[bytes]) -> None:
+        crid = msg[1]
+        if cmd == Cmd.STREAM_DATA:
+            st = self._streams.get((crid, ident))
+            if st is not None:
+                st.push(msg)
+            return
+        if cmd == Cmd.STREAM_END:
+            st = self._streams.get((crid, ident))
+            if st is not None:
+                st.end()
+            return
+        if cmd == Cmd.CANCEL:
+            entry = self._tasks.get((crid, ident))
+            if entry is not None:
+                task, ctx = entry
+                ctx.cancel()
+                if task is not None:
+                    task.cancel()
+            st = self._streams.pop((crid, ident), None)
+            if st is not None:
+                st.end()
+            return
+        reply = cmd != Cmd.SEND
+        if self.draining:
+            if reply:
+                self._error(crid, ident, ErrorCode.DRAINING, "agent is draining")
+            return
+        env = agp_pb2.Envelope.FromString(msg[2]) if msg[2] else _EMPTY_ENVELOPE
+        spec = self._actions.get(env.action)
+        if spec is None:
+            self._count_drop("no_such_action")
+            if reply:
+                self._error(crid, ident, ErrorCode.NO_SUCH_ACTION,
+                            f"{self.service} has no action {env.action!r}")
+            return
+        fn, is_stream, inline = spec
+        if cmd == Cmd.STREAM_OPEN and not is_stream or cmd != Cmd.STREAM_OPEN and is_stream:
+            if reply:
+                self._error(crid, ident, ErrorCode.NO_SUCH_ACTION,
+                            f"action {env.action!r} is {'' if is_stream else 'not '}a stream")
+            return
+        if reply and env.idempotency_key:
+            cached = self._idem.get(env.idempotency_key)
+            if cached is not None:
+                self._send([pack_route(Cmd.REPLY, cached[0], 0, 0, ident), crid, b"",
+                            *cached[1:]])
+                return
+        assert self.loop is not None
+        deadline = self.loop.time() + (value / 1000.0 if value else 30.0)
+        ctx = Context(self, crid, ident, env.action, deadline, env)
+        try:
+            payload = msg[3:]
+            data = (payload[0] if payload else b"") if flags & Flag.RAW else (
+                codec.decode(payload) if payload else None)
+        except Error as exc:
+            if reply:
+                self._error(crid, ident, exc.code, exc.message)
+            return
+        if is_stream:
+            st = StreamIn(self, crid, ident, STREAM_WINDOW)
+            self._streams[(crid, ident)] = st
+            ctx.params = data
+            self._grant(crid, ident, STREAM_WINDOW)
+            task = self.loop.create_task(self._run_async(fn(self, st, ctx), ctx, reply))
+            self._tasks[(crid, ident)] = (task, ctx)
+            return
+        if inline:
+            self._finish(ctx, reply, *self._call_inline(fn, data, ctx))
+            return
+        if inspect.iscoroutinefunction(fn):
+            task = self.loop.create_task(self._run_async(fn(self, data, ctx), ctx, reply))
+        else:
+            task = self.loop.create_task(self._run_threaded(fn, data, ctx, reply))
+        self._tasks[(crid, ident)] = (task, ctx)
+
+    def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
+                     ) -> tuple[Any, BaseException | None]:
+        try:
+            return fn(self, data, ctx), None
+        except Exception as exc:
+            return None, exc
+
+    async def _run_async(self, coro: Any, ctx: Context, reply: bool) -> None:
+        assert self.loop is not None
+        task = asyncio.current_task()
+        timer = self.loop.call_at(ctx.deadline, self._expire, task, ctx)
+        try:
+            result: Any = await coro
+            exc: BaseException | None = None
+        except asyncio.CancelledError as cancelled:
+            exc = (DeadlineExceeded("handler passed its deadline") if ctx.deadline
+                   <= self.loop.time() else Cancelled("cancelled by the caller"))
+            del cancelled
+            result = None
+        except Exception as e:
+            result, exc = None, e
+        finally:
+            timer.cancel()
+        self._finish(ctx, reply, result, exc)
+
+    async def _run_threaded(self, fn: Callable[..., Any], data: Any, ctx: Context,
+                            reply: bool) -> None:
+        assert self.loop is not None
+        fut = self.loop.run_in_executor(self._pool, fn, self, data, ctx)
+        timer = self.loop.call_at(ctx.deadline, ctx.cancel)
+        try:
+            remaining = max(0.001, ctx.deadline - self.loop.time())
+            result: Any = await asyncio.wait_for(asyncio.shield(fut), remaining)
+            exc: BaseException | None = None
+        except asyncio.TimeoutError:
+            ctx.cancel()
+            result, exc = None, DeadlineExceeded("handler passed its deadline")
+        except asyncio.CancelledError:
+            ctx.cancel()
+            result, exc = None, Cancelled("cancelled by the caller")
+        except Exception as e:
+            result, exc = None, e
+        finally:
+            timer.cancel()
+        self._finish(ctx, reply, result, exc)
+
+    def _expire(self, task: asyncio.Task[Any] | None, ctx: Context) -> None:
+        ctx.cancel()
+        if task is not None:
+            task.cancel()
+
+    def _finish(self, ctx: Context, reply: bool, result: Any, exc: BaseException | None) -> None:
+        key = (ctx.crid, ctx.ident)
+        self._tasks.pop(key, None)
+        self._streams.pop(key, None)
+        if exc is not None:
+            self.failed += 1
+            if not reply:
+                log.warning("%s (fire-and-forget) failed: %r", ctx.action, exc)
+                self._count_drop("send_handler_error")
+                return
+            if isinstance(exc, Error):
+                self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
+            else:
+                log.warning("%s raised %s: %s", ctx.action, type(exc).__name__, exc)
+                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
+                            f"{type(exc).__name__}: {exc}", {"type": type(exc).__name__})
+            return
+        self.served += 1
+        if not reply:
+            return
+        if type(result) is bytes:
+            flags, payload = int(Flag.RAW), [result]
+        else:
+            try:
+                flags, payload = 0, codec.encode(result)
+            except (TypeError, Error) as e:
+                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
+                            f"result cannot be encoded: {e}")
+                return
+        key_i = ctx.envelope.idempotency_key
+        if key_i:
+            self._idem[key_i] = [flags, *payload]
+            if len(self._idem) > IDEMPOTENCY_CACHE:
+                self._idem.popitem(last=False)
+        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, b"", *payload])
+
+    # ------------------------------------------------------------------ outbound
+    def _send(self, frames: list[Any]) -> None:
+        if self.core is None:
+            return
+        try:
+            self.core.send_frames(frames)
+        except (Error, Closed):
+            self._count_drop("reply_unsent")
+
+    def _send_threadsafe(self, frames: list[Any]) -> None:
+        assert self.loop is not None
+        if self._on_loop_thread():
+            self._send(frames)
+        else:
+            self.loop.call_soon_threadsafe(self._send, frames)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _error(self, crid: bytes, ident: int, code: int, message: str,
+               details: dict[str, str] | None = None) -> None:
+        frames = error_frames(ErrorCode(code), message, ident, crid)
+        if details:
+            detail = agp_pb2.ErrorDetail.FromString(frames[2])
+            detail.details.update(details)
+            frames[2] = detail.SerializeToString()
+        self._send(frames)
+
+    def _grant(self, crid: bytes, ident: int, n: int) -> None:
+        self._send([pack_route(Cmd.STREAM_CREDIT, 0, 0, n, ident), crid])
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ standalone
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> int:
+        """Run this agent as a process: flags, environment (AGP_*), SIGTERM drains."""
+        from agents.runner import run_agent_main
+
+        return run_agent_main(cls, argv)

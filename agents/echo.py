@@ -1,0 +1,58 @@
+"""echo: the smallest useful agent; the demo, the tests and the benchmark use it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from agents.base import Agent, Context, StreamIn, action
+
+
+class Echo(Agent):
+    """Echoes, sleeps, fails on request, and sums streams: one of each kind of handler."""
+
+    name = "echo"
+    capacity = 64
+
+    @action(inline=True)
+    def echo(self, data: Any, ctx: Context) -> Any:
+        return data
+
+    @action(inline=True)
+    def whoami(self, data: Any, ctx: Context) -> Any:
+        return {"instance": self.instance_name, "pid": os.getpid()}
+
+    @action()
+    async def sleep(self, data: Any, ctx: Context) -> Any:
+        await asyncio.sleep(float(data))
+        return {"slept": float(data), "instance": self.instance_name}
+
+    @action()
+    def work(self, data: Any, ctx: Context) -> Any:
+        """A thread-pool handler that reports progress and honours cancellation."""
+        steps = int(data.get("steps", 10))
+        done = 0
+        for i in range(steps):
+            ctx.progress(i / steps, f"step {i}")
+            ev = data.get("step_seconds", 0.01)
+            ctx._cancelled.wait(ev)
+            done += 1
+        return {"steps": done, "instance": self.instance_name}
+
+    @action(inline=True)
+    def fail(self, data: Any, ctx: Context) -> Any:
+        raise ValueError(f"asked to fail: {data!r}")
+
+    @action(stream=True)
+    async def ingest(self, chunks: StreamIn, ctx: Context) -> Any:
+        count = 0
+        size = 0
+        async for chunk in chunks:
+            count += 1
+            size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else 1
+        return {"chunks": count, "bytes": size, "instance": self.instance_name}
+
+
+if __name__ == "__main__":
+    Echo.main()

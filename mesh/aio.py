@@ -1,0 +1,241 @@
+"""The asyncio face of the mesh client: ``async with await AsyncMesh.connect() as m``.
+
+Requests carry a deadline, retry with exponential backoff and jitter when that is safe
+(the request is idempotent, has an idempotency key, or was refused before it reached an
+agent), and pass through a per-destination circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from mesh import codec
+from mesh.backoff import Backoff
+from mesh.breaker import CircuitBreaker
+from mesh.core import Core, Security, flags_for
+from mesh.errors import (
+    Closed,
+    ConfigError,
+    DeadlineExceeded,
+    Error,
+    InternalError,
+    NoSuchService,
+    Overloaded,
+    Unavailable,
+)
+from mesh.pubsub import Message, Subscription
+from mesh.stream import AsyncStream
+from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route
+from proto import agp_pb2
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
+# refused before any agent saw them: always safe to try again
+_NEVER_DISPATCHED = (Overloaded, NoSuchService)
+# may have run at the agent: only retried when the caller says it is safe
+_MAYBE_RAN = (Unavailable, DeadlineExceeded, InternalError)
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    """The router endpoint: argument, then AGP_ROUTER, then the local default."""
+    if endpoint:
+        return endpoint
+    return os.environ.get("AGP_ROUTER", DEFAULT_ENDPOINT)
+
+
+def decode_reply(msg: list[bytes]) -> Any:
+    """The user value of a REPLY: raw bytes or decoded msgpack (arrays as numpy)."""
+    flags = msg[0][2]
+    payload = msg[3:]
+    if flags & Flag.RAW:
+        return payload[0] if payload else b""
+    if not payload:
+        return None
+    return codec.decode(payload)
+
+
+class AsyncMesh:
+    """A connected mesh client on the running asyncio loop."""
+
+    def __init__(self, core: Core, *, breakers: bool = True) -> None:
+        self.core = core
+        self._headers: dict[str, bytes] = {}
+        self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoint: str | None = None,
+        *,
+        name: str = "",
+        timeout: float = 10.0,
+        security: Security | None = None,
+        context: zmq.Context[Any] | None = None,
+        breakers: bool = True,
+        kind: int = agp_pb2.CLIENT,
+    ) -> AsyncMesh:
+        """Connect to the router and wait for its WELCOME (Unavailable after ``timeout``)."""
+        core = Core(resolve_endpoint(endpoint), name=name, security=security, context=context,
+                    kind=kind)
+        await core.start(timeout)
+        return cls(core, breakers=breakers)
+
+    async def __aenter__(self) -> AsyncMesh:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.core.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _header(self, action: str, idempotency_key: str | None = None,
+                traceparent: str | None = None) -> bytes:
+        if idempotency_key is None and traceparent is None:
+            h = self._headers.get(action)
+            if h is None:
+                h = agp_pb2.Envelope(action=action).SerializeToString()
+                if len(self._headers) < 1024:
+                    self._headers[action] = h
+            return h
+        env = agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
+                               traceparent=traceparent or "")
+        return env.SerializeToString()
+
+    @staticmethod
+    def _address(name: str) -> bytes:
+        b = name.encode()
+        if not b or len(b) > MAX_ADDRESS_BYTES:
+            raise ConfigError(f"bad destination {name!r}")
+        return b
+
+    def breaker(self, dest: str) -> CircuitBreaker | None:
+        if self._breakers is None:
+            return None
+        key = dest.encode()
+        b = self._breakers.get(key)
+        if b is None:
+            b = self._breakers[key] = CircuitBreaker(dest)
+        return b
+
+    # ------------------------------------------------------------------ request-response
+    async def request(
+        self,
+        dest: str,
+        action: str,
+        data: Any = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        idempotent: bool = False,
+        idempotency_key: str | None = None,
+        raw: bool = False,
+        traceparent: str | None = None,
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> Any:
+        """Call ``action`` on a service (balanced) or an instance; return the decoded reply.
+
+        ``timeout`` is the whole budget. Retries happen only when safe: the error came
+        before any agent ran it, or the call is ``idempotent`` / has an ``idempotency_key``.
+        """
+        address = self._address(dest)
+        payload: list[Any] = [data] if raw else codec.encode(data)
+        header = self._header(action, idempotency_key, traceparent)
+        flags = flags_for(raw, idempotent or idempotency_key is not None)
+        breaker = self.breaker(dest)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        backoff = backoff or Backoff()
+        attempt = 0
+        progress_cb = None
+        if on_progress is not None:
+            def progress_cb(_instance: bytes, msg: list[bytes]) -> None:
+                report = codec.decode(msg[3:]) if len(msg) > 3 else {}
+                on_progress(float(report.get("fraction", 0.0)), str(report.get("message", "")))
+        while True:
+            attempt += 1
+            if breaker is not None:
+                breaker.before_call()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{dest} {action}: no reply within {timeout:g}s")
+            waiter = loop.create_future()
+            ident = self.core.start_request(Cmd.REQUEST, address, header, payload, waiter,
+                                            flags=flags, timeout=remaining,
+                                            on_progress=progress_cb)
+            try:
+                msg = await waiter
+            except asyncio.CancelledError:
+                self.core.cancel_request(ident)
+                raise
+            except Error as exc:
+                if breaker is not None and isinstance(exc, (*_NEVER_DISPATCHED, *_MAYBE_RAN)):
+                    breaker.on_failure()
+                safe = isinstance(exc, _NEVER_DISPATCHED) or (
+                    isinstance(exc, _MAYBE_RAN) and flags & Flag.IDEMPOTENT)
+                if not safe or attempt > retries:
+                    raise
+                delay = min(backoff.delay(attempt), max(0.0, deadline - loop.time()))
+                await asyncio.sleep(delay)
+                continue
+            if breaker is not None:
+                breaker.on_success()
+            return decode_reply(msg)
+
+    # ------------------------------------------------------------------ fire-and-forget
+    async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
+        """Deliver to one instance of ``dest`` with no reply. Refusals are counted and logged."""
+        self.send_nowait(dest, action, data, raw=raw)
+
+    def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
+        address = self._address(dest)
+        payload: list[Any] = [data] if raw else codec.encode(data)
+        frames = [pack_route(Cmd.SEND, Flag.RAW if raw else 0, 0, 0, self.core.next_id()),
+                  address, self._header(action), *payload]
+        self.core.send_frames(frames)
+
+    # ------------------------------------------------------------------ pub/sub
+    def publish(self, topic: str, data: Any, *, raw: bool = False) -> None:
+        """Publish without blocking; bursts are batched under the hood, order kept."""
+        t = topic.encode()
+        if not t or len(t) > MAX_ADDRESS_BYTES:
+            raise ConfigError(f"bad topic {topic!r}")
+        if raw:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ConfigError("raw=True publishes bytes")
+            self.core.subs.publish(t, bytes(data), True)
+            return
+        frames = codec.encode(data)
+        if len(frames) == 1:
+            self.core.subs.publish(t, frames[0], False)
+        else:
+            self.core.subs.publish_frames(t, frames, 0)
+
+    async def flush(self) -> None:
+        """Send every publish made so far."""
+        self.core.subs.flush()
+
+    async def subscribe(
+        self,
+        prefix: str,
+        callback: Callable[[Message], Any] | None = None,
+        *,
+        raw: bool = False,
+        timeout: float = 10.0,
+    ) -> Subscription:
+        """Subscribe to topics starting with ``prefix``; returns once the router confirmed."""
+        if self.core.closed:
+            raise Closed("client closed")
+        return await self.core.subs.subscribe(prefix.encode(), callback, raw, timeout)
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, dest: str, action: str, params: Any = None, *,
+               timeout: float = 600.0) -> AsyncStream:
+        """Open a credit-controlled stream to a service: ``async with m.stream(...) as s``."""
+        return AsyncStream(self.core, self._address(dest), self._header(action), params, timeout)

@@ -1,0 +1,63 @@
+"""A per-destination circuit breaker: closed -> open -> half-open -> closed.
+
+Closed: calls pass; ``failure_threshold`` consecutive failures open it. Open: calls fail at
+once with CircuitOpen for ``reset_timeout`` seconds. Half-open: ``half_open_max`` trial calls
+pass; a success closes it, a failure opens it again. The clock is injected for tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import Enum
+
+from mesh.errors import CircuitOpen
+
+
+class State(str, Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, *, failure_threshold: int = 5, reset_timeout: float = 5.0,
+                 half_open_max: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.half_open_max = half_open_max
+        self.clock = clock
+        self.state = State.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._trials = 0
+        self.transitions = 0
+
+    def before_call(self) -> None:
+        """Raise CircuitOpen when the call must not go out."""
+        if self.state is State.OPEN:
+            if self.clock() - self.opened_at < self.reset_timeout:
+                raise CircuitOpen(f"circuit for {self.name} is open")
+            self._set(State.HALF_OPEN)
+            self._trials = 0
+        if self.state is State.HALF_OPEN:
+            if self._trials >= self.half_open_max:
+                raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
+            self._trials += 1
+
+    def on_success(self) -> None:
+        self.failures = 0
+        if self.state is not State.CLOSED:
+            self._set(State.CLOSED)
+
+    def on_failure(self) -> None:
+        self.failures += 1
+        if self.state is State.HALF_OPEN or self.failures >= self.failure_threshold:
+            self.opened_at = self.clock()
+            self._set(State.OPEN)
+
+    def _set(self, state: State) -> None:
+        if state is not self.state:
+            self.state = state
+            self.transitions += 1

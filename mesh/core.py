@@ -1,0 +1,460 @@
+"""The client core: one DEALER connection to the router and one SUB socket, on one asyncio loop.
+
+Both facades (``mesh.aio.AsyncMesh`` on the caller's loop, ``mesh.sync.Mesh`` on a private
+loop thread) drive this class; agents use it too. It never awaits per message: the socket's
+file descriptor is watched with ``add_reader`` and every ready message is drained in one
+callback. libzmq's FD is edge-triggered, so after sending we look at ``EVENTS`` again and
+drain whatever arrived meanwhile.
+
+The core keeps the session alive on its own: it says HELLO, heartbeats, notices a silent
+router, says HELLO again to a restarted one (re-sending requests the new router refused as
+UNKNOWN_SESSION, and failing with ``Unavailable`` those the old router took with it), and
+lets an agent re-announce itself through ``on_session``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from mesh.errors import (
+    Closed,
+    DeadlineExceeded,
+    Error,
+    ErrorCode,
+    Overloaded,
+    Unavailable,
+    error_from_code,
+)
+from mesh.pubsub import SubscriberSide
+from mesh.wire import (
+    HEARTBEAT_FRAME,
+    PROTOCOL_VERSION,
+    ROUTE,
+    Cmd,
+    Flag,
+    pack_route,
+    parse_error,
+    parse_route,
+)
+from proto import agp_pb2
+
+log = logging.getLogger("agp.client")
+
+_REPLY, _ERROR, _HEARTBEAT = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT
+_INBOUND = frozenset({Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_END,
+                      Cmd.CANCEL})
+DRAIN_BATCH = 1000
+
+
+class Pending:
+    """A request waiting for its reply. ``waiter`` has set_result/set_exception."""
+
+    __slots__ = ("waiter", "frames", "deadline", "on_progress", "instance", "epoch")
+
+    def __init__(self, waiter: Any, frames: list[Any], deadline: float, epoch: int,
+                 on_progress: Callable[[bytes, list[bytes]], None] | None = None) -> None:
+        self.waiter = waiter
+        self.frames = frames
+        self.deadline = deadline
+        self.epoch = epoch
+        self.on_progress = on_progress
+        self.instance = b""
+
+
+def _resolve(waiter: Any, result: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(result)
+
+
+def _fail(waiter: Any, exc: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
+class Security:
+    """What a client needs for CURVE: its keypair and the router's public key (z85)."""
+
+    def __init__(self, public: bytes, secret: bytes, server_public: bytes,
+                 token_provider: Callable[[], str] | None = None) -> None:
+        self.public = public
+        self.secret = secret
+        self.server_public = server_public
+        self.token_provider = token_provider
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+        sock.curve_serverkey = self.server_public
+
+
+class Core:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        name: str = "",
+        kind: int = agp_pb2.CLIENT,
+        context: zmq.Context[Any] | None = None,
+        security: Security | None = None,
+        heartbeat: float = 1.0,
+        liveness: float = 3.0,
+        hwm: int = 100_000,
+        sub_queue: int = 100_000,
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = name or f"client-{os.getpid()}-{secrets.token_hex(3)}"
+        self.kind = kind
+        self.ctx = context or zmq.Context.instance()
+        self.security = security
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.hwm = hwm
+        self.sub_queue = sub_queue
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sock: zmq.Socket[Any] | None = None
+        self.welcome: agp_pb2.Welcome | None = None
+        self.router_id = ""
+        self.epoch = 0  # bumps on every new router session
+        self.connected = False
+        self.closed = False
+        self.pending: dict[int, Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._ids = itertools.count(1)
+        self._resend: list[int] = []
+        self._hello_waiters: list[asyncio.Future[None]] = []
+        self._hello_sent_at = -1e9
+        self._last_rx = 0.0
+        self._last_tx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._drain_scheduled = False
+        self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
+        self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
+        self.on_credit: Callable[[int, int], None] | None = None
+        self.stream_acks: dict[int, Callable[[int], None]] = {}
+        self.subs = SubscriberSide(self)
+        self.counters: dict[str, int] = {"late_replies": 0, "malformed": 0, "send_errors": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect and wait for the router's WELCOME; raise Unavailable if none comes."""
+        self.loop = asyncio.get_running_loop()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.security is not None:
+            self.security.apply(sock)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        self.loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        self._last_rx = self.loop.time()
+        waiter = self.loop.create_future()
+        self._hello_waiters.append(waiter)
+        self._send_hello()
+        self._timer = self.loop.call_later(min(0.1, self.heartbeat), self._tick)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s")
+        except Error:
+            await self.close()
+            raise
+
+    async def wait_session(self, timeout: float) -> None:
+        """Wait until a session with the router is up (after a restart, say)."""
+        if self.connected:
+            return
+        assert self.loop is not None
+        waiter = self.loop.create_future()
+        self._hello_waiters.append(waiter)
+        await asyncio.wait_for(waiter, timeout)
+
+    async def close(self, linger: float = 0.5) -> None:
+        """Say goodbye, fail whatever is pending with Closed, close the sockets."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for p in self.pending.values():
+            _fail(p.waiter, Closed("client closed"))
+        self.pending.clear()
+        self.subs.close()
+        if self.sock is not None:
+            if self.loop is not None:
+                try:
+                    self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+                except Exception:
+                    pass
+            if self.connected:
+                try:
+                    self.sock.send_multipart([pack_route(Cmd.DISCONNECT), b""], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            self.sock.close(linger=int(linger * 1000))
+            self.sock = None
+        self.connected = False
+
+    # ------------------------------------------------------------------ sending
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send_frames(self, frames: list[Any]) -> None:
+        """Send now; raise Overloaded when the outgoing queue is full, Closed after close()."""
+        sock = self.sock
+        if sock is None:
+            raise Closed("client closed")
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["send_errors"] += 1
+            raise Overloaded("outgoing queue to the router is full (router unreachable?)")
+        self._last_tx = self.loop.time() if self.loop else 0.0
+        self._schedule_drain()
+
+    def start_request(
+        self,
+        cmd: int,
+        dest: bytes,
+        header: bytes,
+        payload: list[Any],
+        waiter: Any,
+        *,
+        flags: int = 0,
+        timeout: float = 10.0,
+        on_progress: Callable[[bytes, list[bytes]], None] | None = None,
+        ident: int | None = None,
+    ) -> int:
+        """Send a REQUEST (or STREAM_OPEN) and register ``waiter`` for its reply frames."""
+        if ident is None:
+            ident = next(self._ids)
+        timeout_ms = max(1, int(timeout * 1000))
+        frames = [pack_route(cmd, flags, 0, timeout_ms, ident), dest, header, *payload]
+        assert self.loop is not None
+        deadline = self.loop.time() + timeout
+        self.pending[ident] = Pending(waiter, frames, deadline, self.epoch, on_progress)
+        heapq.heappush(self._deadlines, (deadline, ident))
+        try:
+            self.send_frames(frames)
+        except Error as exc:
+            self.pending.pop(ident, None)
+            _fail(waiter, exc)
+        return ident
+
+    def cancel_request(self, ident: int) -> None:
+        """Forget a request (its caller gave up) and tell its instance to stop."""
+        p = self.pending.pop(ident, None)
+        if p is not None and p.instance and self.sock is not None:
+            try:
+                self.sock.send_multipart([pack_route(Cmd.CANCEL, 0, 0, 0, ident), p.instance],
+                                         zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    # ------------------------------------------------------------------ receiving
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        if sock is None:
+            return
+        recv = sock.recv_multipart
+        dispatch = self._dispatch
+        assert self.loop is not None
+        self._last_rx = self.loop.time()
+        for _ in range(DRAIN_BATCH):
+            try:
+                msg = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            try:
+                dispatch(msg)
+            except Exception:
+                self.counters["malformed"] += 1
+                log.debug("message dropped", exc_info=True)
+        self._schedule_drain(force=True)
+
+    def _schedule_drain(self, force: bool = False) -> None:
+        sock = self.sock
+        if self._drain_scheduled or sock is None or self.loop is None:
+            return
+        if force or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._on_readable)
+
+    def _dispatch(self, msg: list[bytes]) -> None:
+        rf = msg[0]
+        if len(rf) != 16:
+            self.counters["malformed"] += 1
+            return
+        _, cmd, flags, code, value, ident = ROUTE.unpack(rf)
+        if cmd == _REPLY:
+            p = self.pending.pop(ident, None)
+            if p is None:
+                self.counters["late_replies"] += 1
+                return
+            _resolve(p.waiter, msg)
+        elif cmd in _INBOUND:
+            if self.on_inbound is not None:
+                self.on_inbound(cmd, flags, value, ident, msg)
+        elif cmd == _ERROR:
+            self._on_error(parse_route(rf), msg, ident)
+        elif cmd == _HEARTBEAT:
+            return
+        elif cmd == Cmd.STREAM_CREDIT:
+            ack = self.stream_acks.get(ident)
+            if ack is not None:
+                p = self.pending.get(ident)
+                if p is not None and len(msg) > 1:
+                    p.instance = msg[1]
+                ack(value)
+        elif cmd == Cmd.PROGRESS:
+            p = self.pending.get(ident)
+            if p is not None:
+                p.instance = msg[1] if len(msg) > 1 else b""
+                if p.on_progress is not None:
+                    p.on_progress(p.instance, msg)
+        elif cmd == Cmd.WELCOME:
+            self._on_welcome(msg)
+        elif cmd == Cmd.READY:
+            p = self.pending.pop(ident, None)
+            if p is not None:
+                _resolve(p.waiter, msg)
+        elif cmd == Cmd.DISCONNECT:
+            log.info("router said goodbye; waiting for it to come back")
+            self.connected = False
+
+    def _on_error(self, route: Any, msg: list[bytes], ident: int) -> None:
+        code, message, details = parse_error(route, msg)
+        if code == ErrorCode.UNKNOWN_SESSION:
+            if ident in self.pending:
+                self._resend.append(ident)
+            self.connected = False
+            self._send_hello()
+            return
+        p = self.pending.pop(ident, None) if ident else None
+        if p is not None:
+            _fail(p.waiter, error_from_code(code, message, details))
+            return
+        if code == ErrorCode.UNAUTHENTICATED:
+            self.connected = False
+            exc = error_from_code(code, message, details)
+            for w in self._hello_waiters:
+                _fail(w, exc)
+            self._hello_waiters.clear()
+            log.error("router refused this client: %s", message)
+            return
+        if code == ErrorCode.FORBIDDEN and len(msg) > 1 and msg[1]:
+            self.subs.refused(msg[1], error_from_code(code, message, details))
+            return
+        log.warning("error from router: %s %s", code.name, message)
+
+    def _send_hello(self) -> None:
+        assert self.loop is not None
+        token = ""
+        if self.security is not None and self.security.token_provider is not None:
+            try:
+                token = self.security.token_provider()
+            except Error as exc:
+                log.error("could not get a token: %s", exc)
+        public = self.security.public if self.security is not None else b""
+        hello = agp_pb2.Hello(protocol_version=PROTOCOL_VERSION, peer_name=self.name,
+                              token=token, kind=self.kind, public_key=public)
+        self._hello_sent_at = self.loop.time()
+        if self.sock is None:
+            return
+        try:
+            self.sock.send_multipart([pack_route(Cmd.HELLO), b"", hello.SerializeToString()],
+                                     zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters["send_errors"] += 1
+
+    def refresh_token(self) -> None:
+        """Present a fresh token on the live connection (HELLO again)."""
+        self._send_hello()
+
+    def _on_welcome(self, msg: list[bytes]) -> None:
+        try:
+            welcome = agp_pb2.Welcome.FromString(msg[2])
+        except Exception:
+            self.counters["malformed"] += 1
+            return
+        restarted = bool(self.router_id) and welcome.router_id != self.router_id
+        self.welcome = welcome
+        self.router_id = welcome.router_id
+        self.connected = True
+        if restarted:
+            self.epoch += 1
+            log.info("router restarted (new id %s); session re-established", welcome.router_id)
+            resend = set(self._resend)
+            for ident, p in list(self.pending.items()):
+                if ident not in resend and p.frames and p.frames[0][1] != Cmd.READY:
+                    del self.pending[ident]
+                    _fail(p.waiter, Unavailable("the router restarted with this request in flight"))
+        for ident in self._resend:
+            p = self.pending.get(ident)
+            if p is not None:
+                try:
+                    self.send_frames(p.frames)
+                except Error as exc:
+                    self.pending.pop(ident, None)
+                    _fail(p.waiter, exc)
+        self._resend.clear()
+        self.subs.on_session(welcome, restarted)
+        for w in self._hello_waiters:
+            _resolve(w, None)
+        self._hello_waiters.clear()
+        if self.on_session is not None:
+            self.on_session()
+
+    # ------------------------------------------------------------------ housekeeping
+    def _tick(self) -> None:
+        if self.closed or self.loop is None:
+            return
+        now = self.loop.time()
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, ident = heapq.heappop(dl)
+            p = self.pending.get(ident)
+            if p is not None and p.deadline <= now:
+                del self.pending[ident]
+                _fail(p.waiter, DeadlineExceeded("no reply before the deadline"))
+        if len(dl) > 4 * len(self.pending) + 1024:
+            self._deadlines = [(p.deadline, i) for i, p in self.pending.items()]
+            heapq.heapify(self._deadlines)
+        if not self.connected and now - self._hello_sent_at >= self.heartbeat:
+            self._send_hello()
+        elif now - self._last_tx >= self.heartbeat and self.sock is not None:
+            try:
+                self.sock.send_multipart([HEARTBEAT_FRAME], zmq.NOBLOCK)
+                self._last_tx = now
+            except zmq.ZMQError:
+                pass
+        if self.connected and now - self._last_rx > self.liveness:
+            log.warning("router silent for %.1fs; waiting for it", now - self._last_rx)
+            self.connected = False
+        self.subs.tick(now)
+        self._schedule_drain()
+        self._timer = self.loop.call_later(0.1, self._tick)
+
+
+def flags_for(raw: bool, idempotent: bool) -> int:
+    f = 0
+    if raw:
+        f |= Flag.RAW
+    if idempotent:
+        f |= Flag.IDEMPOTENT
+    return f

@@ -1,0 +1,377 @@
+"""Pub/sub inside the client core: publisher batching and the subscriber side.
+
+Publishing: ``publish()`` appends the encoded message to the current batch; consecutive
+publishes to the same topic share one PUBLISH message (up to ``MAX_BATCH`` messages or
+``MAX_BATCH_BYTES``), flushed on the next loop turn. As in NATS's flusher, a burst becomes a
+few large messages and a lone publish still leaves at once. Each message stays one message
+for the subscriber: batching is invisible to user code.
+
+Subscribing: a SUB socket connected to the router's XPUB. ``subscribe()`` returns once the
+router confirmed the subscription (SUBACK), so a publish made after it is delivered. Each
+batch carries the topic's sequence number; a gap means the router's high-water mark dropped
+messages for this subscriber, and the subscription learns how many (``gaps``), as it does
+when its own bounded queue overflows (``dropped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import zmq
+
+from mesh import codec
+from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
+from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
+
+if TYPE_CHECKING:
+    from mesh.core import Core
+    from proto.agp_pb2 import Welcome
+
+log = logging.getLogger("agp.pubsub")
+
+MAX_BATCH = 500  # frames per PUBLISH; the router refuses more than MAX_FRAMES
+MAX_BATCH_BYTES = 256 * 1024
+_BATCH_RAW = int(Flag.BATCH | Flag.RAW)
+_BATCH = int(Flag.BATCH)
+
+
+class Message(NamedTuple):
+    topic: str
+    data: Any
+
+
+class Subscription:
+    """What ``subscribe()`` returns: an iterator (sync or async) or a callback target.
+
+    Messages wait in a bounded queue; when it is full the oldest are dropped and counted
+    in ``dropped`` (a slow consumer loses its own messages, never anyone else's).
+    """
+
+    def __init__(self, prefix: bytes, callback: Callable[[Message], Any] | None,
+                 maxlen: int, raw: bool) -> None:
+        self.prefix = prefix
+        self.callback = callback
+        self.raw = raw
+        self.maxlen = maxlen
+        self.queue: deque[Message] = deque()
+        self.received = 0
+        self.dropped = 0  # dropped from our own queue because the consumer was slow
+        self.gaps = 0  # messages the router dropped for us (sequence gaps)
+        self.closed = False
+        self.error: Error | None = None
+        self._cond = threading.Condition()
+        self._async_waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe: Callable[[Subscription], None] | None = None
+
+    # called on the core's loop
+    def deliver(self, topic: str, items: list[Any]) -> None:
+        self.received += len(items)
+        cb = self.callback
+        if cb is not None:
+            for data in items:
+                try:
+                    cb(Message(topic, data))
+                except Exception:
+                    log.exception("subscription callback raised")
+            return
+        q = self.queue
+        q.extend(Message(topic, d) for d in items)
+        over = len(q) - self.maxlen
+        if over > 0:
+            for _ in range(over):
+                q.popleft()
+            self.dropped += over
+        self._wake()
+
+    def fail(self, exc: Error) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._async_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        with self._cond:
+            self._cond.notify_all()
+
+    # ---- sync iteration
+    def get(self, timeout: float | None = None) -> Message:
+        """Next message; raise DeadlineExceeded after ``timeout`` seconds, Closed after close."""
+        with self._cond:
+            if not self.queue:
+                if self.closed:
+                    raise Closed("subscription closed")
+                self._cond.wait_for(lambda: self.queue or self.closed or self.error, timeout)
+            if self.queue:
+                return self.queue.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                raise Closed("subscription closed")
+            raise DeadlineExceeded(f"no message within {timeout}s")
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.get()
+            except Closed:
+                return
+
+    # ---- async iteration (on the core's loop)
+    async def aget(self, timeout: float | None = None) -> Message:
+        while not self.queue:
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                raise Closed("subscription closed")
+            loop = asyncio.get_running_loop()
+            self._async_waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(self._async_waiter, timeout)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no message within {timeout}s")
+            finally:
+                self._async_waiter = None
+        return self.queue.popleft()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.aget()
+        except Closed:
+            raise StopAsyncIteration
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe(self)
+        self._wake()
+
+
+class SubscriberSide:
+    """The SUB socket, the SUBACK handshake and sequence tracking for one core."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.sock: zmq.Socket[Any] | None = None
+        self.endpoint = ""
+        self.subs: dict[bytes, list[Subscription]] = {}
+        self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._expected: dict[bytes, int] = {}
+        self.gaps = 0
+        self._drain_scheduled = False
+        # publisher side
+        self._batch_topic: bytes | None = None
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._batch_raw = False
+        self._queued: list[list[Any]] = []
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------------ publishing
+    def publish(self, topic: bytes, frame: bytes, raw: bool) -> None:
+        """Queue one encoded message; it leaves on the next loop turn (or sooner if full)."""
+        if self._batch_topic != topic or self._batch_raw != raw:
+            self._close_batch()
+            self._batch_topic = topic
+            self._batch_raw = raw
+        self._batch.append(frame)
+        self._batch_bytes += len(frame)
+        if len(self._batch) >= MAX_BATCH or self._batch_bytes >= MAX_BATCH_BYTES:
+            self._close_batch()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self.core.loop is not None
+            self.core.loop.call_soon(self.flush)
+
+    def publish_frames(self, topic: bytes, frames: list[Any], flags: int) -> None:
+        """A message of several frames (arrays) goes alone, in order with the batches."""
+        self._close_batch()
+        self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, 1, 0), topic, b"", *frames])
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self.core.loop is not None
+            self.core.loop.call_soon(self.flush)
+
+    def _close_batch(self) -> None:
+        if self._batch:
+            flags = _BATCH_RAW if self._batch_raw else _BATCH
+            assert self._batch_topic is not None
+            self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, len(self._batch), 0),
+                                 self._batch_topic, b"", *self._batch])
+            self._batch = []
+            self._batch_bytes = 0
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self._close_batch()
+        queued, self._queued = self._queued, []
+        for frames in queued:
+            try:
+                self.core.send_frames(frames)
+            except Error as exc:
+                log.warning("publish of %d messages dropped: %s", ROUTE.unpack(frames[0])[4], exc)
+                self.core.counters["publish_dropped"] = (
+                    self.core.counters.get("publish_dropped", 0) + ROUTE.unpack(frames[0])[4])
+
+    # ------------------------------------------------------------------ subscribing
+    def on_session(self, welcome: Welcome, restarted: bool) -> None:
+        endpoint = welcome.pub_endpoint
+        host = self.core.endpoint.rsplit(":", 1)[0]
+        if "://0.0.0.0:" in endpoint or "://*:" in endpoint:
+            endpoint = host + ":" + endpoint.rsplit(":", 1)[1]
+        if restarted:
+            self._expected.clear()
+        if self.sock is not None and endpoint != self.endpoint:
+            self._close_socket()
+        self.endpoint = endpoint
+
+    def _ensure_socket(self) -> zmq.Socket[Any]:
+        if self.sock is not None:
+            return self.sock
+        core = self.core
+        sock = core.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, core.hwm)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if core.security is not None:
+            core.security.apply(sock)
+        sock.connect(self.endpoint)
+        assert core.loop is not None
+        core.loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        self.sock = sock
+        return sock
+
+    async def subscribe(self, prefix: bytes, callback: Callable[[Message], Any] | None,
+                        raw: bool, timeout: float) -> Subscription:
+        if len(prefix) > MAX_ADDRESS_BYTES:
+            raise Malformed(f"topic prefix longer than {MAX_ADDRESS_BYTES} bytes")
+        if not self.endpoint:
+            raise Closed("no session with the router yet")
+        sub = Subscription(prefix, callback, self.core.sub_queue, raw)
+        sub._unsubscribe = self._unsubscribe
+        sock = self._ensure_socket()
+        assert self.core.loop is not None
+        ack: asyncio.Future[None] = self.core.loop.create_future()
+        self._acks.setdefault(prefix, []).append(ack)
+        self.subs.setdefault(prefix, []).append(sub)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._schedule_drain()
+        try:
+            await asyncio.wait_for(ack, timeout)
+        except asyncio.TimeoutError:
+            self._unsubscribe(sub)
+            raise DeadlineExceeded(f"subscription to {prefix!r} not confirmed within {timeout}s")
+        except Error:
+            self._unsubscribe(sub)
+            raise
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        lst = self.subs.get(sub.prefix)
+        if lst is not None and sub in lst:
+            lst.remove(sub)
+            if self.sock is not None:
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, sub.prefix)
+            if not lst:
+                del self.subs[sub.prefix]
+
+    def refused(self, prefix: bytes, exc: Error) -> None:
+        """The router refused a subscription (FORBIDDEN): fail its waiters."""
+        for fut in self._acks.pop(prefix, []):
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(1000):
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            try:
+                self._dispatch(msg)
+            except Exception:
+                self.core.counters["malformed"] += 1
+                log.debug("pub/sub message dropped", exc_info=True)
+        self._schedule_drain(force=True)
+
+    def _schedule_drain(self, force: bool = False) -> None:
+        sock = self.sock
+        if self._drain_scheduled or sock is None or self.core.loop is None:
+            return
+        if force or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_scheduled = True
+            self.core.loop.call_soon(self._on_readable)
+
+    def _dispatch(self, msg: list[bytes]) -> None:
+        if len(msg) < 2 or len(msg[1]) != 16:
+            self.core.counters["malformed"] += 1
+            return
+        topic = msg[0]
+        _, cmd, flags, _, count, seq = ROUTE.unpack(msg[1])
+        if cmd == Cmd.SUBACK:
+            if topic not in self._expected:
+                self._expected[topic] = seq + 1
+            for fut in self._acks.pop(topic, []):
+                if not fut.done():
+                    fut.set_result(None)
+            return
+        if cmd != Cmd.PUBLISH:
+            return
+        expected = self._expected.get(topic)
+        if expected is not None and seq > expected:
+            missed = seq - expected
+            self.gaps += missed
+            for prefix, subs in self.subs.items():
+                if topic.startswith(prefix):
+                    for s in subs:
+                        s.gaps += missed
+        self._expected[topic] = seq + count
+        payload = msg[3:]
+        raw = flags & Flag.RAW
+        if flags & Flag.BATCH:
+            items = payload if raw else [codec.decode_one(f) for f in payload]
+        else:
+            items = [payload[0] if raw and len(payload) == 1 else codec.decode(payload)]
+        name = topic.decode(errors="replace")
+        for prefix, subs in self.subs.items():
+            if topic.startswith(prefix):
+                for s in subs:
+                    s.deliver(name, items)
+
+    def tick(self, now: float) -> None:
+        self._schedule_drain()
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            if self.core.loop is not None:
+                try:
+                    self.core.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+                except Exception:
+                    pass
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def close(self) -> None:
+        self.flush()
+        for subs in self.subs.values():
+            for s in subs:
+                s.closed = True
+                s._wake()
+        self.subs.clear()
+        self._close_socket()

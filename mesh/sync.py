@@ -1,0 +1,211 @@
+"""The synchronous face of the mesh client: ``with Mesh.connect() as m: m.request(...)``.
+
+It runs an ``AsyncMesh`` on a private event loop in a daemon thread (uvloop when installed)
+and hands calls over with ``run_coroutine_threadsafe``. Publishes skip the coroutine: they
+go through a lock-free deque and one wake-up per burst, so a tight publish loop costs about
+a microsecond per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from mesh import codec
+from mesh.aio import AsyncMesh
+from mesh.errors import Closed, ConfigError, DeadlineExceeded
+from mesh.pubsub import Message, Subscription
+from mesh.stream import AsyncStream
+from mesh.wire import MAX_ADDRESS_BYTES
+
+T = TypeVar("T")
+_PUBQ_HIGH_WATER = 200_000
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed, else the standard loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+
+
+class LoopThread:
+    """An event loop running in a daemon thread, stopped and joined by ``stop()``."""
+
+    def __init__(self, name: str = "agp-mesh-io") -> None:
+        self.loop = new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+        self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise DeadlineExceeded(f"no result within {timeout}s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+
+
+class Mesh:
+    """A connected mesh client for ordinary (threaded) code."""
+
+    def __init__(self, amesh: AsyncMesh, io: LoopThread) -> None:
+        self._amesh = amesh
+        self._io = io
+        self._pubq: deque[tuple[bytes, Any, bool]] = deque()
+        self._pub_wake = False
+        self._closed = False
+
+    @classmethod
+    def connect(cls, endpoint: str | None = None, *, timeout: float = 10.0,
+                **kwargs: Any) -> Mesh:
+        """Connect to the router (``AGP_ROUTER`` or the local default when not given)."""
+        io = LoopThread()
+        try:
+            amesh = io.call(AsyncMesh.connect(endpoint, timeout=timeout, **kwargs), timeout + 5)
+        except BaseException:
+            io.stop()
+            raise
+        return cls(amesh, io)
+
+    @property
+    def core(self) -> Any:
+        return self._amesh.core
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, linger: float = 0.5) -> None:
+        """Flush publishes, say goodbye, stop the I/O thread; returns within ``linger`` + 5 s."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._io.call(self._close_async(linger), linger + 5)
+        finally:
+            self._io.stop()
+
+    async def _close_async(self, linger: float) -> None:
+        self._drain_pubq()
+        await self._amesh.core.close(linger)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed("client closed")
+
+    # ------------------------------------------------------------------ patterns
+    def request(self, dest: str, action: str, data: Any = None, *, timeout: float = 10.0,
+                **kwargs: Any) -> Any:
+        """Call ``action`` on ``dest`` and return its reply; see AsyncMesh.request."""
+        self._check()
+        return self._io.call(self._amesh.request(dest, action, data, timeout=timeout, **kwargs),
+                             timeout + 5)
+
+    def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
+        """Fire-and-forget to one instance of ``dest``."""
+        self._check()
+        self._io.call(self._amesh.send(dest, action, data, raw=raw), 10)
+
+    def publish(self, topic: str, data: Any, *, raw: bool = False) -> None:
+        """Publish without waiting; ordered, batched under the hood."""
+        self._check()
+        t = topic.encode()
+        if not t or len(t) > MAX_ADDRESS_BYTES:
+            raise ConfigError(f"bad topic {topic!r}")
+        if raw and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ConfigError("raw=True publishes bytes")
+        self._pubq.append((t, bytes(data) if raw else data, raw))
+        if not self._pub_wake:
+            self._pub_wake = True
+            self._io.loop.call_soon_threadsafe(self._drain_pubq)
+        if len(self._pubq) > _PUBQ_HIGH_WATER:
+            self.flush()
+
+    def _drain_pubq(self) -> None:
+        self._pub_wake = False
+        q = self._pubq
+        subs = self._amesh.core.subs
+        amesh = self._amesh
+        while q:
+            t, data, raw = q.popleft()
+            if raw:
+                subs.publish(t, data, True)
+                continue
+            frames = codec.encode(data)
+            if len(frames) == 1:
+                subs.publish(t, frames[0], False)
+            else:
+                subs.publish_frames(t, frames, 0)
+        del amesh
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Hand every publish made so far to the socket."""
+
+        async def _flush() -> None:
+            self._drain_pubq()
+            self._amesh.core.subs.flush()
+
+        self._io.call(_flush(), timeout)
+
+    def subscribe(self, prefix: str, callback: Callable[[Message], Any] | None = None, *,
+                  raw: bool = False, timeout: float = 10.0) -> Subscription:
+        """Subscribe; returns once confirmed. Iterate it, or pass ``callback`` (run on the
+        I/O thread: keep it quick)."""
+        self._check()
+        return self._io.call(self._amesh.subscribe(prefix, callback, raw=raw, timeout=timeout),
+                             timeout + 5)
+
+    def stream(self, dest: str, action: str, params: Any = None, *,
+               timeout: float = 600.0) -> SyncStream:
+        """Open a stream: ``with m.stream(svc, action) as s: s.write(chunk)``; then s.result."""
+        self._check()
+        return SyncStream(self._io, self._amesh.stream(dest, action, params, timeout=timeout))
+
+
+class SyncStream:
+    def __init__(self, io: LoopThread, stream: AsyncStream) -> None:
+        self._io = io
+        self._s = stream
+
+    def __enter__(self) -> SyncStream:
+        self._io.call(self._s.open(), self._s.timeout)
+        return self
+
+    def write(self, data: Any, *, raw: bool = False) -> None:
+        self._io.call(self._s.write(data, raw=raw), self._s.timeout)
+
+    def close(self) -> Any:
+        return self._io.call(self._s.close(), self._s.timeout)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._io.loop.call_soon_threadsafe(self._s.abort)
+
+    @property
+    def result(self) -> Any:
+        return self._s.result

@@ -1,0 +1,1 @@
+"""agp-mesh proto package."""

@@ -1,0 +1,1 @@
+"""agp-mesh router package."""

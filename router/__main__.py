@@ -1,0 +1,65 @@
+"""`python -m router` (also `agp router`): run the data plane until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from router.config import RouterConfig
+from router.server import Router
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="agp router", description=__doc__)
+    cfg = RouterConfig()
+    p.add_argument("--bind", default=cfg.bind, help="ROUTER endpoint for every peer")
+    p.add_argument("--pub-bind", default=cfg.pub_bind, help="XPUB endpoint for subscribers")
+    p.add_argument("--max-message-bytes", type=int, default=cfg.max_message_bytes)
+    p.add_argument("--max-queue", type=int, default=cfg.max_queue)
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    p.add_argument("--insecure", action="store_true",
+                   help="development only: no CURVE, no tokens, no RBAC")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.insecure:
+        print("WARNING: router running --insecure: no authentication, no encryption, no RBAC",
+              file=sys.stderr, flush=True)
+    config = RouterConfig(bind=args.bind, pub_bind=args.pub_bind,
+                          max_message_bytes=args.max_message_bytes, max_queue=args.max_queue,
+                          metrics_port=args.metrics_port)
+    router = Router(config)
+    router.start()
+    if args.metrics_port is not None:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from router.metrics import RouterCollector
+
+        REGISTRY.register(RouterCollector(router))
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+
+    def on_signal(signum: int, frame: Any) -> None:
+        router.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(json.dumps({"event": "ready", "router": router.endpoint, "pub": router.pub_endpoint,
+                      "router_id": config.router_id}), flush=True)
+    router.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
