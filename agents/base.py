@@ -230,7 +230,8 @@ class Agent:
 
     async def _announce(self) -> None:
         core = self.core
-        assert core is not None and self.loop is not None
+        assert core is not None
+        assert self.loop is not None
         ready = agp_pb2.Ready(
             service=self.service, instance=self.instance, capacity=self.capacity,
             weight=self.weight, policy=_POLICIES.get(self.policy, 1),

@@ -15,6 +15,10 @@ class Echo(Agent):
     name = "echo"
     capacity = 64
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recorded: list[Any] = []
+
     @action(inline=True)
     def echo(self, data: Any, ctx: Context) -> Any:
         return data
@@ -39,6 +43,17 @@ class Echo(Agent):
             ctx._cancelled.wait(ev)
             done += 1
         return {"steps": done, "instance": self.instance_name}
+
+    @action(inline=True)
+    def record(self, data: Any, ctx: Context) -> Any:
+        """Fire-and-forget target: remember what arrived (bounded)."""
+        if len(self.recorded) < 100_000:
+            self.recorded.append(data)
+        return None
+
+    @action(inline=True)
+    def recorded_items(self, data: Any, ctx: Context) -> Any:
+        return list(self.recorded)
 
     @action(inline=True)
     def fail(self, data: Any, ctx: Context) -> Any:

@@ -345,9 +345,12 @@ class Core:
             self.connected = False
             self._send_hello()
             return
-        p = self.pending.pop(ident, None) if ident else None
-        if p is not None:
-            _fail(p.waiter, error_from_code(code, message, details))
+        if ident:
+            p = self.pending.pop(ident, None)
+            if p is not None:
+                _fail(p.waiter, error_from_code(code, message, details))
+            else:
+                self.counters["late_replies"] += 1  # its caller already gave up
             return
         if code == ErrorCode.UNAUTHENTICATED:
             self.connected = False

@@ -112,7 +112,9 @@ def check_sizes(frames: list[bytes], max_message_bytes: int) -> int:
     return total
 
 
-def error_frames(code: ErrorCode, message: str, ident: int = 0, address: bytes = b"") -> list[bytes]:
+def error_frames(
+    code: ErrorCode, message: str, ident: int = 0, address: bytes = b""
+) -> list[bytes]:
     """The frames of an ERROR message (without the routing id)."""
     from proto import agp_pb2
 

@@ -16,8 +16,10 @@ DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:7701"
 class RouterConfig:
     """Keyword settings of a router; every field has the default a local mesh uses."""
 
-    bind: str = field(default_factory=lambda: os.environ.get("AGP_ROUTER_BIND", DEFAULT_ROUTER_ENDPOINT))
-    pub_bind: str = field(default_factory=lambda: os.environ.get("AGP_PUB_BIND", DEFAULT_PUB_ENDPOINT))
+    bind: str = field(
+        default_factory=lambda: os.environ.get("AGP_ROUTER_BIND", DEFAULT_ROUTER_ENDPOINT))
+    pub_bind: str = field(
+        default_factory=lambda: os.environ.get("AGP_PUB_BIND", DEFAULT_PUB_ENDPOINT))
     heartbeat_interval: float = 1.0  # seconds between heartbeats to each peer
     liveness: float = 3.0  # a peer silent this long is dead (detection < 5 s)
     tick: float = 0.1  # housekeeping period: heartbeats, liveness, queue deadlines

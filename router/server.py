@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from mesh import codec
 from mesh.errors import Error, ErrorCode
 from mesh.wire import (
     DISCONNECT_FRAME,
@@ -47,6 +48,7 @@ _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLIS
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
+ROUTER_SERVICE = b"agp/router"
 
 
 class Router:
@@ -231,6 +233,9 @@ class Router:
                 return
         target = self.table.resolve(dest)
         if target is None:
+            if dest == ROUTER_SERVICE and cmd == _REQUEST:
+                self._on_router_service(peer, msg, ident)
+                return
             self.stats.drop("no_such_service")
             self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE,
                         f"no service or instance named {dest[:MAX_ADDRESS_BYTES]!r}", ident)
@@ -373,6 +378,27 @@ class Router:
         self.proxy.publish(topic, msg[1], msg[1:])
 
     # ------------------------------------------------------------------ control
+    def _on_router_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
+        """The router's own service, ``agp/router``: stats and services, for tools and tests."""
+        try:
+            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
+        except Exception:
+            action = ""
+        if action == "stats":
+            body: Any = {**self.stats.as_dict(), "peers": len(self.peers),
+                         "router_id": self.config.router_id,
+                         "uptime": time.time() - self.started_at}
+        elif action == "services":
+            body = self.table.snapshot()
+        else:
+            self._error(peer.rid, ErrorCode.NO_SUCH_ACTION, f"agp/router has no {action!r}", ident)
+            return
+        if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
+            self._deny(peer, "admin", ROUTER_SERVICE, ident)
+            return
+        self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
+                    *codec.encode(body)])
+
     def _on_hello(self, msg: list[bytes], identity: str | None, ident: int) -> None:
         rid = msg[0]
         self.stats.hellos += 1

@@ -1,0 +1,139 @@
+"""Child processes of the local mesh: start, wait until ready, stop by pid, never hang.
+
+Each child prints one JSON line ``{"event": "ready", ...}`` on stdout when it serves; we
+wait for that line (with a deadline) instead of sleeping. Output goes to one log file per
+process. ``stop()`` sends SIGTERM, waits, then SIGKILL: only to the pid we started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from mesh.errors import DeadlineExceeded, Unavailable
+
+
+class ManagedProcess:
+    def __init__(self, name: str, args: list[str], *, log_dir: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.log_dir = log_dir
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_info: dict[str, Any] = {}
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._log: IO[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+    def start(self, ready_timeout: float = 30.0) -> dict[str, Any]:
+        env = dict(os.environ)
+        env.update(self.env or {})
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_dir / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.args], stdout=subprocess.PIPE,
+            stderr=self._log if self._log is not None else subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        self._reader = threading.Thread(target=self._read, name=f"read-{self.name}",
+                                        daemon=True)
+        self._reader.start()
+        self.ready_info = self.wait_event("ready", ready_timeout)
+        return self.ready_info
+
+    def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
+            if line.startswith(b"{"):
+                try:
+                    self._events.put(json.loads(line))
+                except ValueError:
+                    pass
+        self._events.put({"event": "exited"})
+
+    def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{self.name}: no {event!r} within {timeout:g}s")
+            try:
+                ev = self._events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if ev.get("event") == event:
+                return ev
+            if ev.get("event") == "exited":
+                code = self.proc.wait() if self.proc else "?"
+                raise Unavailable(f"{self.name} exited with {code} before {event!r} (see its log)")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+
+def router_process(name: str = "router", *, bind: str = "tcp://127.0.0.1:0",
+                   pub_bind: str = "tcp://127.0.0.1:0", extra: list[str] | None = None,
+                   log_dir: Path | None = None, env: dict[str, str] | None = None
+                   ) -> ManagedProcess:
+    return ManagedProcess(name, ["-m", "router", "--bind", bind, "--pub-bind", pub_bind,
+                                 *(extra or [])], log_dir=log_dir, env=env)
+
+
+def agent_process(module: str, endpoint: str, *, name: str, extra: list[str] | None = None,
+                  log_dir: Path | None = None, env: dict[str, str] | None = None
+                  ) -> ManagedProcess:
+    return ManagedProcess(name, ["-m", module, "--endpoint", endpoint, *(extra or [])],
+                          log_dir=log_dir, env=env)

@@ -1,0 +1,52 @@
+"""The ``agp`` command: one entry for every process and tool of agp-mesh."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+AGENTS = {
+    "echo": "agents.echo",
+    "data_analyst": "agents.data_analyst",
+    "ml_trainer": "agents.ml_trainer",
+    "inference_service": "agents.inference_service",
+    "notification": "agents.notification",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="agp", description="agp-mesh: AI agents on a ZeroMQ mesh")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("router", help="run the data plane (ROUTER/DEALER router + XPUB proxy)",
+                   add_help=False)
+    sub.add_parser("agent", help="run an agent: agp agent NAME [flags]", add_help=False)
+    sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "router":
+        from router.__main__ import main as router_main
+
+        return router_main(rest)
+    if command == "agent":
+        if not rest or rest[0] not in AGENTS:
+            print(f"usage: agp agent {{{','.join(AGENTS)}}} [flags]", file=sys.stderr)
+            return 2
+        module = importlib.import_module(AGENTS[rest[0]])
+        agent_cls = next(v for v in vars(module).values()
+                         if isinstance(v, type) and getattr(v, "_actions", None)
+                         and v.__module__ == module.__name__)
+        return agent_cls.main(rest[1:])
+    if command == "demo":
+        from agents.demo import main as demo_main
+
+        return demo_main()
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,343 @@
+"""Drive one run: schedule ready steps, retry, time out, and record every change durably.
+
+The rule that makes kill -9 safe: the in-memory state of a step changes only in the same
+synchronous block that commits it to the store, and a step's output is committed in the same
+transaction that marks it succeeded (its large parts were written to the artifact store and
+fsynced before). So a restarted runner reads back exactly the steps that are done, with their
+outputs, and re-runs only the others. Steps in flight at a crash are re-run (at least once):
+an agent that must not repeat work should key it on the run id (:data:`CURRENT_RUN`) and step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from mesh.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    Error,
+    Forbidden,
+    InternalError,
+    Malformed,
+    NoSuchAction,
+    TooLarge,
+    Unauthenticated,
+)
+from mesh.workflow.artifacts import ArtifactStore
+from mesh.workflow.codec import OutputError, decode_output, encode_output
+from mesh.workflow.events import Event, EventHook, EventKind
+from mesh.workflow.model import RunState, StepSpec, StepState, WorkflowSpec
+from mesh.workflow.store import Store
+
+log = logging.getLogger(__name__)
+
+CURRENT_RUN: contextvars.ContextVar[str] = contextvars.ContextVar("agp_workflow_run")
+"""The run id, readable inside ``call_step`` (e.g. for an idempotency key or a trace)."""
+
+NON_RETRYABLE: Final = (ConfigError, NoSuchAction, Forbidden, Unauthenticated, Malformed,
+                        TooLarge, OutputError)
+"""Failures that another attempt cannot fix: the step fails at once, retries or not."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What ``call_step`` returns: the step's output and the instance that produced it."""
+
+    output: Any = None
+    instance: str | None = None
+
+
+CallStep = Callable[[StepSpec, dict[str, Any], int, set[str]], Awaitable[StepResult]]
+"""``call_step(step, inputs, attempt, avoid)``: run one attempt of a step somewhere.
+
+``inputs`` maps each dependency's name to its output; ``attempt`` counts from 1; ``avoid``
+holds instances that already failed this step. To add to ``avoid``, raise an exception with
+an ``instance`` attribute or (for a mesh :class:`Error`) ``details["instance"]``. A plain
+return value is taken as ``StepResult(value)``.
+"""
+
+
+def backoff_delay(base: float, failures: int, *, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half the delay fixed, half random."""
+    if base <= 0 or failures <= 0:
+        return 0.0
+    delay = min(cap, base * 2.0 ** min(failures - 1, 32))
+    return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def instance_of(exc: BaseException) -> str | None:
+    """The instance an exception blames, if it names one."""
+    inst = getattr(exc, "instance", None)
+    if inst is None and isinstance(exc, Error):
+        inst = exc.details.get("instance")
+    return inst if isinstance(inst, str) and inst else None
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class StepProgress:
+    """The runner's in-memory view of one step (mirrors its store row)."""
+
+    state: StepState = StepState.PENDING
+    attempt: int = 0
+    failures: int = 0
+    avoid: set[str] = field(default_factory=set)
+    started: float | None = None
+
+
+class StepFailed(Exception):
+    """Internal: a step failed for good; carries what to record."""
+
+    def __init__(self, step: str, error: str, instance: str | None) -> None:
+        super().__init__(error)
+        self.step, self.error, self.instance = step, error, instance
+
+
+@dataclass(frozen=True)
+class Settings:
+    artifacts: ArtifactStore
+    semaphore: asyncio.Semaphore
+    on_event: EventHook | None
+    default_timeout: float | None
+    max_backoff: float
+    inline_threshold: int
+    resolve_inputs: bool
+    rng: random.Random
+
+
+class RunExecution:
+    """One run in this process. ``task`` completes when the run is finished or detached."""
+
+    def __init__(self, store: Store, call_step: CallStep, settings: Settings, run_id: str,
+                 spec: WorkflowSpec, progress: Mapping[str, StepProgress]) -> None:
+        self.store, self.call_step, self.cfg = store, call_step, settings
+        self.run_id, self.spec = run_id, spec
+        self.steps: dict[str, StepProgress] = dict(progress)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.outputs: dict[str, asyncio.Task[Any]] = {}
+        self.stop_reason: str | None = None
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._drive(), name=f"workflow-run-{run_id}")
+
+    def request_stop(self, reason: str) -> None:
+        """``"cancel"`` records the run cancelled; ``"detach"`` leaves it to a later resume."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    async def _drive(self) -> None:
+        CURRENT_RUN.set(self.run_id)
+        self._emit(EventKind.RUN_STARTED, steps={n: p.state for n, p in self.steps.items()})
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await self._schedule(stopper)
+        except asyncio.CancelledError:  # the loop is going away: same as detach
+            await self._halt()
+            raise
+        except Exception as exc:  # the store or the disk failed: record it if we still can
+            log.exception("workflow run %s crashed", self.run_id)
+            await self._halt()
+            try:
+                self._finish(RunState.FAILED, f"internal error: {describe(exc)}",
+                             StepState.CANCELLED)
+            except Exception:
+                log.exception("could not record the failure of run %s", self.run_id)
+        finally:
+            stopper.cancel()
+            for task in self.outputs.values():
+                task.cancel()
+
+    async def _schedule(self, stopper: asyncio.Future[Any]) -> None:
+        for _ in range(len(self.spec.steps) + 2):  # each round ends at least one step
+            self._launch_ready()
+            if not self.tasks:
+                break
+            done, _ = await asyncio.wait([*self.tasks.values(), stopper],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                await self._stopped()
+                return
+            finished = [name for name, task in self.tasks.items() if task in done]
+            for name in finished:
+                task = self.tasks.pop(name)
+                exc = StepFailed(name, "the step was cancelled from inside", None) \
+                    if task.cancelled() else task.exception()
+                if isinstance(exc, StepFailed):
+                    await self._failed(exc)
+                    return
+                if exc is not None:
+                    raise exc
+        else:
+            raise InternalError("the scheduler did not converge")
+        if any(p.state is not StepState.SUCCEEDED for p in self.steps.values()):
+            raise InternalError("steps left unfinished with nothing running")
+        self._finish(RunState.SUCCEEDED, None, StepState.SKIPPED)
+
+    def _launch_ready(self) -> None:
+        for name in self.spec.order:
+            progress = self.steps[name]
+            if progress.state is not StepState.PENDING or name in self.tasks:
+                continue
+            deps = self.spec.steps[name].depends_on
+            if all(self.steps[d].state is StepState.SUCCEEDED for d in deps):
+                self.tasks[name] = asyncio.ensure_future(self._run_step(self.spec.steps[name]))
+
+    async def _run_step(self, step: StepSpec) -> None:
+        inputs = {dep: await self._output(dep) for dep in step.depends_on}
+        progress = self.steps[step.name]
+        for _ in range(step.retries + 2):  # failures only grow: bounded by the retry budget
+            async with self.cfg.semaphore:
+                outcome = await self._attempt(step, inputs, progress)
+            if isinstance(outcome, StepResult):
+                await self._succeeded(step, progress, outcome)
+                return
+            await asyncio.sleep(outcome)
+        raise InternalError(f"step {step.name!r} exceeded its retry loop")
+
+    async def _attempt(self, step: StepSpec, inputs: dict[str, Any],
+                       progress: StepProgress) -> StepResult | float:
+        """One attempt; returns the result, or the delay before the next attempt."""
+        progress.attempt += 1
+        progress.started = time.time()
+        self.store.apply(self.run_id, steps={step.name: {
+            "state": StepState.RUNNING, "attempt": progress.attempt,
+            "started": progress.started, "finished": None}})
+        progress.state = StepState.RUNNING
+        self._emit(EventKind.STEP_STARTED, step=step.name, attempt=progress.attempt)
+        timeout = step.timeout if step.timeout is not None else self.cfg.default_timeout
+        try:
+            call = self.call_step(step, inputs, progress.attempt, set(progress.avoid))
+            result = await asyncio.wait_for(call, timeout)
+            if not isinstance(result, StepResult):
+                result = StepResult(output=result)
+            return result
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            failure: Exception = exc if isinstance(exc, Error) else DeadlineExceeded(
+                f"step {step.name!r} exceeded its {timeout:g} s timeout")
+        except Exception as exc:
+            failure = exc
+        return self._attempt_failed(step, progress, failure)
+
+    def _attempt_failed(self, step: StepSpec, progress: StepProgress, exc: Exception) -> float:
+        error, instance = describe(exc), instance_of(exc)
+        if instance:
+            progress.avoid.add(instance)
+        progress.failures += 1
+        if progress.failures > step.retries or isinstance(exc, NON_RETRYABLE):
+            raise StepFailed(step.name, error, instance)
+        delay = backoff_delay(step.backoff, progress.failures, cap=self.cfg.max_backoff,
+                              rng=self.cfg.rng)
+        now = time.time()
+        self.store.apply(self.run_id, steps={step.name: {
+            "state": StepState.PENDING, "failures": progress.failures, "error": error,
+            "finished": now, "instance": instance, "avoid": progress.avoid}})
+        progress.state = StepState.PENDING
+        self._emit(EventKind.STEP_RETRYING, step=step.name, attempt=progress.attempt,
+                   duration=now - (progress.started or now), error=error, instance=instance,
+                   delay=delay)
+        return delay
+
+    async def _succeeded(self, step: StepSpec, progress: StepProgress, result: StepResult) -> None:
+        try:
+            encoded = await asyncio.to_thread(encode_output, result.output, self.cfg.artifacts,
+                                              threshold=self.cfg.inline_threshold)
+        except OutputError as exc:
+            raise StepFailed(step.name, describe(exc), result.instance)
+        now = time.time()
+        self.store.apply(self.run_id, steps={step.name: {
+            "state": StepState.SUCCEEDED, "finished": now, "error": None,
+            "instance": result.instance, "output": encoded.blob,
+            "output_refs": [r.uri for r in encoded.refs]}})
+        progress.state = StepState.SUCCEEDED
+        self._emit(EventKind.STEP_SUCCEEDED, step=step.name, attempt=progress.attempt,
+                   duration=now - (progress.started or now), instance=result.instance)
+        self._evict(step)
+
+    async def _output(self, dep: str) -> Any:
+        """A dependency's output, decoded once per run and shared by its dependents."""
+        task = self.outputs.get(dep)
+        if task is None:
+            blob = self.store.load_output(self.run_id, dep)
+            task = asyncio.ensure_future(asyncio.to_thread(
+                lambda: None if blob is None else decode_output(
+                    blob, self.cfg.artifacts, resolve=self.cfg.resolve_inputs)))
+            self.outputs[dep] = task
+        return await asyncio.shield(task)
+
+    def _evict(self, step: StepSpec) -> None:
+        """Drop a cached output once every step that needs it is done (large arrays)."""
+        for dep in step.depends_on:
+            if all(self.steps[d].state is StepState.SUCCEEDED for d in self.spec.dependents(dep)):
+                self.outputs.pop(dep, None)
+
+    async def _failed(self, failure: StepFailed) -> None:
+        now = time.time()
+        progress = self.steps[failure.step]
+        if failure.instance:
+            progress.avoid.add(failure.instance)
+        self._finish(RunState.FAILED, f"step {failure.step!r} failed: {failure.error}",
+                     StepState.SKIPPED, failed={failure.step: {
+                         "state": StepState.FAILED, "failures": progress.failures,
+                         "error": failure.error, "finished": now,
+                         "instance": failure.instance, "avoid": progress.avoid}})
+        await self._halt()
+
+    async def _stopped(self) -> None:
+        if self.stop_reason == "cancel":
+            self._finish(RunState.CANCELLED, "cancelled", StepState.CANCELLED)
+        await self._halt()
+
+    def _finish(self, state: RunState, error: str | None, idle: StepState,
+                failed: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """One transaction: the run's end state, the failed step, in-flight steps cancelled,
+        steps that never started marked ``idle`` (skipped, or cancelled by a user)."""
+        now = time.time()
+        updates: dict[str, Mapping[str, Any]] = dict(failed or {})
+        for name, progress in self.steps.items():
+            if name in updates or progress.state.terminal:
+                continue
+            in_flight = name in self.tasks and not self.tasks[name].done()
+            new = StepState.CANCELLED if in_flight else idle
+            updates[name] = {"state": new, "finished": now if in_flight else None}
+        self.store.apply(self.run_id, run={"state": state, "error": error}, steps=updates)
+        for name, cols in updates.items():
+            progress = self.steps[name]
+            progress.state = cols["state"]
+            kind = {StepState.FAILED: EventKind.STEP_FAILED,
+                    StepState.CANCELLED: EventKind.STEP_CANCELLED}.get(
+                        progress.state, EventKind.STEP_SKIPPED)
+            started = progress.started if cols.get("finished") else None
+            self._emit(kind, step=name, attempt=progress.attempt,
+                       duration=None if started is None else now - started,
+                       error=cols.get("error"), instance=cols.get("instance"))
+        self._emit(EventKind.RUN_FINISHED, run_state=state, error=error,
+                   steps={n: p.state for n, p in self.steps.items()})
+
+    async def _halt(self) -> None:
+        """Cancel every step task and wait for them to unwind (bounded by their cleanup)."""
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        hook = self.cfg.on_event
+        if hook is None:
+            return
+        try:
+            hook(Event(kind=kind, run_id=self.run_id, at=time.time(), **fields))
+        except Exception:
+            log.exception("workflow on_event hook failed on %s", kind.value)

@@ -1,0 +1,163 @@
+"""The asyncio workflow runner: start, wait, cancel and resume durable runs.
+
+It knows nothing of sockets: one step is performed by the injected ``call_step`` (see
+:data:`~mesh.workflow.execution.CallStep`), which the orchestrator wires to the mesh client
+and tests wire to plain coroutines. All state goes through a :class:`Store`, so another
+process can resume a run this one started and was killed in the middle of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from mesh.errors import ConfigError
+from mesh.workflow.artifacts import ArtifactStore
+from mesh.workflow.codec import INLINE_THRESHOLD, decode_output
+from mesh.workflow.events import EventHook
+from mesh.workflow.execution import CallStep, RunExecution, Settings, StepProgress
+from mesh.workflow.model import RunState, StepState, WorkflowSpec
+from mesh.workflow.store import RunRecord, Store
+from mesh.workflow.validate import validate
+
+
+class WorkflowRunner:
+    """Runs DAG workflows through ``call_step``, recording every step in ``store``.
+
+    ``max_parallel`` bounds the steps in flight across all runs of this runner;
+    ``default_timeout`` (s) applies to steps that set none; ``max_backoff`` caps retry delays;
+    outputs of ``inline_threshold`` bytes or more go to ``artifact_store`` by reference;
+    with ``resolve_inputs=False`` dependents receive :class:`ArtifactRef` values for those
+    parts instead of loading them. ``on_event`` receives :class:`Event` s (must not block).
+    """
+
+    def __init__(self, store: Store, call_step: CallStep, *, artifact_store: ArtifactStore,
+                 max_parallel: int = 8, on_event: EventHook | None = None,
+                 default_timeout: float | None = None, max_backoff: float = 60.0,
+                 inline_threshold: int = INLINE_THRESHOLD, resolve_inputs: bool = True,
+                 owner: str | None = None, rng: random.Random | None = None) -> None:
+        if max_parallel < 1:
+            raise ConfigError(f"max_parallel must be at least 1, got {max_parallel}")
+        if default_timeout is not None and not default_timeout > 0:
+            raise ConfigError(f"default_timeout must be positive, got {default_timeout}")
+        self.store = store
+        self.call_step = call_step
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self._settings = Settings(
+            artifacts=artifact_store, semaphore=asyncio.Semaphore(max_parallel),
+            on_event=on_event, default_timeout=default_timeout, max_backoff=max_backoff,
+            inline_threshold=inline_threshold, resolve_inputs=resolve_inputs,
+            rng=rng or random.Random(),
+        )
+        self._active: dict[str, RunExecution] = {}
+
+    @property
+    def active_runs(self) -> list[str]:
+        """Ids of the runs this runner is driving right now."""
+        return list(self._active)
+
+    async def start(self, spec: WorkflowSpec | Mapping[str, Any], *,
+                    run_id: str | None = None) -> str:
+        """Validate (a dict spec), record a new run, start it; returns the run id at once."""
+        if not isinstance(spec, WorkflowSpec):
+            spec = validate(spec)
+        record = self.store.create_run(spec, run_id=run_id, owner=self.owner)
+        self._launch(record.id, spec, {name: StepProgress() for name in spec.steps})
+        return record.id
+
+    async def run(self, spec: WorkflowSpec | Mapping[str, Any], *,
+                  timeout: float | None = None) -> RunRecord:
+        """Start a run and wait for its end."""
+        return await self.wait(await self.start(spec), timeout=timeout)
+
+    async def resume(self, run_id: str) -> str:
+        """Continue a run from the store, re-running only steps not yet succeeded.
+
+        A run left ``running`` by a dead process continues with the same retry budget; a
+        ``failed`` or ``cancelled`` run gets a fresh budget for its unfinished steps. A
+        ``succeeded`` run is left as it is. Returns the full run id (a prefix is accepted).
+        """
+        record = self.store.get_run(run_id)
+        run_id = record.id
+        if run_id in self._active:
+            raise ConfigError(f"run {run_id} is already running in this runner")
+        if record.state is RunState.SUCCEEDED:
+            return run_id
+        spec = validate(record.spec, source=f"run {run_id}")
+        fresh = record.state is not RunState.RUNNING
+        progress: dict[str, StepProgress] = {}
+        updates: dict[str, dict[str, Any]] = {}
+        for name, step in self.store.step_states(run_id).items():
+            p = StepProgress(state=step.state, attempt=step.attempt, failures=step.failures,
+                             avoid=set(step.avoid), started=step.started)
+            if step.state is not StepState.SUCCEEDED:
+                if fresh:
+                    p.failures, p.avoid = 0, set()
+                if step.state is not StepState.PENDING or fresh:
+                    updates[name] = {"state": StepState.PENDING, "failures": p.failures,
+                                     "avoid": p.avoid, "finished": None}
+                p.state = StepState.PENDING
+            progress[name] = p
+        self.store.apply(run_id, run={"state": RunState.RUNNING, "error": None,
+                                      "owner": self.owner}, steps=updates)
+        self._launch(run_id, spec, progress)
+        return run_id
+
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
+        """Wait until a run driven here ends (or is detached); returns its stored record.
+
+        For a run this runner is not driving, returns the stored record at once.
+        Raises :class:`TimeoutError` after ``timeout`` seconds (the run goes on).
+        """
+        run_id = self.store.get_run(run_id).id
+        execution = self._active.get(run_id)
+        if execution is not None:
+            await asyncio.wait_for(asyncio.shield(execution.task), timeout)
+        return self.store.get_run(run_id)
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Cancel a run: steps in flight are cancelled, the run ends ``cancelled``.
+
+        Also works on a run no process is driving (one left ``running`` by a crash)."""
+        record = self.store.get_run(run_id)
+        execution = self._active.get(record.id)
+        if execution is not None:
+            execution.request_stop("cancel")
+            await asyncio.shield(execution.task)
+        elif not record.state.terminal:
+            steps = {name: {"state": StepState.CANCELLED}
+                     for name, step in self.store.step_states(record.id).items()
+                     if not step.state.terminal}
+            self.store.apply(record.id, run={"state": RunState.CANCELLED, "error": "cancelled"},
+                             steps=steps)
+        return self.store.get_run(record.id)
+
+    def outputs(self, run_id: str, *, resolve: bool = True) -> dict[str, Any]:
+        """The decoded outputs of a run's succeeded steps (loads artifacts when ``resolve``)."""
+        found: dict[str, Any] = {}
+        for name, step in self.store.step_states(run_id).items():
+            if step.state is StepState.SUCCEEDED:
+                blob = self.store.load_output(run_id, name)
+                found[name] = None if blob is None else decode_output(
+                    blob, self._settings.artifacts, resolve=resolve)
+        return found
+
+    async def close(self) -> None:
+        """Stop driving every run without ending it: each stays ``running`` in the store
+        for :meth:`resume` (by this process later, or by another one)."""
+        executions = list(self._active.values())
+        for execution in executions:
+            execution.request_stop("detach")
+        if executions:
+            await asyncio.gather(*(e.task for e in executions), return_exceptions=True)
+
+    def _launch(self, run_id: str, spec: WorkflowSpec,
+                progress: Mapping[str, StepProgress]) -> None:
+        execution = RunExecution(self.store, self.call_step, self._settings, run_id, spec,
+                                 progress)
+        self._active[run_id] = execution
+        execution.task.add_done_callback(lambda _t: self._active.pop(run_id, None))

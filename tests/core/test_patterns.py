@@ -1,0 +1,154 @@
+"""The four patterns between real processes: router, echo agents, this test as the client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mesh import AsyncMesh, HandlerError, Mesh, NoSuchAction, NoSuchService
+from tests.helpers import rss_bytes, wait_for
+
+SVC = "test/ns/echo"
+
+
+def test_request_response_with_arrays(router, start_echo) -> None:
+    start_echo()
+    with Mesh.connect(router.ready_info["router"]) as m:
+        arr = np.random.default_rng(1).normal(size=(256, 64))
+        out = m.request(SVC, "echo", {"a": arr, "s": "text"})
+        np.testing.assert_array_equal(out["a"], arr)
+        assert out["s"] == "text"
+        assert m.request(SVC, "echo", b"\x00raw", raw=True) == b"\x00raw"
+        assert m.request("echo", "echo", 5) == 5  # the short name resolves when unique
+
+
+def test_handler_errors_are_typed_and_the_agent_survives(router, start_echo) -> None:
+    start_echo()
+    with Mesh.connect(router.ready_info["router"]) as m:
+        with pytest.raises(HandlerError, match="asked to fail"):
+            m.request(SVC, "fail", "poison")
+        with pytest.raises(NoSuchAction):
+            m.request(SVC, "no_such_action")
+        with pytest.raises(NoSuchService):
+            m.request("test/ns/nobody", "echo", timeout=5)
+        assert m.request(SVC, "echo", 1) == 1
+
+
+def test_weights_3_to_1_give_75_percent(router, start_echo) -> None:
+    heavy = start_echo(weight=3, instance="heavy")
+    start_echo(weight=1, instance="light")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        shares = Counter(m.request(SVC, "whoami")["instance"] for _ in range(2000))
+    share = shares[heavy.ready_info["instance"]] / 2000
+    assert 0.70 <= share <= 0.80, shares
+
+
+def test_request_to_an_instance_name_reaches_that_instance(router, start_echo) -> None:
+    start_echo(instance="one")
+    two = start_echo(instance="two")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        name = two.ready_info["instance"]
+        assert {m.request(name, "whoami")["instance"] for _ in range(20)} == {name}
+
+
+def test_fire_and_forget_is_delivered_in_order(router, start_echo) -> None:
+    agent = start_echo()
+    with Mesh.connect(router.ready_info["router"]) as m:
+        for i in range(500):
+            m.send(agent.ready_info["instance"], "record", i)
+        items = wait_for(lambda: len(got := m.request(agent.ready_info["instance"],
+                                                        "recorded_items")) == 500 and got,
+                         message="500 sends recorded")
+        assert items == list(range(500))
+
+
+def test_subscribe_then_publish_delivers_the_first_message(router) -> None:
+    endpoint = router.ready_info["router"]
+    with Mesh.connect(endpoint) as pub, Mesh.connect(endpoint) as sub_client:
+        for round_ in range(5):  # a fresh topic each time: no slow-joiner loss once confirmed
+            sub = sub_client.subscribe(f"first.{round_}")
+            pub.publish(f"first.{round_}.x", {"round": round_})
+            msg = sub.get(timeout=10)
+            assert msg.topic == f"first.{round_}.x"
+            assert msg.data == {"round": round_}
+            sub.close()
+
+
+def test_pubsub_prefix_order_and_batching_invisible(router) -> None:
+    endpoint = router.ready_info["router"]
+    with Mesh.connect(endpoint) as pub, Mesh.connect(endpoint) as sub_client:
+        stocks = sub_client.subscribe("stocks.")
+        alerts = sub_client.subscribe("alerts.")
+        for i in range(3000):
+            pub.publish("stocks.AAPL" if i % 2 else "stocks.MSFT", {"i": i})
+        pub.publish("alerts.high", "boom")
+        got = [stocks.get(timeout=10) for _ in range(3000)]
+        assert [g.data["i"] for g in got] == list(range(3000))
+        assert alerts.get(timeout=10).data == "boom"
+        assert stocks.gaps == 0
+        assert stocks.dropped == 0
+
+
+def test_callback_subscription_and_async_face(router) -> None:
+    async def main() -> list:
+        endpoint = router.ready_info["router"]
+        async with await AsyncMesh.connect(endpoint) as a, await AsyncMesh.connect(endpoint) as b:
+            got: list = []
+            done = asyncio.Event()
+
+            def on_msg(msg) -> None:
+                got.append(msg.data)
+                if len(got) == 100:
+                    done.set()
+
+            await b.subscribe("cb.", on_msg)
+            for i in range(100):
+                a.publish("cb.t", i)
+            await asyncio.wait_for(done.wait(), 10)
+            return got
+
+    assert asyncio.run(main()) == list(range(100))
+
+
+def test_stream_1_gib_with_bounded_memory(router, start_echo) -> None:
+    agent = start_echo()
+    chunk = bytes(1024 * 1024)
+    with Mesh.connect(router.ready_info["router"]) as m:
+        with m.stream(SVC, "ingest") as s:  # warm up both sides
+            for _ in range(16):
+                s.write(chunk, raw=True)
+        rss_router, rss_agent = rss_bytes(router.pid), rss_bytes(agent.pid)
+        with m.stream(SVC, "ingest", timeout=300) as s:
+            for _ in range(1024):
+                s.write(chunk, raw=True)
+        assert s.result["chunks"] == 1024
+        assert s.result["bytes"] == 1024 * 1024 * 1024
+        # credit keeps at most a window of chunks in flight: memory grows by far less than 1 GiB
+        assert rss_bytes(router.pid) - rss_router < 96 * 1024 * 1024
+        assert rss_bytes(agent.pid) - rss_agent < 96 * 1024 * 1024
+
+
+def test_progress_reports_and_cancellation(router, start_echo) -> None:
+    start_echo()
+
+    async def main() -> tuple[list, object]:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            seen: list = []
+            result = await m.request(SVC, "work", {"steps": 5}, on_progress=lambda f, s:
+                                     seen.append((f, s)))
+            started = asyncio.Event()
+            task = asyncio.ensure_future(m.request(SVC, "work", {"steps": 1000,
+                                                                 "step_seconds": 0.05},
+                                                   on_progress=lambda f, s: started.set()))
+            await asyncio.wait_for(started.wait(), 10)  # the first report names the instance
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return seen, result
+
+    seen, result = asyncio.run(main())
+    assert result["steps"] == 5
+    assert [f for f, _ in seen] == [0.0, 0.2, 0.4, 0.6, 0.8]
