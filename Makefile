@@ -32,7 +32,7 @@ test-fast: $(STAMP) ## the tests without lint
 	$(PY) -m pytest -q -p no:cacheprovider -x
 
 lint: $(STAMP) ## ruff over the code; the generated proto module is checked for drift by a test
-	$(VENV)/bin/ruff check proto mesh router discovery security agents bench tests examples
+	$(VENV)/bin/ruff check $(wildcard proto mesh router discovery security agents bench tests examples)
 
 proto: $(STAMP) ## regenerate proto/agp_pb2.py from proto/agp.proto
 	$(PY) -m proto.generate

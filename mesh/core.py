@@ -45,6 +45,7 @@ from mesh.wire import (
     parse_error,
     parse_route,
 )
+from mesh.zmqio import recv_frames, send_frames
 from proto import agp_pb2
 
 log = logging.getLogger("agp.client")
@@ -217,7 +218,7 @@ class Core:
         if sock is None:
             raise Closed("client closed")
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(sock, frames)
         except zmq.Again:
             self.counters["send_errors"] += 1
             raise Overloaded("outgoing queue to the router is full (router unreachable?)")
@@ -269,13 +270,12 @@ class Core:
         sock = self.sock
         if sock is None:
             return
-        recv = sock.recv_multipart
         dispatch = self._dispatch
         assert self.loop is not None
         self._last_rx = self.loop.time()
         for _ in range(DRAIN_BATCH):
             try:
-                msg = recv(zmq.NOBLOCK)
+                msg = recv_frames(sock)
             except zmq.Again:
                 return
             except zmq.ZMQError:

@@ -27,6 +27,7 @@ import zmq
 from mesh import codec
 from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
+from mesh.zmqio import recv_frames
 
 if TYPE_CHECKING:
     from mesh.core import Core
@@ -300,7 +301,7 @@ class SubscriberSide:
             return
         for _ in range(1000):
             try:
-                msg = sock.recv_multipart(zmq.NOBLOCK)
+                msg = recv_frames(sock)
             except zmq.ZMQError:
                 return
             try:

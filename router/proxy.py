@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd
+from mesh.zmqio import send_frames
 from router.access import Access
 from router.stats import RouterStats
 
@@ -50,7 +51,7 @@ class PubSubProxy:
         frames[0] = topic
         frames[1] = ROUTE.pack(1, Cmd.PUBLISH, flags, 0, count, seq + 1)
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, frames)
         except zmq.Again:
             self.stats.drop("pub_hwm", count)
         self.stats.publishes += 1

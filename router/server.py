@@ -34,6 +34,7 @@ from mesh.wire import (
     error_frames,
     pack_route,
 )
+from mesh.zmqio import recv_frames, send_frames
 from proto import agp_pb2
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
@@ -143,20 +144,19 @@ class Router:
         self.now = time.monotonic()
         handle = self._handle
         secure = self.secure
-        recv_multipart = sock.recv_multipart
         for _ in range(self.config.drain_batch):
             try:
                 if secure:
                     first = sock.recv(zmq.NOBLOCK, copy=False)
                     msg = [first.bytes]
                     if first.more:
-                        msg.extend(recv_multipart())
+                        msg.extend(recv_frames(sock))
                     try:
                         identity = first.get("User-Id")
                     except zmq.ZMQError:
                         identity = None
                 else:
-                    msg = recv_multipart(zmq.NOBLOCK)
+                    msg = recv_frames(sock)
                     identity = None
             except zmq.Again:
                 return
@@ -581,7 +581,7 @@ class Router:
     # ------------------------------------------------------------------ sending
     def _send(self, frames: list[bytes]) -> bool:
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.sock, frames)
             return True
         except zmq.ZMQError:  # EHOSTUNREACH (gone, ROUTER_MANDATORY) or EAGAIN (HWM)
             return False

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mesh.errors import (
+    Cancelled,
     ConfigError,
     DeadlineExceeded,
     Error,
@@ -216,17 +217,26 @@ class RunExecution:
         progress.state = StepState.RUNNING
         self._emit(EventKind.STEP_STARTED, step=step.name, attempt=progress.attempt)
         timeout = step.timeout if step.timeout is not None else self.cfg.default_timeout
+        # A task plus asyncio.wait, not wait_for: a TimeoutError raised by call_step itself
+        # must stay distinguishable from this step's own deadline.
+        call = asyncio.ensure_future(
+            self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
         try:
-            call = self.call_step(step, inputs, progress.attempt, set(progress.avoid))
-            result = await asyncio.wait_for(call, timeout)
-            if not isinstance(result, StepResult):
-                result = StepResult(output=result)
-            return result
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            failure: Exception = exc if isinstance(exc, Error) else DeadlineExceeded(
-                f"step {step.name!r} exceeded its {timeout:g} s timeout")
-        except Exception as exc:
-            failure = exc
+            done, _ = await asyncio.wait({call}, timeout=timeout)
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+        failure: BaseException
+        if call not in done:
+            failure = DeadlineExceeded(f"step {step.name!r} exceeded its {timeout:g} s timeout")
+        elif call.cancelled():
+            failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
+        elif (failure := call.exception()) is None:  # type: ignore[assignment]
+            result = call.result()
+            return result if isinstance(result, StepResult) else StepResult(output=result)
+        if not isinstance(failure, Exception):
+            raise failure
         return self._attempt_failed(step, progress, failure)
 
     def _attempt_failed(self, step: StepSpec, progress: StepProgress, exc: Exception) -> float:
