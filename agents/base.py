@@ -158,6 +158,7 @@ class Agent:
     policy: str = "weighted_round_robin"
     version: str = "1"
     capabilities: tuple[str, ...] = ()
+    register_with_registry: bool = True  # lease in agp/system/registry when one runs
 
     _actions: dict[str, tuple[Callable[..., Any], bool, bool]]
 
@@ -202,6 +203,9 @@ class Agent:
         self._stop = asyncio.Event()
         self._ready: asyncio.Future[str] | None = None
         self.instance_name = ""
+        self._registry_task: asyncio.Task[None] | None = None
+        self.registered = False
+        self._mesh: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, timeout: float = 30.0) -> None:
@@ -250,8 +254,66 @@ class Agent:
             return
         name = msg[1].decode()
         log.info("serving %s as %s", self.service, name)
+        if self.register_with_registry and self._registry_task is None:
+            self._registry_task = self.loop.create_task(self._registry_lease())
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(name)
+
+    @property
+    def mesh(self) -> Any:
+        """An AsyncMesh over this agent's own connection, to call other agents."""
+        if self._mesh is None:
+            from mesh.aio import AsyncMesh
+
+            assert self.core is not None
+            self._mesh = AsyncMesh(self.core, breakers=True)
+        return self._mesh
+
+    @property
+    def public_key(self) -> str:
+        """This agent's Curve25519 public key (z85): its CURVE key, or one made for the run."""
+        if self.core is not None and self.core.security is not None:
+            return self.core.security.public.decode()
+        if not hasattr(self, "_ephemeral_key"):
+            import zmq
+
+            self._ephemeral_key = zmq.curve_keypair()[0].decode()
+        return self._ephemeral_key
+
+    def registration(self) -> dict[str, Any]:
+        """This agent's record for the discovery registry."""
+        return {"name": self.service, "instance": self.instance, "public_key": self.public_key,
+                "capabilities": list(self.capabilities), "version": self.version,
+                "capacity": self.capacity, "weight": self.weight, "labels": self.labels}
+
+    async def _registry_lease(self) -> None:
+        """Register with the registry, then heartbeat the lease every second (soft state)."""
+        from discovery.service import REGISTRY_SERVICE
+        from mesh.errors import NoSuchService
+
+        hb = {"name": self.service, "instance": self.instance, "public_key": self.public_key}
+        while not self.draining:
+            try:
+                if not self.registered:
+                    await self.mesh.request(REGISTRY_SERVICE, "register", self.registration(),
+                                            timeout=2.0)
+                    self.registered = True
+                else:
+                    await self.mesh.request(REGISTRY_SERVICE, "heartbeat", hb, timeout=2.0)
+            except NoSuchService:
+                self.registered = False  # no registry yet, or it restarted: register again
+                continue_soon = True
+            except Error as exc:
+                log.debug("registry lease: %s", exc)
+                continue_soon = False
+            else:
+                continue_soon = False
+            await asyncio.sleep(0.2 if continue_soon and self.registered is False and
+                                self._registry_seen() else 1.0)
+
+    def _registry_seen(self) -> bool:
+        core = self.core
+        return core is not None and core.connected
 
     async def serve(self) -> None:
         """Run until stop() or drain(), then close."""
@@ -277,6 +339,17 @@ class Agent:
             core.send_frames([pack_route(Cmd.DISCONNECT, 0, ErrorCode.DRAINING), b""])
         except Error:
             pass
+        if self._registry_task is not None:
+            self._registry_task.cancel()
+            if self.registered:
+                from discovery.service import REGISTRY_SERVICE
+
+                try:
+                    await self.mesh.request(REGISTRY_SERVICE, "deregister",
+                                            {"name": self.service, "instance": self.instance,
+                                             "public_key": self.public_key}, timeout=1.0)
+                except Error:
+                    pass
         tasks = [t for t, _ in self._tasks.values() if t is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=drain_timeout)

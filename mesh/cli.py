@@ -8,6 +8,7 @@ import sys
 
 AGENTS = {
     "echo": "agents.echo",
+    "registry": "discovery.service",
     "data_analyst": "agents.data_analyst",
     "ml_trainer": "agents.ml_trainer",
     "inference_service": "agents.inference_service",
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("router", help="run the data plane (ROUTER/DEALER router + XPUB proxy)",
                    add_help=False)
     sub.add_parser("agent", help="run an agent: agp agent NAME [flags]", add_help=False)
+    sub.add_parser("registry", help="run the discovery registry service", add_help=False)
+    sub.add_parser("discover", help="what is on the mesh: agp discover [--json] [--watch]",
+                   add_help=False)
     sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -40,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                          if isinstance(v, type) and getattr(v, "_actions", None)
                          and v.__module__ == module.__name__)
         return agent_cls.main(rest[1:])
+    if command == "registry":
+        from discovery.service import Registry
+
+        return Registry.main(rest)
+    if command == "discover":
+        from discovery.cli import main as discover_main
+
+        return discover_main(rest)
     if command == "demo":
         from agents.demo import main as demo_main
 

@@ -295,9 +295,25 @@ class Router:
     ) -> None:
         msg[0] = inst.peer.rid
         msg[2] = crid
-        if not self._send(msg):
-            self.stats.drop("instance_unroutable")
-            self._error(crid, ErrorCode.UNAVAILABLE, "instance unreachable", ident)
+        try:
+            send_frames(self.sock, msg)
+        except zmq.Again:
+            msg[0] = crid
+            self.stats.drop("instance_queue_full")
+            self._error(crid, ErrorCode.OVERLOADED, "instance queue full", ident)
+            return
+        except zmq.ZMQError:
+            # EHOSTUNREACH: the connection is gone and nothing was delivered, so the request
+            # may go to another instance whatever its idempotency
+            msg[0] = crid
+            svc = inst.service
+            self._remove_peer(inst.peer, "connection gone")
+            if svc.instances and svc.name in self.table.services:
+                svc.queue.appendleft(Queued(msg, deadline, ident, mark))
+                self._drain_queue(svc)
+            else:
+                self.stats.drop("instance_unroutable")
+                self._error(crid, ErrorCode.UNAVAILABLE, "instance unreachable", ident)
             return
         inst.inflight[(crid, ident)] = (msg, deadline, mark)
         if mark & _STREAM:

@@ -232,9 +232,12 @@ class RunExecution:
             failure = DeadlineExceeded(f"step {step.name!r} exceeded its {timeout:g} s timeout")
         elif call.cancelled():
             failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
-        elif (failure := call.exception()) is None:  # type: ignore[assignment]
-            result = call.result()
-            return result if isinstance(result, StepResult) else StepResult(output=result)
+        else:
+            exc = call.exception()
+            if exc is None:
+                result = call.result()
+                return result if isinstance(result, StepResult) else StepResult(output=result)
+            failure = exc
         if not isinstance(failure, Exception):
             raise failure
         return self._attempt_failed(step, progress, failure)

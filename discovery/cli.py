@@ -1,0 +1,74 @@
+"""`agp discover`: what is on the mesh, as a table, as JSON, or live (--watch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from discovery.events import parse_event, parse_snapshot
+from discovery.replica import Replica
+from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
+from mesh import DeadlineExceeded, Mesh
+
+
+def render(records: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table: name, instances, capabilities, load, age."""
+    rows = [("NAME", "INSTANCE", "CAPABILITIES", "LOAD", "AGE")]
+    for r in sorted(records, key=lambda r: (r["name"], r["instance"])):
+        inst = load.get(f"{r['name']}/{r['instance']}", {})
+        busy = f"{inst.get('inflight', 0)}/{inst.get('capacity', r.get('capacity', 0))}"
+        age = f"{r.get('age', 0):.0f}s" if "age" in r else "-"
+        rows.append((r["name"], r["instance"], ",".join(r.get("capabilities", [])) or "-",
+                     busy, age))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def _router_load(m: Mesh) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for svc in m.request("agp/router", "services"):
+        for inst in svc["instances"]:
+            out[inst["name"]] = inst
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="agp discover", description=__doc__)
+    p.add_argument("--endpoint", default=None, help="router endpoint (default: AGP_ROUTER)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--watch", action="store_true", help="keep printing joins and leaves")
+    p.add_argument("--seconds", type=float, default=0, help="with --watch: stop after this")
+    args = p.parse_args(argv)
+    with Mesh.connect(args.endpoint) as m:
+        if not args.watch:
+            records = m.request(REGISTRY_SERVICE, "list")
+            if args.json:
+                print(json.dumps(records, indent=2))
+            else:
+                print(render(records, _router_load(m)))
+            return 0
+        replica = Replica()
+        sub = m.subscribe(EVENTS_TOPIC)
+        replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
+        print(render([r.to_wire() for r in replica.records()], _router_load(m)), flush=True)
+        stop_at = time.monotonic() + args.seconds if args.seconds else float("inf")
+        while time.monotonic() < stop_at:
+            try:
+                msg = sub.get(timeout=min(1.0, max(0.01, stop_at - time.monotonic())))
+            except DeadlineExceeded:
+                continue
+            event = parse_event(msg.data)
+            replica.apply(event)
+            line = {"seq": event.seq, "kind": event.kind.value, **event.record.to_wire()}
+            print(json.dumps(line) if args.json else
+                  f"{event.kind.value:<6} {event.record.name}/{event.record.instance}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The micro-batcher: concurrent rows share one predict call; a full queue says so."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from agents.work.batching import MicroBatcher
+from agents.work.errors import DataError
+from mesh.errors import Closed, Overloaded
+
+
+def test_concurrent_rows_are_predicted_together() -> None:
+    sizes: list[int] = []
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        sizes.append(X.shape[0])
+        return X.sum(axis=1)
+
+    async def main() -> list[float]:
+        async with MicroBatcher(predict, max_batch=16, max_delay_ms=50) as b:
+            rows = [[float(i), 1.0] for i in range(40)]
+            return await asyncio.gather(*(b.submit(r) for r in rows))
+
+    results = asyncio.run(main())
+    assert results == [i + 1.0 for i in range(40)]  # each caller got its own row's answer
+    assert sum(sizes) == 40
+    assert max(sizes) == 16
+    assert sizes[:2] == [16, 16]
+    assert all(s > 1 for s in sizes)
+
+
+def test_lone_row_goes_after_the_delay_and_async_predict_fn() -> None:
+    calls: list[int] = []
+
+    async def predict(X: np.ndarray) -> list[int]:
+        calls.append(len(X))
+        return [int(v) for v in X[:, 0] * 2]
+
+    async def main() -> tuple[int, dict]:
+        async with MicroBatcher(predict, max_batch=8, max_delay_ms=1) as b:
+            return await b.submit([21.0]), b.stats()
+
+    value, stats = asyncio.run(main())
+    assert value == 42
+    assert calls == [1]
+    assert stats["batches"] == 1
+    assert stats["rows"] == 1
+
+
+def test_full_queue_raises_overloaded() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def slow(X: np.ndarray) -> np.ndarray:
+            entered.set()
+            await release.wait()
+            return X[:, 0]
+
+        b = MicroBatcher(slow, max_batch=2, max_delay_ms=0, max_queue=3)
+        first = [asyncio.create_task(b.submit([float(i)])) for i in range(2)]
+        await entered.wait()  # those two are now being predicted, out of the queue
+        queued = [asyncio.create_task(b.submit([float(i)])) for i in range(2, 5)]
+        await asyncio.sleep(0)  # let the three tasks enqueue
+        with pytest.raises(Overloaded):
+            await b.submit([9.0])
+        assert b.stats()["rejected"] == 1
+        assert b.stats()["queued"] == 3
+        release.set()
+        assert await asyncio.gather(*first, *queued) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        await b.aclose()
+
+    asyncio.run(main())
+
+
+def test_errors_reach_every_caller_and_bad_rows_only_their_own() -> None:
+    def boom(X: np.ndarray) -> np.ndarray:
+        raise ValueError("model exploded")
+
+    def ok(X: np.ndarray) -> np.ndarray:
+        return X[:, 0]
+
+    async def main() -> None:
+        async with MicroBatcher(boom, max_delay_ms=5) as b:
+            res = await asyncio.gather(b.submit([1.0]), b.submit([2.0]), return_exceptions=True)
+            assert all(isinstance(r, ValueError) for r in res)
+        async with MicroBatcher(ok, max_delay_ms=5, n_features=2) as b:
+            good = asyncio.create_task(b.submit([1.0, 2.0]))
+            with pytest.raises(DataError, match="3 values"):
+                await b.submit([1.0, 2.0, 3.0])
+            assert await good == 1.0
+        closing = MicroBatcher(ok, max_delay_ms=1000)
+        pending = asyncio.create_task(closing.submit([5.0, 5.0]))
+        await asyncio.sleep(0)
+        await closing.aclose()
+        with pytest.raises(Closed):
+            await pending
+        with pytest.raises(Closed):
+            await closing.submit([1.0, 1.0])
+
+    asyncio.run(main())

@@ -1,0 +1,111 @@
+"""The registry served over the mesh, with real router, registry and agent processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from agents.procs import agent_process
+from discovery.events import parse_event, parse_snapshot
+from discovery.replica import Replica
+from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
+from mesh import DeadlineExceeded, Forbidden, Malformed, Mesh, NoSuchService, Unavailable
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+def registry(spawn, router):
+    return spawn(agent_process("discovery.service", router.ready_info["router"],
+                               name="registry", extra=["--insecure"]))
+
+
+def _names(m: Mesh, name: str = "test/ns/echo") -> list[str] | None:
+    try:
+        return [r["instance"] for r in m.request(REGISTRY_SERVICE, "lookup", {"name": name},
+                                                 timeout=2)]
+    except (NoSuchService, Unavailable, DeadlineExceeded):
+        return None  # the registry is restarting
+
+
+def test_agents_register_and_are_found(router, registry, start_echo) -> None:
+    start_echo(instance="a1")
+    start_echo(instance="a2")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        assert wait_for(lambda: sorted(_names(m)) == ["a1", "a2"], message="both registered")
+        listed = m.request(REGISTRY_SERVICE, "list")
+        assert {r["instance"] for r in listed} >= {"a1", "a2"}
+        out = subprocess.run([sys.executable, "-m", "mesh.cli", "discover", "--endpoint",
+                              router.ready_info["router"], "--json"], capture_output=True,
+                             text=True, timeout=30, check=True)
+        assert '"instance": "a1"' in out.stdout
+
+
+def test_killed_agent_leaves_within_5s_and_returns_within_2s(router, registry, start_echo,
+                                                              spawn) -> None:
+    victim = start_echo(instance="victim")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        wait_for(lambda: _names(m) == ["victim"], message="registered")
+        killed = time.monotonic()
+        victim.kill()
+        wait_for(lambda: _names(m) == [], timeout=5, interval=0.05, message="gone from registry")
+        gone_after = time.monotonic() - killed
+        wait_for(lambda: not any(s["service"] == "test/ns/echo"
+                                 for s in m.request("agp/router", "services")),
+                 timeout=5 - gone_after + 0.5, interval=0.05, message="gone from router")
+        assert time.monotonic() - killed < 5.0
+        started = time.monotonic()
+        start_echo(instance="victim")
+        # "back within 2 s" counts from the process being up, i.e. its ready line
+        wait_for(lambda: _names(m) == ["victim"], timeout=2, interval=0.05,
+                 message="back in the registry")
+        assert time.monotonic() - started < 30
+
+
+def test_agents_register_again_after_a_registry_restart(router, registry, start_echo, spawn
+                                                        ) -> None:
+    start_echo(instance="stay")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        wait_for(lambda: _names(m) == ["stay"], message="registered")
+        registry.kill()
+        spawn(agent_process("discovery.service", router.ready_info["router"],
+                            name="registry2", extra=["--insecure"]))
+        wait_for(lambda: _names(m) == ["stay"], timeout=10, message="re-registered")
+
+
+def test_bad_registrations_are_refused_and_change_nothing(router, registry) -> None:
+    with Mesh.connect(router.ready_info["router"]) as m:
+        key = zmq.curve_keypair()[0].decode()
+        good = {"name": "test/ns/svc", "instance": "i1", "public_key": key}
+        with pytest.raises(Malformed):
+            m.request(REGISTRY_SERVICE, "register", {**good, "name": "Bad Name!"})
+        with pytest.raises(Malformed):
+            m.request(REGISTRY_SERVICE, "register", {**good, "public_key": "short"})
+        with pytest.raises(Malformed):
+            m.request(REGISTRY_SERVICE, "register", "not a map")
+        m.request(REGISTRY_SERVICE, "register", good)
+        other = zmq.curve_keypair()[0].decode()
+        with pytest.raises(Forbidden):  # same instance id, another key: no takeover
+            m.request(REGISTRY_SERVICE, "register", {**good, "public_key": other})
+        found = m.request(REGISTRY_SERVICE, "lookup", {"name": "test/ns/svc"})
+        assert [r["public_key"] for r in found] == [key]
+
+
+def test_watch_snapshot_then_changes_without_gap(router, registry, start_echo) -> None:
+    with Mesh.connect(router.ready_info["router"]) as m:
+        start_echo(instance="early")
+        wait_for(lambda: _names(m) == ["early"], message="early registered")
+        replica = Replica()
+        sub = m.subscribe(EVENTS_TOPIC)
+        replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
+        late = start_echo(instance="late")
+        while not replica.get("test/ns/echo", "late"):
+            replica.apply(parse_event(sub.get(timeout=10).data))
+        late.kill()
+        while replica.get("test/ns/echo", "late"):
+            replica.apply(parse_event(sub.get(timeout=10).data))
+        assert replica.in_sync
+        assert [r.instance for r in replica.records()] == ["early"]
