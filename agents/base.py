@@ -65,6 +65,9 @@ def action(name: str | None = None, *, stream: bool = False, inline: bool = Fals
 class Context:
     """What a handler knows about the call it serves."""
 
+    __slots__ = ("agent", "crid", "ident", "action", "deadline", "envelope", "params",
+                 "_event", "_is_cancelled")
+
     def __init__(self, agent: Agent, crid: bytes, ident: int, action: str, deadline: float,
                  envelope: agp_pb2.Envelope) -> None:
         self.agent = agent
@@ -74,14 +77,25 @@ class Context:
         self.deadline = deadline
         self.envelope = envelope
         self.params: Any = None
-        self._cancelled = threading.Event()
+        self._event: threading.Event | None = None  # made only when a handler waits on it
+        self._is_cancelled = False
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._is_cancelled
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        self._is_cancelled = True
+        if self._event is not None:
+            self._event.set()
+
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Block a thread-pool handler up to ``timeout`` s; True once the call is cancelled."""
+        if self._event is None:
+            self._event = threading.Event()
+            if self._is_cancelled:
+                self._event.set()
+        return self._event.wait(timeout)
 
     def remaining(self) -> float:
         """Seconds left before the caller's deadline."""
@@ -90,7 +104,7 @@ class Context:
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Tell the caller how far along this call is; raise Cancelled if it gave up."""
-        if self._cancelled.is_set():
+        if self._is_cancelled:
             raise Cancelled(f"{self.action} cancelled by the caller")
         frames = [pack_route(Cmd.PROGRESS, 0, 0, 0, self.ident), self.crid, b"",
                   *codec.encode({"fraction": float(fraction), "message": message})]
@@ -198,6 +212,7 @@ class Agent:
         self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
         self._idem: OrderedDict[str, list[Any]] = OrderedDict()
+        self._envelopes: dict[bytes, agp_pb2.Envelope] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.capacity, thread_name_prefix=f"agp-{self.name}")
         self._stop = asyncio.Event()
@@ -386,7 +401,12 @@ class Agent:
             if reply:
                 self._error(crid, ident, ErrorCode.DRAINING, "agent is draining")
             return
-        env = agp_pb2.Envelope.FromString(msg[2]) if msg[2] else _EMPTY_ENVELOPE
+        header = msg[2]
+        env = self._envelopes.get(header)
+        if env is None:
+            env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
+            if len(self._envelopes) < 4096:  # the same action from the same client repeats
+                self._envelopes[header] = env
         spec = self._actions.get(env.action)
         if spec is None:
             self._count_drop("no_such_action")

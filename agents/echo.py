@@ -40,7 +40,7 @@ class Echo(Agent):
         for i in range(steps):
             ctx.progress(i / steps, f"step {i}")
             ev = data.get("step_seconds", 0.01)
-            ctx._cancelled.wait(ev)
+            ctx.wait_cancelled(ev)
             done += 1
         return {"steps": done, "instance": self.instance_name}
 

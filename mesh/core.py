@@ -135,6 +135,7 @@ class Core:
         self._hello_sent_at = -1e9
         self._last_rx = 0.0
         self._last_tx = 0.0
+        self._sent = False
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -217,13 +218,17 @@ class Core:
         sock = self.sock
         if sock is None:
             raise Closed("client closed")
+        self._sent = True
         try:
             send_frames(sock, frames)
         except zmq.Again:
             self.counters["send_errors"] += 1
             raise Overloaded("outgoing queue to the router is full (router unreachable?)")
-        self._last_tx = self.loop.time() if self.loop else 0.0
-        self._schedule_drain()
+        if not self._drain_scheduled:
+            # libzmq's FD is edge-triggered and a send may consume the edge: look at EVENTS
+            # once on the next loop turn, however many messages this turn sent
+            self._drain_scheduled = True
+            self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
 
     def start_request(
         self,
@@ -286,6 +291,12 @@ class Core:
                 self.counters["malformed"] += 1
                 log.debug("message dropped", exc_info=True)
         self._schedule_drain(force=True)
+
+    def _check_events(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._on_readable()
 
     def _schedule_drain(self, force: bool = False) -> None:
         sock = self.sock
@@ -440,12 +451,15 @@ class Core:
             heapq.heapify(self._deadlines)
         if not self.connected and now - self._hello_sent_at >= self.heartbeat:
             self._send_hello()
-        elif now - self._last_tx >= self.heartbeat and self.sock is not None:
+        elif now - self._last_tx >= self.heartbeat and self.sock is not None and not self._sent:
             try:
                 self.sock.send_multipart([HEARTBEAT_FRAME], zmq.NOBLOCK)
-                self._last_tx = now
             except zmq.ZMQError:
                 pass
+            self._last_tx = now
+        if self._sent:
+            self._sent = False
+            self._last_tx = now
         if self.connected and now - self._last_rx > self.liveness:
             log.warning("router silent for %.1fs; waiting for it", now - self._last_rx)
             self.connected = False
