@@ -189,9 +189,20 @@ class AsyncMesh:
             return decode_reply(msg)
 
     # ------------------------------------------------------------------ fire-and-forget
-    async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
-        """Deliver to one instance of ``dest`` with no reply. Refusals are counted and logged."""
-        self.send_nowait(dest, action, data, raw=raw)
+    async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,
+                   timeout: float = 10.0) -> None:
+        """Deliver to one instance of ``dest`` with no reply; wait (up to ``timeout``) while
+        the outgoing queue is full. Refusals by the router are counted and logged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                self.send_nowait(dest, action, data, raw=raw)
+                return
+            except Overloaded:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
 
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
         address = self._address(dest)

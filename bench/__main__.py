@@ -1,0 +1,41 @@
+"""`make bench`: every pattern through agp-mesh beside the same pattern over raw pyzmq."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import suite
+    from bench.baselines import run_suite, scenario_names
+    from bench.report import RESULTS_DIR, Progress, Report
+
+    ap = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    ap.add_argument("--profile", choices=["full", "quick", "tiny"], default=None)
+    ap.add_argument("--out", default=str(RESULTS_DIR))
+    args = ap.parse_args(argv)
+    profile = args.profile or ("quick" if args.quick else "full")
+    security = ("off",) if profile == "tiny" else ("off", "on")
+    report = Report()
+    total = len(scenario_names(profile)) * len(security) + len(suite.steps(
+        __import__("bench.baselines", fromlist=["PROFILES"]).PROFILES[profile]))
+    progress = Progress(total=total)
+    suite.run(report, profile=profile, progress=progress.step)
+    run_suite(report, profile=profile, security=security, progress=progress.step)
+    progress.done()
+    report.message("agp-mesh rows are measured with security off: CURVE, tokens, RBAC and "
+                   "end-to-end boxes are not wired into the data plane yet; the raw pyzmq "
+                   "rows show the CURVE cost at the transport.")
+    report.print()
+    print("\nfigures the benchmark issue asks for (this machine, this run):")
+    for line in suite.check_targets(report):
+        print(line)
+    paths = report.write(args.out)
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The agp-mesh side of `make bench`: the same scenarios as ``bench.baselines``, through the
+real router and an echo agent, each side in its own process.
+
+A message is one ``request``/``send``/``publish`` call by user code, delivered to user code
+(a handler, a callback); batching under the hood is the client's business and is not
+counted. Row names match ``bench.baselines`` so each figure sits beside its raw limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from bench.latency import OpenLoop, Recorder, summarize
+from bench.procs import Control, Group
+
+_START = 30.0
+_MARGIN = 10.0
+MiB = 1024 * 1024
+SERVICE = "bench/mesh/echo"
+
+
+def _uv_run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------- sides
+def _router_side(ctl: Control) -> dict[str, Any]:
+    from router.config import RouterConfig
+    from router.server import Router
+
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
+    r.start()
+    threading.Thread(target=lambda: (ctl.wait_stop(ctl.remaining()), r.stop()),
+                     daemon=True).start()
+    ctl.ready((r.endpoint, r.pub_endpoint))
+    r.run()
+    return r.stats.as_dict()
+
+
+def _agent_side(ctl: Control, endpoint: str) -> dict[str, Any]:
+    from agents.echo import Echo
+
+    async def main() -> dict[str, Any]:
+        agent = BenchEcho(endpoint=endpoint, namespace="bench/mesh", capacity=1024)
+        await agent.start()
+        ctl.ready(agent.instance_name)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ctl.wait_stop, ctl.remaining())
+        await agent._shutdown(drain_timeout=1.0)
+        return {"received": agent.received, "first_ns": agent.first_ns,
+                "last_ns": agent.last_ns}
+
+    class BenchEcho(Echo):
+        received = 0
+        first_ns = 0
+        last_ns = 0
+
+        from agents.base import action
+
+        @action(inline=True)
+        def count(self, data: Any, ctx: Any) -> None:
+            now = time.perf_counter_ns()
+            if not self.received:
+                self.first_ns = now
+            self.last_ns = now
+            self.received += 1
+
+    return _uv_run(main())
+
+
+async def _client(endpoint: str) -> Any:
+    from mesh.aio import AsyncMesh
+
+    return await AsyncMesh.connect(endpoint, breakers=False)
+
+
+def _client_sequential(ctl: Control, endpoint: str, count: int, size: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        payload = b"x" * size
+        for _ in range(200):
+            await m.request(SERVICE, "echo", payload, raw=True)
+        ctl.ready()
+        rec = Recorder(count)
+        t0 = time.perf_counter_ns()
+        for _ in range(count):
+            t = time.perf_counter_ns()
+            await m.request(SERVICE, "echo", payload, raw=True)
+            rec.record(time.perf_counter_ns() - t)
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        await m.close()
+        return {**rec.summary(), "req_per_s": count / dt}
+
+    return _uv_run(main())
+
+
+def _client_inflight(ctl: Control, endpoint: str, duration: float, inflight: int,
+                     size: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        payload = b"x" * size
+        for _ in range(500):
+            await m.request(SERVICE, "echo", payload, raw=True)
+        ctl.ready()
+        rec = Recorder(int(duration * 200_000) + 1000)
+        stop_at = time.perf_counter() + duration
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter_ns()
+                await m.request(SERVICE, "echo", payload, raw=True)
+                rec.record(time.perf_counter_ns() - t)
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        dt = time.perf_counter() - t0
+        await m.close()
+        return {**rec.summary(), "req_per_s": done / dt}
+
+    return _uv_run(main())
+
+
+def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        for _ in range(500):
+            await m.request(SERVICE, "echo", b"x", raw=True)
+        ctl.ready()
+        loop = asyncio.get_running_loop()
+        ol = OpenLoop(rate, count, time.perf_counter_ns())
+        pending: set[asyncio.Task[Any]] = set()
+
+        async def one(i: int) -> None:
+            try:
+                await m.request(SERVICE, "echo", b"x", raw=True, timeout=30)
+                ol.replied(i, time.perf_counter_ns())
+            except Exception:
+                pass
+
+        i = 0
+        while i < count:
+            due = ol.due(time.perf_counter_ns())
+            while i < min(due, count):
+                ol.sent(i, time.perf_counter_ns())
+                t = loop.create_task(one(i))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+                i += 1
+            await asyncio.sleep(0.0002)
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+        corrected = summarize(ol.corrected_ns())
+        await m.close()
+        return {"corrected": corrected, "lost": count - ol.answered}
+
+    return _uv_run(main())
+
+
+def _client_faf(ctl: Control, endpoint: str, duration: float, size: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        payload = b"x" * size
+        ctl.ready()
+        sent = 0
+        stop_at = time.perf_counter() + duration
+        while time.perf_counter() < stop_at:
+            for _ in range(100):
+                await m.send(SERVICE, "count", payload, raw=True)
+            sent += 100
+            await asyncio.sleep(0)
+        # a request after the sends, on the same connection: arrives after them
+        await m.request(SERVICE, "echo", b"", raw=True, timeout=30)
+        await m.close()
+        return {"sent": sent}
+
+    return _uv_run(main())
+
+
+def _publisher(ctl: Control, endpoint: str, duration: float, size: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        payload = b"x" * size
+        ctl.ready()
+        ctl.receive(_START)  # "go"
+        published = 0
+        stop_at = time.perf_counter() + duration
+        publish = m.publish
+        while time.perf_counter() < stop_at:
+            for _ in range(500):
+                publish("bench.topic", payload, raw=True)
+            published += 500
+            await asyncio.sleep(0)
+        await m.flush()
+        await m.close()
+        return {"published": published}
+
+    return _uv_run(main())
+
+
+def _subscriber(ctl: Control, endpoint: str) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        state = {"n": 0, "first": 0, "last": 0}
+
+        def on_msg(msg: Any) -> None:
+            now = time.perf_counter_ns()
+            if not state["n"]:
+                state["first"] = now
+            state["last"] = now
+            state["n"] += 1
+
+        sub = await m.subscribe("bench.", on_msg, raw=True)
+        ctl.ready()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ctl.wait_stop, ctl.remaining())
+        out = {"received": state["n"], "first_ns": state["first"], "last_ns": state["last"],
+               "gaps": sub.gaps, "dropped": sub.dropped}
+        await m.close()
+        return out
+
+    return _uv_run(main())
+
+
+def _streamer(ctl: Control, endpoint: str, duration: float, frame: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        m = await _client(endpoint)
+        chunk = bytes(frame)
+        ctl.ready()
+        sent = 0
+        t0 = time.perf_counter()
+        async with m.stream(SERVICE, "ingest") as s:
+            while time.perf_counter() - t0 < duration:
+                await s.write(chunk, raw=True)
+                sent += 1
+        dt = time.perf_counter() - t0
+        await m.close()
+        return {"chunks": s.result["chunks"], "gb_per_s": sent * frame / dt / 1e9}
+
+    return _uv_run(main())
+
+
+# --------------------------------------------------------------------------- scenarios
+def _mesh(g: Group, run: float, env: dict[str, str] | None = None) -> str:
+    router = g.spawn("router", _router_side, max_run=run + _MARGIN, env=env)
+    endpoint, _ = router.wait_ready()
+    agent = g.spawn("agent", _agent_side, endpoint, max_run=run + _MARGIN, env=env)
+    agent.wait_ready()
+    return str(endpoint)
+
+
+def reqrep_sequential(*, count: int = 5000, size: int = 64) -> dict[str, Any]:
+    run = count / 500 + _START
+    with Group() as g:
+        ep = _mesh(g, run)
+        c = g.spawn("client", _client_sequential, ep, count, size, max_run=run)
+        c.wait_ready()
+        return dict(c.result(run))
+
+
+def reqrep_inflight(*, duration: float = 2.0, inflight: int = 100, size: int = 64
+                    ) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        ep = _mesh(g, run)
+        c = g.spawn("client", _client_inflight, ep, duration, inflight, size, max_run=run)
+        c.wait_ready()
+        return dict(c.result(run))
+
+
+def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        ep = _mesh(g, run)
+        c = g.spawn("client", _client_open_loop, ep, rate, max(1, int(rate * duration)),
+                    max_run=run)
+        c.wait_ready()
+        return dict(c.result(run))
+
+
+def fire_and_forget(*, duration: float = 2.0, size: int = 64) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        router = g.spawn("router", _router_side, max_run=run + _MARGIN)
+        endpoint, _ = router.wait_ready()
+        agent = g.spawn("agent", _agent_side, endpoint, max_run=run + _MARGIN)
+        agent.wait_ready()
+        c = g.spawn("client", _client_faf, endpoint, duration, size, max_run=run)
+        c.wait_ready()
+        sent = c.result(run)["sent"]
+        agent.request_stop()
+        got = agent.result(_MARGIN)
+    secs = (got["last_ns"] - got["first_ns"]) / 1e9
+    return {"sent": sent, "delivered": got["received"],
+            "delivered_per_s": got["received"] / secs if secs > 0 else 0.0,
+            "lost": sent - got["received"]}
+
+
+def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        router = g.spawn("router", _router_side, max_run=run + _MARGIN)
+        endpoint, _ = router.wait_ready()
+        subs = [g.spawn(f"sub{i}", _subscriber, endpoint, max_run=run + _MARGIN)
+                for i in range(subscribers)]
+        for s in subs:
+            s.wait_ready()  # subscribed and confirmed
+        pub = g.spawn("pub", _publisher, endpoint, duration, size, max_run=run)
+        pub.wait_ready()
+        pub.send("go")
+        published = pub.result(run)["published"]
+        # the publisher flushed and closed; give subscribers until their queues drain
+        deadline = time.monotonic() + 10
+        got = []
+        for s in subs:
+            s.request_stop()
+        for s in subs:
+            got.append(s.result(max(1.0, deadline - time.monotonic())))
+    received = sum(r["received"] for r in got)
+    span = (max(r["last_ns"] for r in got) - min(r["first_ns"] for r in got)) / 1e9
+    counted = sum(r["gaps"] + r["dropped"] for r in got)
+    lost = published * subscribers - received
+    return {"subscribers": subscribers, "published": published, "delivered": received,
+            "delivered_per_s": received / span if span > 0 else 0.0,
+            "drops": lost, "drop_pct": 100.0 * lost / max(1, published * subscribers),
+            "counted_drops": counted, "unaccounted": lost - counted}
+
+
+def stream(*, duration: float = 2.0, frame: int = MiB, malloc_tuned: bool = True
+           ) -> dict[str, Any]:
+    from bench.baselines import MALLOC_DEFAULT, MALLOC_TUNED
+
+    env = MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT
+    run = duration + _START
+    with Group() as g:
+        ep = _mesh(g, run, env=env)
+        c = g.spawn("client", _streamer, ep, duration, frame, max_run=run, env=env)
+        c.wait_ready()
+        return dict(c.result(run))

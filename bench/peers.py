@@ -1,0 +1,419 @@
+"""``make bench-peers``: the same work over the systems agp-mesh is compared with.
+
+- gRPC (grpcio, asyncio API, no TLS): unary echo, sequential latency and throughput with
+  100 calls in flight; server streaming of 1 MiB chunks (GB/s = 1e9 B/s). Server and client
+  run in separate processes, like the mesh's.
+- Redis pub/sub (redis-py), when ``redis-server`` is on PATH and redis-py is installed: one
+  publisher, one subscriber, delivered msg/s. The server is started on a free loopback port
+  and stopped by its pid; when absent the run says it was skipped and why.
+
+The baseline column holds the peer's figure; :func:`run` takes a ``mesh`` hook that puts the
+agp-mesh figure of the same rows (same pattern, scenario, unit, security) into the value
+column, so one run prints both side by side. Rows (security "off"):
+``request-response``: ``unary sequential p50..p99.9`` (ms), ``unary 100 in flight`` (req/s);
+``streaming``: ``server stream 1 MiB`` (GB/s); ``pub/sub``: ``1 subscriber, delivered``
+(msg/s), ``1 subscriber, dropped`` (%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Final
+
+from bench.latency import Recorder
+from bench.procs import Control, Group
+from bench.report import RESULTS_DIR, Progress, Report
+
+MiB: Final = 1 << 20
+_START: Final = 30.0
+_MARGIN: Final = 15.0
+_GRPC_OPTIONS: Final = [
+    ("grpc.max_send_message_length", 8 * MiB),
+    ("grpc.max_receive_message_length", 8 * MiB),
+]
+RR, ST, PS = "request-response", "streaming", "pub/sub"
+
+
+@dataclass(frozen=True)
+class PeerProfile:
+    """How long each peer scenario runs."""
+
+    count: int  # sequential unary calls
+    duration: float  # seconds of the timed scenarios
+    inflight: int = 100
+
+
+PROFILES: Final = {
+    "full": PeerProfile(count=5000, duration=3.0),
+    "quick": PeerProfile(count=1000, duration=1.0),
+    "tiny": PeerProfile(count=50, duration=0.2, inflight=10),
+}
+
+MeshHook = Callable[[Report, PeerProfile], None]
+#: "module:function" of the agp-mesh figures for ``make bench-peers`` (a :data:`MeshHook`);
+#: None until the agp-mesh scenarios exist. ``main(mesh=...)`` overrides it.
+MESH_HOOK: str | None = None
+
+
+# --------------------------------------------------------------------------- gRPC sides
+def _grpc_server(ctl: Control) -> dict[str, int]:
+    """An asyncio gRPC server on a free loopback port, until the parent says stop."""
+    return asyncio.run(_serve(ctl))
+
+
+async def _serve(ctl: Control) -> dict[str, int]:
+    import grpc
+
+    from bench.grpc_peer import bench_peer_pb2 as pb
+    from bench.grpc_peer import bench_peer_pb2_grpc as pbg
+
+    calls = {"echo": 0, "chunks": 0}
+
+    class Peer(pbg.PeerServicer):  # type: ignore[misc]
+        async def Echo(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC name)
+            calls["echo"] += 1
+            return request
+
+        async def Stream(self, request: Any, context: Any) -> Any:  # noqa: N802
+            chunk = pb.Blob(data=bytes(request.chunk_size))  # one message, reused
+            end = time.monotonic() + request.duration_ms / 1000
+            for _ in range(request.max_chunks):
+                if time.monotonic() >= end:
+                    break
+                yield chunk
+                calls["chunks"] += 1
+
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    pbg.add_PeerServicer_to_server(Peer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ctl.ready(f"127.0.0.1:{port}")
+    await asyncio.get_running_loop().run_in_executor(None, ctl.wait_stop, ctl.remaining())
+    await server.stop(0.5)
+    return calls
+
+
+def _grpc_client(ctl: Control, target: str, mode: str, p: PeerProfile) -> dict[str, Any]:
+    """Run one client scenario (``sequential``, ``inflight`` or ``stream``)."""
+    return asyncio.run(_client(ctl, target, mode, p))
+
+
+async def _client(ctl: Control, target: str, mode: str, p: PeerProfile) -> dict[str, Any]:
+    import grpc
+
+    from bench.grpc_peer import bench_peer_pb2 as pb
+    from bench.grpc_peer import bench_peer_pb2_grpc as pbg
+
+    async with grpc.aio.insecure_channel(target, options=_GRPC_OPTIONS) as channel:
+        stub = pbg.PeerStub(channel)
+        msg = pb.Blob(data=bytes(64))
+        await asyncio.wait_for(channel.channel_ready(), _START)
+        for _ in range(50):  # warm-up: connection, HTTP/2 settings, code paths
+            await stub.Echo(msg)
+        clock = time.perf_counter_ns
+        if mode == "sequential":
+            rec = Recorder(p.count)
+            start = clock()
+            for _ in range(p.count):
+                t = clock()
+                await stub.Echo(msg)
+                rec.record(clock() - t)
+            out: dict[str, Any] = rec.summary()
+            out["req_per_s"] = rec.count / ((clock() - start) / 1e9)
+            return out
+        if mode == "inflight":
+            rec = Recorder(min(10_000_000, int(p.duration * 200_000) + p.inflight))
+            end = clock() + int(p.duration * 1e9)
+            done = [0]
+
+            async def caller() -> None:
+                while clock() < end and not ctl.should_stop():
+                    t = clock()
+                    await stub.Echo(msg)
+                    rec.record(clock() - t)
+                    done[0] += 1
+
+            start = clock()
+            await asyncio.gather(*(caller() for _ in range(p.inflight)))
+            out = rec.summary()
+            out["req_per_s"] = done[0] / ((clock() - start) / 1e9)
+            out["inflight"] = float(p.inflight)
+            return out
+        req = pb.StreamRequest(
+            chunk_size=MiB, duration_ms=int(p.duration * 1000), max_chunks=10_000_000
+        )
+        n = nbytes = first = last = 0
+        async for chunk in stub.Stream(req):
+            last = clock()
+            if first == 0:
+                first = last  # the window opens at the first chunk
+                continue
+            n += 1
+            nbytes += len(chunk.data)
+        secs = (last - first) / 1e9
+        return {
+            "chunks": float(n),
+            "bytes": float(nbytes),
+            "gb_per_s": nbytes / secs / 1e9 if secs else 0.0,
+        }
+
+
+def grpc_scenario(mode: str, p: PeerProfile) -> dict[str, Any]:
+    """One gRPC scenario with server and client in their own processes."""
+    run = p.duration + p.count / 200 + _START + _MARGIN
+    with Group() as g:
+        server = g.spawn("grpc-server", _grpc_server, max_run=run + _MARGIN)
+        target = server.wait_ready()
+        client = g.spawn("grpc-client", _grpc_client, target, mode, p, max_run=run)
+        out: dict[str, Any] = client.result(run)
+    return out
+
+
+# --------------------------------------------------------------------------- Redis
+def redis_missing() -> str | None:
+    """Why Redis pub/sub cannot run here, or None when it can."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not on PATH"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "redis-py is not installed (pip install redis)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A throw-away redis-server on loopback; ready when it says so, stopped by its pid."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self._log: threading.Thread | None = None
+        exe = shutil.which("redis-server") or "redis-server"
+        args = f"--port {self.port} --bind 127.0.0.1 --appendonly no --loglevel notice"
+        self.proc = subprocess.Popen(
+            [exe, *args.split(), "--save", ""],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_ready(_START)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Read its log on a thread (so the pipe never fills) until it says it is ready."""
+        seen = threading.Event()  # set when ready, or at EOF (the server died)
+        ok: list[bool] = []
+        tail = bytearray()
+
+        def drain() -> None:
+            out = self.proc.stdout
+            assert out is not None
+            for line in iter(out.readline, b""):  # ends at EOF, when the server exits
+                tail[:] = (tail + line)[-2000:]
+                if b"Ready to accept connections" in line:
+                    ok.append(True)
+                    seen.set()
+            seen.set()
+
+        self._log = threading.Thread(target=drain, name="redis-log", daemon=True)
+        self._log.start()
+        if not seen.wait(timeout) or not ok:
+            raise RuntimeError(f"redis-server did not start: {tail.decode(errors='replace')}")
+
+    def close(self) -> None:
+        """Terminate, wait, kill: this pid only."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.join(5)  # EOF once the server is gone
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _redis_pub(ctl: Control, port: int, duration: float, size: int) -> dict[str, float]:
+    """Publish sequence-numbered messages, pipelined 100 at a time, then END until stop."""
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        ctl.ready()
+        if ctl.receive(_START) != "go":
+            return {"published": 0.0, "published_per_s": 0.0}
+        pad = bytes(max(0, size - 9))
+        seq = 0
+        start = time.perf_counter()
+        end = start + duration
+        while time.perf_counter() < end and not ctl.should_stop():
+            pipe = r.pipeline(transaction=False)
+            for s in range(seq, seq + 100):
+                pipe.publish("bench", b"D" + s.to_bytes(8, "little") + pad)
+            pipe.execute()
+            seq += 100
+        elapsed = time.perf_counter() - start
+        while not ctl.should_stop():
+            r.publish("bench", b"E")
+            ctl.wait_stop(0.01)
+        return {"published": float(seq), "published_per_s": seq / elapsed}
+    finally:
+        r.close()
+
+
+def _redis_sub(ctl: Control, port: int) -> dict[str, float]:
+    """Count data messages until END; say 'joined' once the subscription is confirmed."""
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    ps = r.pubsub()
+    try:
+        ps.subscribe("bench")
+        ctl.ready()
+        received = first = last = 0
+        clock = time.perf_counter_ns
+        while not ctl.should_stop():
+            m = ps.get_message(timeout=0.1)
+            if m is None:
+                continue
+            if m["type"] == "subscribe":
+                ctl.note("joined")
+                continue
+            data = m["data"]
+            if data[:1] == b"E":
+                break
+            received += 1
+            last = clock()
+            if first == 0:
+                first = last
+        return {"received": float(received), "first_ns": float(first), "last_ns": float(last)}
+    finally:
+        ps.close()
+        r.close()
+
+
+def redis_pubsub(p: PeerProfile, size: int = 64) -> dict[str, Any]:
+    """One publisher -> redis-server -> one subscriber: delivered msg/s and drops."""
+    run = p.duration + _START + _MARGIN
+    server = RedisServer()
+    try:
+        with Group() as g:
+            sub = g.spawn("redis-sub", _redis_sub, server.port, max_run=run)
+            pub = g.spawn("redis-pub", _redis_pub, server.port, p.duration, size, max_run=run)
+            sub.wait_ready()
+            sub.expect("note", _START)
+            pub.wait_ready()
+            pub.send("go")
+            got = sub.result(run)
+            pub.request_stop()
+            sent = pub.result(_MARGIN)
+    finally:
+        server.close()
+    secs = (got["last_ns"] - got["first_ns"]) / 1e9
+    published = sent["published"]
+    return {
+        "published": published,
+        "published_per_s": sent["published_per_s"],
+        "delivered": got["received"],
+        "delivered_per_s": got["received"] / secs if secs > 0 else 0.0,
+        "drop_pct": 100.0 * (published - got["received"]) / published if published else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def run(
+    profile: str = "full",
+    *,
+    mesh: MeshHook | None = None,
+    report: Report | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Measure gRPC (and Redis when present) into ``report``; then call ``mesh`` if given."""
+    p = PROFILES[profile]
+    rep = report or Report(
+        title="agp-mesh vs gRPC / Redis", value_label="agp-mesh", baseline_label="peer"
+    )
+    prog = progress or Progress(total=4 + (mesh is not None))
+    g_note = f"grpcio {_version('grpcio')} asyncio, no TLS"
+    for mode in ("sequential", "inflight", "stream"):
+        prog.step(f"gRPC {mode}")
+        try:
+            r = grpc_scenario(mode, p)
+        except Exception as e:  # one broken peer must not hide the others
+            rep.message(f"gRPC {mode} failed: {type(e).__name__}: {e}")
+            continue
+        rep.add_raw(f"grpc/{mode}", r)
+        if mode == "sequential":
+            rep.add_latency(RR, "unary sequential", baseline=r, note=g_note)
+        elif mode == "inflight":
+            label = f"unary {p.inflight} in flight"
+            rep.add_baseline(RR, label, r["req_per_s"], "req/s", note=g_note)
+            rep.add_latency(RR, label, baseline=r, note=g_note)
+        else:
+            rep.add_baseline(ST, "server stream 1 MiB", r["gb_per_s"], "GB/s", note=g_note)
+    prog.step("Redis pub/sub")
+    why = redis_missing()
+    if why is not None:
+        rep.message(f"Redis pub/sub skipped: {why}")
+    else:
+        r_note = f"redis-py {_version('redis')}, pipelined publish"
+        try:
+            r = redis_pubsub(p)
+            rep.add_raw("redis/pubsub", r)
+            rep.add_baseline(
+                PS, "1 subscriber, delivered", r["delivered_per_s"], "msg/s", note=r_note
+            )
+            rep.add_baseline(PS, "1 subscriber, dropped", r["drop_pct"], "%", note=r_note)
+        except Exception as e:
+            rep.message(f"Redis pub/sub failed: {type(e).__name__}: {e}")
+    if mesh is not None:
+        prog.step("agp-mesh figures")
+        mesh(rep, p)
+    prog.done()
+    return rep
+
+
+def main(argv: list[str] | None = None, mesh: MeshHook | None = None) -> int:
+    """``python -m bench.peers [--quick] [--out DIR]``."""
+    ap = argparse.ArgumentParser(prog="bench.peers", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short runs")
+    ap.add_argument("--out", default=str(RESULTS_DIR), help="where peers.json/.md/.png go")
+    args = ap.parse_args(argv)
+    if mesh is None and MESH_HOOK:
+        module, _, func = MESH_HOOK.partition(":")
+        mesh = getattr(importlib.import_module(module), func)
+    rep = run("quick" if args.quick else "full", mesh=mesh)
+    paths = rep.write(args.out, stem="peers", plot="peers-latency.png")
+    rep.print()
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
