@@ -77,10 +77,16 @@ class AsyncMesh:
         context: zmq.Context[Any] | None = None,
         breakers: bool = True,
         kind: int = agp_pb2.CLIENT,
+        hwm: int = 100_000,
+        sub_queue: int = 100_000,
     ) -> AsyncMesh:
-        """Connect to the router and wait for its WELCOME (Unavailable after ``timeout``)."""
+        """Connect to the router and wait for its WELCOME (Unavailable after ``timeout``).
+
+        ``hwm`` bounds each socket's queue (messages); ``sub_queue`` bounds each
+        subscription's queue: past it the oldest messages are dropped and counted.
+        """
         core = Core(resolve_endpoint(endpoint), name=name, security=security, context=context,
-                    kind=kind)
+                    kind=kind, hwm=hwm, sub_queue=sub_queue)
         await core.start(timeout)
         return cls(core, breakers=breakers)
 

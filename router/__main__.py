@@ -20,6 +20,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--pub-bind", default=cfg.pub_bind, help="XPUB endpoint for subscribers")
     p.add_argument("--max-message-bytes", type=int, default=cfg.max_message_bytes)
     p.add_argument("--max-queue", type=int, default=cfg.max_queue)
+    p.add_argument("--pub-hwm", type=int, default=cfg.pub_hwm,
+                   help="messages queued per subscriber before the slowest loses them")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     p.add_argument("--insecure", action="store_true",
                    help="development only: no CURVE, no tokens, no RBAC")
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     config = RouterConfig(bind=args.bind, pub_bind=args.pub_bind,
                           max_message_bytes=args.max_message_bytes, max_queue=args.max_queue,
-                          metrics_port=args.metrics_port)
+                          pub_hwm=args.pub_hwm, metrics_port=args.metrics_port)
     router = Router(config)
     router.start()
     if args.metrics_port is not None:

@@ -152,3 +152,30 @@ def test_progress_reports_and_cancellation(router, start_echo) -> None:
     seen, result = asyncio.run(main())
     assert result["steps"] == 5
     assert [f for f, _ in seen] == [0.0, 0.2, 0.4, 0.6, 0.8]
+
+
+def test_a_slow_subscriber_loses_only_its_own_messages_and_knows_how_many(spawn) -> None:
+    from agents.procs import router_process
+
+    r = spawn(router_process(name="hwm", extra=["--insecure", "--pub-hwm", "2000"]))
+    endpoint = r.ready_info["router"]
+    with Mesh.connect(endpoint) as pub, Mesh.connect(endpoint) as fast_client, \
+            Mesh.connect(endpoint, hwm=2000, sub_queue=1000) as slow_client:
+        fast = fast_client.subscribe("load.")
+        slow = slow_client.subscribe("load.")  # never read until the end
+        total = 60_000
+        for i in range(total):
+            pub.publish("load.t", i)
+        pub.flush()
+        got = [fast.get(timeout=20).data for _ in range(total)]
+        assert got == list(range(total))  # the fast one is not stalled and loses nothing
+        assert fast.gaps == 0
+        assert fast.dropped == 0
+        # the slow one: what it kept + what its own queue dropped + router gaps == total
+        def accounted() -> bool:
+            return len(slow.queue) + slow.dropped + slow.gaps == total
+        wait_for(accounted, timeout=20, message="every message of the slow subscriber accounted")
+        assert slow.dropped + slow.gaps > 0
+        kept = [slow.get(timeout=1).data for _ in range(len(slow.queue))]
+        assert kept == sorted(kept)
+        assert kept[-1] == total - 1  # it keeps the newest, as a live feed should
