@@ -81,8 +81,18 @@ def _fail(waiter: Any, exc: BaseException) -> None:
         waiter.set_exception(exc)
 
 
+AUTH_SERVICE = b"agp/system/auth"
+
+
 class Security:
-    """What a client needs for CURVE: its keypair and the router's public key (z85)."""
+    """What a client needs on a secure mesh: its keypair, the router's public key (z85),
+    and where its access token comes from.
+
+    With no ``token_provider`` the token is fetched over the mesh itself: a connection whose
+    CURVE key is enrolled may ask ``agp/system/auth`` for a token bound to that key (the key
+    authenticates the client, as a TLS client certificate does in RFC 8705), then says HELLO
+    again with it. Tokens are refreshed on their own at 80% of their lifetime.
+    """
 
     def __init__(self, public: bytes, secret: bytes, server_public: bytes,
                  token_provider: Callable[[], str] | None = None) -> None:
@@ -90,6 +100,9 @@ class Security:
         self.secret = secret
         self.server_public = server_public
         self.token_provider = token_provider
+        self.token = ""
+        self.token_expires = 0.0  # loop time
+        self.token_lifetime = 0.0
 
     def apply(self, sock: zmq.Socket[Any]) -> None:
         sock.curve_publickey = self.public
@@ -136,6 +149,7 @@ class Core:
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._sent = False
+        self._refreshing = False
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -167,12 +181,58 @@ class Core:
         self._timer = self.loop.call_later(min(0.1, self.heartbeat), self._tick)
         try:
             await asyncio.wait_for(waiter, timeout)
+            if self.security is not None and not self.security.token:
+                await asyncio.wait_for(self._acquire_token(), timeout)
         except asyncio.TimeoutError:
             await self.close()
             raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s")
         except Error:
             await self.close()
             raise
+
+    async def _acquire_token(self) -> None:
+        """Get an access token (provider, or the mesh's auth service) and present it."""
+        sec = self.security
+        assert sec is not None
+        assert self.loop is not None
+        if sec.token_provider is not None:
+            token = sec.token_provider()
+            lifetime = 300.0
+        else:
+            waiter = self.loop.create_future()
+            self.start_request(Cmd.REQUEST, AUTH_SERVICE,
+                               agp_pb2.Envelope(action="token").SerializeToString(), [],
+                               waiter, timeout=10.0)
+            from mesh import codec
+
+            msg = await waiter
+            body = codec.decode(msg[3:])
+            token = str(body["access_token"])
+            lifetime = float(body.get("expires_in", 300))
+        sec.token = token
+        sec.token_lifetime = lifetime
+        sec.token_expires = self.loop.time() + lifetime
+        welcome = self.loop.create_future()
+        self._hello_waiters.append(welcome)
+        self._send_hello()
+        await welcome
+        self._refreshing = False
+
+    def _maybe_refresh(self, now: float) -> None:
+        sec = self.security
+        if (sec is None or not sec.token or self._refreshing or not self.connected
+                or now < sec.token_expires - 0.2 * sec.token_lifetime):
+            return
+        self._refreshing = True
+        assert self.loop is not None
+        task = self.loop.create_task(self._acquire_token())
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._refreshing = False
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("token refresh failed: %s", t.exception())
+
+        task.add_done_callback(done)
 
     async def wait_session(self, timeout: float) -> None:
         """Wait until a session with the router is up (after a restart, say)."""
@@ -378,12 +438,7 @@ class Core:
 
     def _send_hello(self) -> None:
         assert self.loop is not None
-        token = ""
-        if self.security is not None and self.security.token_provider is not None:
-            try:
-                token = self.security.token_provider()
-            except Error as exc:
-                log.error("could not get a token: %s", exc)
+        token = self.security.token if self.security is not None else ""
         public = self.security.public if self.security is not None else b""
         hello = agp_pb2.Hello(protocol_version=PROTOCOL_VERSION, peer_name=self.name,
                               token=token, kind=self.kind, public_key=public)
@@ -464,6 +519,7 @@ class Core:
             log.warning("router silent for %.1fs; waiting for it", now - self._last_rx)
             self.connected = False
         self.subs.tick(now)
+        self._maybe_refresh(now)
         self._schedule_drain()
         self._timer = self.loop.call_later(0.1, self._tick)
 
