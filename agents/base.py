@@ -245,6 +245,9 @@ class Agent:
 
     def _on_session(self) -> None:
         assert self.loop is not None
+        core = self.core
+        if core is not None and core.security is not None and not core.security.token:
+            return  # bootstrap session: READY waits for the token's HELLO
         self.loop.create_task(self._announce())
 
     async def _announce(self) -> None:

@@ -34,6 +34,8 @@ def build_parser(cls: type[Agent]) -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    default=env("AGP_INSECURE", "") not in ("", "0"),
                    help="development only: no CURVE, no token")
+    p.add_argument("--identity", default=env("AGP_IDENTITY"),
+                   help="enrolled key name (default: the agent's name); see `agp keys new`")
     p.add_argument("--log-level", default=env("AGP_LOG_LEVEL", "INFO"))
     return p
 
@@ -45,9 +47,14 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
     if args.insecure:
         print(f"WARNING: agent {args.name} running --insecure: no authentication, no encryption",
               file=sys.stderr, flush=True)
+    security = None
+    if not args.insecure:
+        from security.home import client_security
+
+        security = client_security(args.identity or args.name)
     agent = cls(endpoint=args.endpoint, namespace=args.namespace, name=args.name,
                 instance=args.instance, capacity=args.capacity, weight=args.weight,
-                policy=args.policy)
+                policy=args.policy, security=security)
 
     async def amain() -> None:
         loop = asyncio.get_running_loop()

@@ -79,13 +79,20 @@ class AsyncMesh:
         kind: int = agp_pb2.CLIENT,
         hwm: int = 100_000,
         sub_queue: int = 100_000,
+        identity: str | None = None,
     ) -> AsyncMesh:
         """Connect to the router and wait for its WELCOME (Unavailable after ``timeout``).
 
         ``hwm`` bounds each socket's queue (messages); ``sub_queue`` bounds each
         subscription's queue: past it the oldest messages are dropped and counted.
         """
-        core = Core(resolve_endpoint(endpoint), name=name, security=security, context=context,
+        identity = identity or os.environ.get("AGP_IDENTITY") or None
+        if security is None and identity:
+            from security.home import client_security
+
+            security = client_security(identity)  # type: ignore[assignment]
+        core = Core(resolve_endpoint(endpoint), name=name or identity or "", security=security,
+                    context=context,
                     kind=kind, hwm=hwm, sub_queue=sub_queue)
         await core.start(timeout)
         return cls(core, breakers=breakers)

@@ -13,6 +13,7 @@ AGENTS = {
     "ml_trainer": "agents.ml_trainer",
     "inference_service": "agents.inference_service",
     "notification": "agents.notification",
+    "orchestrator": "agents.orchestrator",
 }
 
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("registry", help="run the discovery registry service", add_help=False)
     sub.add_parser("discover", help="what is on the mesh: agp discover [--json] [--watch]",
                    add_help=False)
+    sub.add_parser("workflow", help="run, watch, cancel and resume workflows: agp workflow "
+                   "{run,status,cancel,resume}", add_help=False)
     sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from discovery.cli import main as discover_main
 
         return discover_main(rest)
+    if command == "workflow":
+        from agents.workflow_cli import main as workflow_main
+
+        return workflow_main(rest)
     if command == "demo":
         from agents.demo import main as demo_main
 

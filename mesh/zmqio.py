@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import zmq
 from zmq.backend import Socket as _Base
 
 _send = _Base.send
 _recv = _Base.recv
-_get = _Base.get
 NOBLOCK = 1
 _NOBLOCK_MORE = 3  # NOBLOCK | SNDMORE
-_RCVMORE = int(zmq.RCVMORE)
 COPY_THRESHOLD = 65536
 
 
@@ -35,8 +32,14 @@ def send_frames(sock: Any, frames: list[Any]) -> None:
 
 
 def recv_frames(sock: Any) -> list[bytes]:
-    """Receive one multipart message without blocking; raise zmq.Again when none waits."""
-    parts = [_recv(sock, NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, NOBLOCK))
+    """Receive one multipart message without blocking; raise zmq.Again when none waits.
+
+    Frames are taken as zmq.Frame (whose ``more`` libzmq fills in C) and copied to bytes:
+    asking RCVMORE through ``Socket.get`` builds a SocketOption enum per frame, ~20% slower.
+    """
+    f = _recv(sock, NOBLOCK, False)
+    parts = [f.bytes]
+    while f.more:
+        f = _recv(sock, NOBLOCK, False)
+        parts.append(f.bytes)
     return parts

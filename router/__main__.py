@@ -25,6 +25,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     p.add_argument("--insecure", action="store_true",
                    help="development only: no CURVE, no tokens, no RBAC")
+    p.add_argument("--home", default=None, help="AGP_HOME: keys, trust store, auth, policy")
+    p.add_argument("--policy", default=None, help="RBAC policy file (default: HOME/policies.json)")
+    p.add_argument("--auth-port", type=int, default=7780,
+                   help="OAuth2 token endpoint (HTTP on 127.0.0.1; 0 picks a port)")
+    p.add_argument("--token-ttl", type=int, default=300, help="access token lifetime, seconds")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -38,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     config = RouterConfig(bind=args.bind, pub_bind=args.pub_bind,
                           max_message_bytes=args.max_message_bytes, max_queue=args.max_queue,
                           pub_hwm=args.pub_hwm, metrics_port=args.metrics_port)
-    router = Router(config)
+    secure = None if args.insecure else _secure_parts(args)
+    router = Router(config, access=secure.access if secure else None,
+                    server_keypair=secure.server_keypair if secure else None)
     router.start()
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY, start_http_server
@@ -53,10 +60,50 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"event": "ready", "router": router.endpoint, "pub": router.pub_endpoint,
-                      "router_id": config.router_id}), flush=True)
-    router.run()
+    ready = {"event": "ready", "router": router.endpoint, "pub": router.pub_endpoint,
+             "router_id": config.router_id}
+    if secure is not None:
+        ready.update(server_key=secure.server_keypair[0].decode(), auth=secure.http.url)
+    print(json.dumps(ready), flush=True)
+    try:
+        router.run()
+    finally:
+        if secure is not None:
+            secure.http.stop()
+            secure.zap.stop()
     return 0
+
+
+class _Secure:
+    def __init__(self, access: Any, server_keypair: tuple[bytes, bytes], zap: Any,
+                 http: Any) -> None:
+        self.access, self.server_keypair, self.zap, self.http = access, server_keypair, zap, http
+
+
+def _secure_parts(args: argparse.Namespace) -> _Secure:
+    """Keys, trust store, ZAP (fail closed), token service (HTTP + mesh) and RBAC."""
+    import zmq
+
+    from security.access import SecureAccess
+    from security.home import AUDIENCE, ISSUER, ensure_router, open_home
+    from security.rbac import PolicyStore
+    from security.token_http import TokenHTTPServer
+    from security.tokens import TokenService
+    from security.zap import ZapPolicy, ZapServer, require_zap
+
+    home = open_home(args.home)
+    kp = ensure_router(home)
+    trust = home.trust()
+    zap = ZapServer(zmq.Context.instance(), ZapPolicy(trust))
+    zap.start()
+    require_zap(zmq.Context.instance())  # no running ZAP handler means no service
+    tokens = TokenService(issuer=ISSUER, audience=AUDIENCE, registry=home.registry(),
+                          keyring=home.keyring(), ttl=args.token_ttl, trust=trust)
+    http = TokenHTTPServer(tokens, port=args.auth_port)
+    http.start()
+    policy = PolicyStore(args.policy or home.policy)
+    access = SecureAccess(trust, tokens, policy, clients_path=home.clients)
+    return _Secure(access, (kp.public, kp.secret), zap, http)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from mesh import codec
-from mesh.errors import Error, ErrorCode
+from mesh.errors import Error, ErrorCode, Unauthenticated
 from mesh.wire import (
     DISCONNECT_FRAME,
     HEARTBEAT_FRAME,
@@ -50,6 +50,7 @@ _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, C
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 ROUTER_SERVICE = b"agp/router"
+AUTH_SERVICE = b"agp/system/auth"
 
 
 class Router:
@@ -236,6 +237,9 @@ class Router:
             if dest == ROUTER_SERVICE and cmd == _REQUEST:
                 self._on_router_service(peer, msg, ident)
                 return
+            if dest == AUTH_SERVICE and cmd == _REQUEST and self.secure:
+                self._on_auth_service(peer, ident)
+                return
             self.stats.drop("no_such_service")
             self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE,
                         f"no service or instance named {dest[:MAX_ADDRESS_BYTES]!r}", ident)
@@ -394,6 +398,20 @@ class Router:
         self.proxy.publish(topic, msg[1], msg[1:])
 
     # ------------------------------------------------------------------ control
+    def _on_auth_service(self, peer: Peer, ident: int) -> None:
+        """``agp/system/auth``: a token for the key this connection authenticated with."""
+        issue = getattr(self.access, "issue_for_key", None)
+        try:
+            if issue is None or peer.identity is None:
+                raise Unauthenticated("no token service on this router")
+            body = issue(peer.identity)
+        except Error as exc:
+            self.stats.auth_failures["token"] += 1
+            self._error(peer.rid, exc.code, exc.message, ident)
+            return
+        self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), AUTH_SERVICE, b"",
+                    *codec.encode(body)])
+
     def _on_router_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         """The router's own service, ``agp/router``: stats and services, for tools and tests."""
         try:

@@ -1,0 +1,128 @@
+"""The router's secure access layer: who a connection is, and what it may do.
+
+Identity is the CURVE key that ZAP authenticated for the connection. A HELLO without a
+token opens a *bootstrap* session that may only ask ``agp/system/auth`` for a token (the
+enrolled key authenticates the client, as a TLS client certificate does in RFC 8705); a
+HELLO with a token opens a full session once the token verifies (signature, issuer,
+audience, time, revocation) and its ``cnf`` names this very connection's key. Every
+decision after that is RBAC, cached per session and dropped when the policy reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import Unauthenticated
+from security.clients import ClientRegistry
+from security.rbac import PolicyStore, Principal
+from security.tokens import TokenService, TokenVerifier
+from security.trust import TrustStore
+
+log = logging.getLogger("agp.access")
+
+AUTH_SERVICE = b"agp/system/auth"
+REGISTRY_SERVICE = b"agp/system/registry"
+_SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE})
+
+
+@dataclass(eq=False)
+class Session:
+    identity: str
+    principal: Principal | None  # None: bootstrap session (token not yet presented)
+    expires: float = 0.0
+    jti: str = ""
+    generation: int = 0
+    cache: dict[tuple[str, bytes], bool] = field(default_factory=dict)
+
+
+class SecureAccess:
+    secure = True
+
+    def __init__(self, trust: TrustStore, tokens: TokenService, policy: PolicyStore,
+                 clients_path: Path | None = None) -> None:
+        self.clients_path = clients_path
+        self.trust = trust
+        self.tokens = tokens
+        self.verifier: TokenVerifier = tokens.verifier()
+        self.policy = policy
+        self._generation = 0
+        self._by_identity: dict[str, Principal] = {}
+
+    # ------------------------------------------------------------------ Access protocol
+    def hello(self, identity: str | None, token: str, peer_name: str) -> Any:
+        if identity is None:
+            raise Unauthenticated("no authenticated CURVE key on this connection")
+        if self.trust.is_revoked(identity) or not self.trust.is_trusted(identity):
+            raise Unauthenticated("this key is not enrolled or was revoked")
+        if not token:
+            return Session(identity, None, expires=time.time() + 60)
+        claims = self.verifier.verify(token, identity)
+        principal = Principal(sub=str(claims["sub"]), key=identity,
+                              roles=tuple(claims.get("roles", ())))
+        self._by_identity[identity] = principal
+        return Session(identity, principal, float(claims["exp"]), str(claims["jti"]),
+                       self._generation)
+
+    def allowed(self, session: Any, action: str, name: bytes) -> bool:
+        s: Session = session
+        if s.principal is None:
+            return action == "request" and name == AUTH_SERVICE
+        if name in _SYSTEM and action == "request":
+            return True  # every authenticated session may get tokens and use discovery
+        if s.generation != self._generation:
+            s.cache.clear()
+            s.generation = self._generation
+        key = (action, name)
+        hit = s.cache.get(key)
+        if hit is not None:
+            return hit
+        text = name.decode(errors="replace")
+        policy = self.policy.policy
+        decision = (policy.check_register(s.principal, text) if action == "register"
+                    else policy.check(s.principal, action, text))
+        if len(s.cache) < 4096:
+            s.cache[key] = decision.allowed
+        if not decision.allowed:
+            log.info("denied %s %s %r: %s", s.principal.sub, action, text, decision.reason)
+        return decision.allowed
+
+    def allowed_prefix(self, identity: str | None, prefix: bytes) -> bool:
+        principal = self._by_identity.get(identity or "")
+        if principal is None:
+            return False
+        return self.policy.policy.check_subscribe_prefix(principal, prefix).allowed
+
+    def expired(self, session: Any, now: float) -> bool:
+        s: Session = session
+        if s.expires and now > s.expires:
+            return True
+        if s.jti and self.tokens.is_revoked(s.jti):
+            return True
+        return self.trust.is_revoked(s.identity) or not self.trust.is_trusted(s.identity)
+
+    def refresh(self) -> None:
+        self.trust.refresh()
+        if self.policy.maybe_reload():
+            self._generation += 1
+
+    # ------------------------------------------------------------------ the auth service
+    def issue_for_key(self, identity: str) -> dict[str, Any]:
+        """A token for the OAuth2 client whose CURVE key this connection proved it holds."""
+        name = self.trust.name_of(identity)
+        client = self.tokens.registry.get(name) if name else None
+        if client is None or client.curve_public.decode() != identity:
+            self._reload_clients()
+            client = self.tokens.registry.get(name) if name else None
+        if client is None or client.curve_public.decode() != identity:
+            raise Unauthenticated("this key is enrolled but no OAuth2 client is bound to it")
+        token, claims = self.tokens.issue(client)
+        return {"access_token": token, "token_type": "Bearer",
+                "expires_in": self.tokens.ttl, "scope": claims["scope"]}
+
+    def _reload_clients(self) -> None:
+        if self.clients_path is not None and self.clients_path.exists():
+            self.tokens.registry = ClientRegistry.load(self.clients_path)

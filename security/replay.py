@@ -1,0 +1,60 @@
+"""Anti-replay sliding window over 64-bit message counters (as IPsec's, RFC 4303 s3.4.3).
+
+The window remembers the highest counter seen and a bitmap of the ``size`` counters below it.
+A counter is refused when it was seen already or when it is so old that it fell out of the
+window (we can no longer tell, so we refuse). Callers check before decrypting and commit
+only after the message authenticated: a forged counter must not move the window.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from mesh.errors import Malformed, Replayed
+
+__all__ = ["DEFAULT_WINDOW", "MAX_COUNTER", "ReplayWindow"]
+
+DEFAULT_WINDOW: Final = 4096
+MAX_COUNTER: Final = 2**64 - 1
+
+
+class ReplayWindow:
+    """``check`` then ``commit``; not thread-safe (one per session, one owner)."""
+
+    __slots__ = ("_bits", "_mask", "size", "top")
+
+    def __init__(self, size: int = DEFAULT_WINDOW) -> None:
+        if size < 1:
+            raise ValueError("window size must be positive")
+        self.size = size
+        self.top = -1  # highest committed counter
+        self._bits = 0  # bit i set: counter top - i was seen
+        self._mask = (1 << size) - 1
+
+    def check(self, counter: int, count: int = 1) -> None:
+        """Raise :class:`Replayed` unless counters ``counter .. counter+count-1`` are all new."""
+        if counter < 0 or count < 1 or counter + count - 1 > MAX_COUNTER:
+            raise Malformed("counter out of range")
+        top, bits = self.top, self._bits
+        for c in range(counter, counter + count):
+            if c > top:
+                return  # this and every later counter in the run are above the window
+            diff = top - c
+            if diff >= self.size:
+                raise Replayed("message older than the replay window")
+            if (bits >> diff) & 1:
+                raise Replayed("duplicate message")
+
+    def commit(self, counter: int, count: int = 1) -> None:
+        """Mark counters as seen (after the message authenticated)."""
+        for c in range(counter, counter + count):
+            if c > self.top:
+                shift = c - self.top
+                self._bits = ((self._bits << shift) | 1) & self._mask if shift < self.size else 1
+                self.top = c
+            elif self.top - c < self.size:
+                self._bits |= 1 << (self.top - c)
+
+    def check_and_commit(self, counter: int, count: int = 1) -> None:
+        self.check(counter, count)
+        self.commit(counter, count)
