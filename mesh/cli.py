@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("workflow", help="run, watch, cancel and resume workflows: agp workflow "
                    "{run,status,cancel,resume}", add_help=False)
+    sub.add_parser("keys", help="identities: agp keys new|enroll|revoke|list", add_help=False)
     sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from agents.workflow_cli import main as workflow_main
 
         return workflow_main(rest)
+    if command == "keys":
+        from security.cli import main as keys_main
+
+        return keys_main(rest)
     if command == "demo":
         from agents.demo import main as demo_main
 

@@ -31,6 +31,7 @@ from mesh.errors import (
     Error,
     ErrorCode,
     Overloaded,
+    Unauthenticated,
     Unavailable,
     error_from_code,
 )
@@ -150,6 +151,8 @@ class Core:
         self._last_tx = 0.0
         self._sent = False
         self._refreshing = False
+        self._monitor: zmq.Socket[Any] | None = None
+        self.auth_failed = False
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -171,6 +174,8 @@ class Core:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.security is not None:
             self.security.apply(sock)
+        if self.security is not None:
+            self._watch_handshake(sock)
         sock.connect(self.endpoint)
         self.sock = sock
         self.loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
@@ -189,6 +194,39 @@ class Core:
         except Error:
             await self.close()
             raise
+
+    def _watch_handshake(self, sock: zmq.Socket[Any]) -> None:
+        """A refused CURVE handshake is final in libzmq (no retry): surface it at once."""
+        assert self.loop is not None
+        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._monitor = mon
+
+        def on_event() -> None:
+            from zmq.utils.monitor import recv_monitor_message
+
+            while True:
+                try:
+                    event = recv_monitor_message(mon, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    return
+                if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                    self.auth_failed = True
+                    exc = Unauthenticated(
+                        "the router refused this connection's CURVE handshake (unknown or "
+                        "revoked key, or wrong server key)")
+                    for w in self._hello_waiters:
+                        _fail(w, exc)
+                    self._hello_waiters.clear()
+                    for p in list(self.pending.values()):
+                        _fail(p.waiter, exc)
+                    self.pending.clear()
+
+        self.loop.add_reader(mon.getsockopt(zmq.FD), on_event)
+        self.loop.call_soon(on_event)
 
     async def _acquire_token(self) -> None:
         """Get an access token (provider, or the mesh's auth service) and present it."""
@@ -217,6 +255,8 @@ class Core:
         self._send_hello()
         await welcome
         self._refreshing = False
+        self._monitor: zmq.Socket[Any] | None = None
+        self.auth_failed = False
 
     def _maybe_refresh(self, now: float) -> None:
         sec = self.security
@@ -254,6 +294,15 @@ class Core:
             _fail(p.waiter, Closed("client closed"))
         self.pending.clear()
         self.subs.close()
+        if self._monitor is not None and self.loop is not None:
+            try:
+                self.loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+                if self.sock is not None:
+                    self.sock.disable_monitor()
+            except Exception:
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self.sock is not None:
             if self.loop is not None:
                 try:

@@ -51,6 +51,7 @@ _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 ROUTER_SERVICE = b"agp/router"
 AUTH_SERVICE = b"agp/system/auth"
+REGISTRY_SERVICE = b"agp/system/registry"
 
 
 class Router:
@@ -232,6 +233,9 @@ class Router:
             if not self.access.allowed(peer.session, action, dest):
                 self._deny(peer, action, dest, ident)
                 return
+        if self.secure and dest == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
+            self._deny(peer, "register", b"(registration outside its namespace or key)", ident)
+            return
         target = self.table.resolve(dest)
         if target is None:
             if dest == ROUTER_SERVICE and cmd == _REQUEST:
@@ -398,6 +402,20 @@ class Router:
         self.proxy.publish(topic, msg[1], msg[1:])
 
     # ------------------------------------------------------------------ control
+    def _registry_allowed(self, peer: Peer, msg: list[bytes]) -> bool:
+        """At the registry's door: a lease may only be taken for a name the caller may
+        register, under the caller's own key (no one takes over another's service name)."""
+        try:
+            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
+            if action not in ("register", "heartbeat", "deregister"):
+                return True
+            record = codec.decode(msg[4:])
+            name = str(record["name"]).encode()
+            key = record.get("public_key")
+        except Exception:
+            return False
+        return key == peer.identity and self.access.allowed(peer.session, "register", name)
+
     def _on_auth_service(self, peer: Peer, ident: int) -> None:
         """``agp/system/auth``: a token for the key this connection authenticated with."""
         issue = getattr(self.access, "issue_for_key", None)

@@ -81,14 +81,24 @@ class SecureAccess:
         if hit is not None:
             return hit
         text = name.decode(errors="replace")
-        policy = self.policy.policy
-        decision = (policy.check_register(s.principal, text) if action == "register"
-                    else policy.check(s.principal, action, text))
+        decision = self._decide(s.principal, action, text)
+        if not decision.allowed and self.policy.maybe_reload():
+            # a binding written since the last periodic look: decide on the fresh policy
+            self._generation += 1
+            s.cache.clear()
+            s.generation = self._generation
+            decision = self._decide(s.principal, action, text)
         if len(s.cache) < 4096:
             s.cache[key] = decision.allowed
         if not decision.allowed:
             log.info("denied %s %s %r: %s", s.principal.sub, action, text, decision.reason)
         return decision.allowed
+
+    def _decide(self, principal: Principal, action: str, text: str) -> Any:
+        policy = self.policy.policy
+        if action == "register":
+            return policy.check_register(principal, text)
+        return policy.check(principal, action, text)
 
     def allowed_prefix(self, identity: str | None, prefix: bytes) -> bool:
         principal = self._by_identity.get(identity or "")

@@ -113,7 +113,13 @@ class ZapPolicy:
         if self.trust.is_revoked(key):
             return self._refuse(request_id, b"400", "revoked key")
         if not self.trust.is_trusted(key):
-            return self._refuse(request_id, b"400", "unknown key")
+            # a key enrolled since the last periodic refresh must not be refused: libzmq
+            # never retries a connection that failed authentication
+            refresh = getattr(self.trust, "refresh", None)
+            if refresh is not None:
+                refresh()
+            if self.trust.is_revoked(key) or not self.trust.is_trusted(key):
+                return self._refuse(request_id, b"400", "unknown key")
         self.stats["accepted"] += 1
         name = (self.trust.name_of(key) or "").encode()[:255]
         meta = _metadata({b"X-Agp-Name": name}) if name else _EMPTY_METADATA

@@ -130,7 +130,7 @@ def test_unknown_service_answers_at_once(router) -> None:
 
 
 def test_too_large_is_refused_and_memory_stays_flat(spawn, start_echo) -> None:
-    r = spawn(router_process(name="small", extra=["--insecure", "--max-message-bytes",
+    r = spawn(router_process(name="small", extra=["--auth-port", "0", "--max-message-bytes",
                                                   str(1024 * 1024)]))
     with Mesh.connect(r.ready_info["router"]) as m:
         big = bytes(1536 * 1024)
@@ -152,7 +152,7 @@ def test_client_and_agent_survive_a_router_restart(spawn, start_echo, router) ->
         first_id = m.request("agp/router", "stats")["router_id"]
         router.kill()
         spawn(router_process(name="router2", bind=endpoint, pub_bind=pub,
-                             extra=["--insecure"]))
+                             extra=["--auth-port", "0"]))
 
         def works() -> bool:
             try:

@@ -18,9 +18,10 @@ from tests.helpers import wait_for
 
 
 @pytest.fixture
-def registry(spawn, router):
+def registry(spawn, router, enroll):
+    enroll("registry", "agp/system")
     return spawn(agent_process("discovery.service", router.ready_info["router"],
-                               name="registry", extra=["--insecure"]))
+                               name="registry", extra=["--identity", "registry"]))
 
 
 def _names(m: Mesh, name: str = "test/ns/echo") -> list[str] | None:
@@ -72,26 +73,42 @@ def test_agents_register_again_after_a_registry_restart(router, registry, start_
         wait_for(lambda: _names(m) == ["stay"], message="registered")
         registry.kill()
         spawn(agent_process("discovery.service", router.ready_info["router"],
-                            name="registry2", extra=["--insecure"]))
+                            name="registry2", extra=["--identity", "registry"]))
         wait_for(lambda: _names(m) == ["stay"], timeout=10, message="re-registered")
 
 
-def test_bad_registrations_are_refused_and_change_nothing(router, registry) -> None:
+def test_bad_registrations_are_refused_and_change_nothing(router, registry, mesh_home
+                                                          ) -> None:
     with Mesh.connect(router.ready_info["router"]) as m:
-        key = zmq.curve_keypair()[0].decode()
+        key = mesh_home.keypair("tester").public.decode()
         good = {"name": "test/ns/svc", "instance": "i1", "public_key": key}
         with pytest.raises(Malformed):
+            m.request(REGISTRY_SERVICE, "register", {**good, "instance": "bad instance!"})
+        with pytest.raises((Malformed, Forbidden)):
             m.request(REGISTRY_SERVICE, "register", {**good, "name": "Bad Name!"})
-        with pytest.raises(Malformed):
-            m.request(REGISTRY_SERVICE, "register", {**good, "public_key": "short"})
-        with pytest.raises(Malformed):
+        with pytest.raises(Forbidden):
             m.request(REGISTRY_SERVICE, "register", "not a map")
         m.request(REGISTRY_SERVICE, "register", good)
         other = zmq.curve_keypair()[0].decode()
-        with pytest.raises(Forbidden):  # same instance id, another key: no takeover
+        with pytest.raises(Forbidden):  # a lease under someone else's key: refused
             m.request(REGISTRY_SERVICE, "register", {**good, "public_key": other})
         found = m.request(REGISTRY_SERVICE, "lookup", {"name": "test/ns/svc"})
         assert [r["public_key"] for r in found] == [key]
+
+
+def test_registration_outside_the_namespace_is_refused(router, registry, enroll, mesh_home
+                                                       ) -> None:
+    enroll("mallory", "tenant/evil")
+    from security.home import client_security
+
+    with Mesh.connect(router.ready_info["router"], security=client_security("mallory")) as m:
+        key = mesh_home.keypair("mallory").public.decode()
+        with pytest.raises(Forbidden):  # name hijack: acme's namespace is not mallory's
+            m.request(REGISTRY_SERVICE, "register",
+                      {"name": "acme/ml/ml_trainer", "instance": "fake", "public_key": key})
+        m.request(REGISTRY_SERVICE, "register",
+                  {"name": "tenant/evil/svc", "instance": "ok", "public_key": key})
+        assert m.request(REGISTRY_SERVICE, "lookup", {"name": "acme/ml/ml_trainer"}) == []
 
 
 def test_watch_snapshot_then_changes_without_gap(router, registry, start_echo) -> None:
