@@ -249,7 +249,7 @@ def test_evicted_session_is_unknown_until_the_sender_starts_over(bob, clock):
     assert opener.open(first_key.public_raw, first_sealer.seal(bob.public_raw, b"new")) == b"new"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(nonce=st.binary(min_size=24, max_size=24), pub=st.binary(min_size=32, max_size=32),
        proof=st.binary(min_size=40, max_size=40), frames=st.lists(st.binary(max_size=64),
                                                                    min_size=1, max_size=3))
@@ -282,7 +282,7 @@ def test_window_duplicates_old_and_gaps():
         w.check(2**64 - 1, 2)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(st.integers(0, 200), max_size=200))
 def test_window_matches_a_set_model(counters):
     w, seen, top = ReplayWindow(32), set(), -1

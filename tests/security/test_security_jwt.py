@@ -250,7 +250,7 @@ def test_missing_or_bad_binding_refused(cnf):
     assert info.value.reason == "binding_mismatch"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300),
                  st.lists(st.text("abcdefghijklmnopqrstuvwxyzABCDEF0123456789-_", max_size=40),
                           min_size=3, max_size=3).map(".".join)))

@@ -180,7 +180,7 @@ def topic_patterns(draw):
     return ".".join([*segs, ">"] if rest else segs)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(allows=st.lists(topic_patterns(), min_size=1, max_size=3),
        denies=st.lists(topic_patterns(), max_size=2),
        topic=st.sampled_from(TOPICS), cut=st.integers(0, 8))

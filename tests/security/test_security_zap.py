@@ -95,7 +95,7 @@ class TestZapPolicy:
         assert reply[2] == b"500"
         assert reply[4] == b""
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=200, deadline=None, database=None)
     @given(st.lists(st.binary(max_size=64), max_size=10))
     def test_fuzzed_frames_always_get_a_refusal(self, tmp_path_factory, frames):
         store = TrustStore(tmp_path_factory.mktemp("fuzz"))
