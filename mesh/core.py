@@ -153,6 +153,7 @@ class Core:
         self._refreshing = False
         self._monitor: zmq.Socket[Any] | None = None
         self.auth_failed = False
+        self._started = False
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -188,6 +189,7 @@ class Core:
             await asyncio.wait_for(waiter, timeout)
             if self.security is not None and not self.security.token:
                 await asyncio.wait_for(self._acquire_token(), timeout)
+            self._started = True
         except asyncio.TimeoutError:
             await self.close()
             raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s")
@@ -474,6 +476,9 @@ class Core:
             return
         if code == ErrorCode.UNAUTHENTICATED:
             self.connected = False
+            sec = self.security
+            if sec is not None and sec.token and sec.token_provider is None:
+                sec.token = ""  # expired or revoked: the next HELLO bootstraps a fresh one
             exc = error_from_code(code, message, details)
             for w in self._hello_waiters:
                 _fail(w, exc)
@@ -532,6 +537,11 @@ class Core:
                     _fail(p.waiter, exc)
         self._resend.clear()
         self.subs.on_session(welcome, restarted)
+        sec = self.security
+        if sec is not None and not sec.token and self._started and not self._refreshing:
+            self._refreshing = True
+            assert self.loop is not None
+            self.loop.create_task(self._acquire_token())
         for w in self._hello_waiters:
             _resolve(w, None)
         self._hello_waiters.clear()

@@ -242,7 +242,7 @@ class Router:
                 self._on_router_service(peer, msg, ident)
                 return
             if dest == AUTH_SERVICE and cmd == _REQUEST and self.secure:
-                self._on_auth_service(peer, ident)
+                self._on_auth_service(peer, msg, ident)
                 return
             self.stats.drop("no_such_service")
             self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE,
@@ -416,13 +416,26 @@ class Router:
             return False
         return key == peer.identity and self.access.allowed(peer.session, "register", name)
 
-    def _on_auth_service(self, peer: Peer, ident: int) -> None:
-        """``agp/system/auth``: a token for the key this connection authenticated with."""
+    def _on_auth_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
+        """``agp/system/auth``: ``token`` for the key this connection authenticated with;
+        ``revoke`` (admins) refuses a token id from now on, on every connection."""
         issue = getattr(self.access, "issue_for_key", None)
         try:
+            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else "token"
             if issue is None or peer.identity is None:
                 raise Unauthenticated("no token service on this router")
-            body = issue(peer.identity)
+            if action == "revoke":
+                if not self.access.allowed(peer.session, "admin", AUTH_SERVICE):
+                    self._deny(peer, "admin", AUTH_SERVICE, ident)
+                    return
+                jti = str(codec.decode(msg[4:])["jti"])
+                self.access.tokens.revoke(jti)  # type: ignore[attr-defined]
+                body: Any = {"revoked": jti}
+            else:
+                body = issue(peer.identity)
+        except (KeyError, TypeError) as exc:
+            self._error(peer.rid, ErrorCode.MALFORMED, f"bad revoke request: {exc}", ident)
+            return
         except Error as exc:
             self.stats.auth_failures["token"] += 1
             self._error(peer.rid, exc.code, exc.message, ident)
