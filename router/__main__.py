@@ -43,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
     config = RouterConfig(bind=args.bind, pub_bind=args.pub_bind,
                           max_message_bytes=args.max_message_bytes, max_queue=args.max_queue,
                           pub_hwm=args.pub_hwm, metrics_port=args.metrics_port)
-    secure = None if args.insecure else _secure_parts(args)
+    secure = None
+    if not args.insecure:
+        from security.server import secure_router
+
+        secure = secure_router(args.home, policy=args.policy, auth_port=args.auth_port,
+                               token_ttl=args.token_ttl)
     router = Router(config, access=secure.access if secure else None,
                     server_keypair=secure.server_keypair if secure else None)
     router.start()
@@ -69,41 +74,8 @@ def run(args: argparse.Namespace) -> int:
         router.run()
     finally:
         if secure is not None:
-            secure.http.stop()
-            secure.zap.stop()
+            secure.stop()
     return 0
-
-
-class _Secure:
-    def __init__(self, access: Any, server_keypair: tuple[bytes, bytes], zap: Any,
-                 http: Any) -> None:
-        self.access, self.server_keypair, self.zap, self.http = access, server_keypair, zap, http
-
-
-def _secure_parts(args: argparse.Namespace) -> _Secure:
-    """Keys, trust store, ZAP (fail closed), token service (HTTP + mesh) and RBAC."""
-    import zmq
-
-    from security.access import SecureAccess
-    from security.home import AUDIENCE, ISSUER, ensure_router, open_home
-    from security.rbac import PolicyStore
-    from security.token_http import TokenHTTPServer
-    from security.tokens import TokenService
-    from security.zap import ZapPolicy, ZapServer, require_zap
-
-    home = open_home(args.home)
-    kp = ensure_router(home)
-    trust = home.trust()
-    zap = ZapServer(zmq.Context.instance(), ZapPolicy(trust))
-    zap.start()
-    require_zap(zmq.Context.instance())  # no running ZAP handler means no service
-    tokens = TokenService(issuer=ISSUER, audience=AUDIENCE, registry=home.registry(),
-                          keyring=home.keyring(), ttl=args.token_ttl, trust=trust)
-    http = TokenHTTPServer(tokens, port=args.auth_port)
-    http.start()
-    policy = PolicyStore(args.policy or home.policy)
-    access = SecureAccess(trust, tokens, policy, clients_path=home.clients)
-    return _Secure(access, (kp.public, kp.secret), zap, http)
 
 
 def main(argv: list[str] | None = None) -> int:
