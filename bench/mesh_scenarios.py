@@ -32,24 +32,39 @@ def _uv_run(coro: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- sides
-def _router_side(ctl: Control) -> dict[str, Any]:
+def _router_side(ctl: Control, secure: bool) -> dict[str, Any]:
     from router.config import RouterConfig
     from router.server import Router
 
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
+    parts = None
+    if secure:
+        from security.server import secure_router
+
+        parts = secure_router(auth_port=0)
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
+               access=parts.access if parts else None,
+               server_keypair=parts.server_keypair if parts else None)
     r.start()
     threading.Thread(target=lambda: (ctl.wait_stop(ctl.remaining()), r.stop()),
                      daemon=True).start()
     ctl.ready((r.endpoint, r.pub_endpoint))
     r.run()
+    if parts is not None:
+        parts.stop()
     return r.stats.as_dict()
 
 
-def _agent_side(ctl: Control, endpoint: str) -> dict[str, Any]:
+def _agent_side(ctl: Control, endpoint: str, secure: bool) -> dict[str, Any]:
     from agents.echo import Echo
 
     async def main() -> dict[str, Any]:
-        agent = BenchEcho(endpoint=endpoint, namespace="bench/mesh", capacity=1024)
+        security = None
+        if secure:
+            from security.home import client_security
+
+            security = client_security(AGENT_ID)
+        agent = BenchEcho(endpoint=endpoint, namespace="bench/mesh", capacity=1024,
+                          security=security)
         await agent.start()
         ctl.ready(agent.instance_name)
         loop = asyncio.get_running_loop()
@@ -77,9 +92,36 @@ def _agent_side(ctl: Control, endpoint: str) -> dict[str, Any]:
 
 
 async def _client(endpoint: str) -> Any:
+    import os
+
     from mesh.aio import AsyncMesh
 
-    return await AsyncMesh.connect(endpoint, breakers=False)
+    # secure runs set AGP_IDENTITY (and AGP_HOME) in this side's environment
+    return await AsyncMesh.connect(endpoint, breakers=False,
+                                   identity=os.environ.get("AGP_IDENTITY") or None)
+
+
+AGENT_ID = "bench-agent"
+CLIENT_ID = "bench-client"
+_HOME: dict[str, str] = {}
+
+
+def secure_env(secure: bool) -> dict[str, str | None]:
+    """The environment of every side: a temporary AGP_HOME with the bench identities."""
+    if not secure:
+        return {"AGP_IDENTITY": None}
+    if not _HOME:
+        import tempfile
+
+        from security.home import enroll_identity, ensure_router, open_home
+
+        root = tempfile.mkdtemp(prefix="agp-bench-home-")
+        home = open_home(root)
+        ensure_router(home)
+        enroll_identity(home, AGENT_ID, roles=("agent",), namespace="bench/mesh")
+        enroll_identity(home, CLIENT_ID, roles=("client",))
+        _HOME["root"] = root
+    return {"AGP_HOME": _HOME["root"], "AGP_IDENTITY": CLIENT_ID}
 
 
 def _client_sequential(ctl: Control, endpoint: str, count: int, size: int) -> dict[str, Any]:
@@ -251,51 +293,59 @@ def _streamer(ctl: Control, endpoint: str, duration: float, frame: int) -> dict[
 
 
 # --------------------------------------------------------------------------- scenarios
-def _mesh(g: Group, run: float, env: dict[str, str] | None = None) -> str:
-    router = g.spawn("router", _router_side, max_run=run + _MARGIN, env=env)
+def _mesh(g: Group, run: float, secure: bool, env: dict[str, Any] | None = None) -> str:
+    env = {**secure_env(secure), **(env or {})}
+    router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
     endpoint, _ = router.wait_ready()
-    agent = g.spawn("agent", _agent_side, endpoint, max_run=run + _MARGIN, env=env)
+    agent = g.spawn("agent", _agent_side, endpoint, secure, max_run=run + _MARGIN, env=env)
     agent.wait_ready()
     return str(endpoint)
 
 
-def reqrep_sequential(*, count: int = 5000, size: int = 64) -> dict[str, Any]:
+def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: bool = False
+                      ) -> dict[str, Any]:
     run = count / 500 + _START
     with Group() as g:
-        ep = _mesh(g, run)
-        c = g.spawn("client", _client_sequential, ep, count, size, max_run=run)
+        ep = _mesh(g, run, secure)
+        c = g.spawn("client", _client_sequential, ep, count, size, max_run=run,
+                    env=secure_env(secure))
         c.wait_ready()
         return dict(c.result(run))
 
 
-def reqrep_inflight(*, duration: float = 2.0, inflight: int = 100, size: int = 64
+def reqrep_inflight(*, duration: float = 2.0, inflight: int = 100, size: int = 64,
+                    secure: bool = False) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        ep = _mesh(g, run, secure)
+        c = g.spawn("client", _client_inflight, ep, duration, inflight, size, max_run=run,
+                    env=secure_env(secure))
+        c.wait_ready()
+        return dict(c.result(run))
+
+
+def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0, secure: bool = False
+                     ) -> dict[str, Any]:
+    run = duration + _START
+    with Group() as g:
+        ep = _mesh(g, run, secure)
+        c = g.spawn("client", _client_open_loop, ep, rate, max(1, int(rate * duration)),
+                    max_run=run, env=secure_env(secure))
+        c.wait_ready()
+        return dict(c.result(run))
+
+
+def fire_and_forget(*, duration: float = 2.0, size: int = 64, secure: bool = False
                     ) -> dict[str, Any]:
     run = duration + _START
+    env = secure_env(secure)
     with Group() as g:
-        ep = _mesh(g, run)
-        c = g.spawn("client", _client_inflight, ep, duration, inflight, size, max_run=run)
-        c.wait_ready()
-        return dict(c.result(run))
-
-
-def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0) -> dict[str, Any]:
-    run = duration + _START
-    with Group() as g:
-        ep = _mesh(g, run)
-        c = g.spawn("client", _client_open_loop, ep, rate, max(1, int(rate * duration)),
-                    max_run=run)
-        c.wait_ready()
-        return dict(c.result(run))
-
-
-def fire_and_forget(*, duration: float = 2.0, size: int = 64) -> dict[str, Any]:
-    run = duration + _START
-    with Group() as g:
-        router = g.spawn("router", _router_side, max_run=run + _MARGIN)
+        router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
         endpoint, _ = router.wait_ready()
-        agent = g.spawn("agent", _agent_side, endpoint, max_run=run + _MARGIN)
+        agent = g.spawn("agent", _agent_side, endpoint, secure, max_run=run + _MARGIN,
+                        env=env)
         agent.wait_ready()
-        c = g.spawn("client", _client_faf, endpoint, duration, size, max_run=run)
+        c = g.spawn("client", _client_faf, endpoint, duration, size, max_run=run, env=env)
         c.wait_ready()
         sent = c.result(run)["sent"]
         agent.request_stop()
@@ -306,16 +356,18 @@ def fire_and_forget(*, duration: float = 2.0, size: int = 64) -> dict[str, Any]:
             "lost": sent - got["received"]}
 
 
-def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64) -> dict[str, Any]:
+def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
+           secure: bool = False) -> dict[str, Any]:
     run = duration + _START
+    env = secure_env(secure)
     with Group() as g:
-        router = g.spawn("router", _router_side, max_run=run + _MARGIN)
+        router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
         endpoint, _ = router.wait_ready()
-        subs = [g.spawn(f"sub{i}", _subscriber, endpoint, max_run=run + _MARGIN)
+        subs = [g.spawn(f"sub{i}", _subscriber, endpoint, max_run=run + _MARGIN, env=env)
                 for i in range(subscribers)]
         for s in subs:
             s.wait_ready()  # subscribed and confirmed
-        pub = g.spawn("pub", _publisher, endpoint, duration, size, max_run=run)
+        pub = g.spawn("pub", _publisher, endpoint, duration, size, max_run=run, env=env)
         pub.wait_ready()
         pub.send("go")
         published = pub.result(run)["published"]
@@ -336,14 +388,15 @@ def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64) -> di
             "counted_drops": counted, "unaccounted": lost - counted}
 
 
-def stream(*, duration: float = 2.0, frame: int = MiB, malloc_tuned: bool = True
-           ) -> dict[str, Any]:
+def stream(*, duration: float = 2.0, frame: int = MiB, malloc_tuned: bool = True,
+           secure: bool = False) -> dict[str, Any]:
     from bench.baselines import MALLOC_DEFAULT, MALLOC_TUNED
 
-    env = MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT
+    env: dict[str, Any] = dict(MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT)
     run = duration + _START
     with Group() as g:
-        ep = _mesh(g, run, env=env)
-        c = g.spawn("client", _streamer, ep, duration, frame, max_run=run, env=env)
+        ep = _mesh(g, run, secure, env=env)
+        c = g.spawn("client", _streamer, ep, duration, frame, max_run=run,
+                    env={**env, **secure_env(secure)})
         c.wait_ready()
         return dict(c.result(run))

@@ -9,55 +9,62 @@ from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile
 
 
 def steps(p: Profile) -> list[tuple[str, Any, Any]]:
-    """(name, run() -> dict, emit(report, result)) for every agp-mesh scenario (security off)."""
+    """(name, run(secure) -> dict, emit(report, result, security)) for every scenario."""
     d = p.duration
     out: list[tuple[str, Any, Any]] = [
-        ("sequential", lambda: ms.reqrep_sequential(count=p.count),
-         lambda rep, r: rep.add_latency(RR, "sequential", summary=r, security="off")),
+        ("sequential", lambda s: ms.reqrep_sequential(count=p.count, secure=s),
+         lambda rep, r, sec: rep.add_latency(RR, "sequential", summary=r, security=sec)),
         (f"{p.inflight} in flight",
-         lambda: ms.reqrep_inflight(duration=d, inflight=p.inflight),
-         lambda rep, r: (rep.add(RR, f"{p.inflight} in flight", r["req_per_s"], "req/s"),
-                         rep.add_latency(RR, f"{p.inflight} in flight", summary=r))),
+         lambda s: ms.reqrep_inflight(duration=d, inflight=p.inflight, secure=s),
+         lambda rep, r, sec: (
+             rep.add(RR, f"{p.inflight} in flight", r["req_per_s"], "req/s", security=sec),
+             rep.add_latency(RR, f"{p.inflight} in flight", summary=r, security=sec))),
     ]
     for rate in p.rates:
         out.append((f"open loop {rate:.0f}/s",
-                    lambda rate=rate: ms.reqrep_open_loop(rate=rate, duration=d),
-                    lambda rep, r, rate=rate: rep.add_latency(
-                        RR, f"open loop {rate:.0f}/s", summary=r["corrected"],
+                    lambda s, rate=rate: ms.reqrep_open_loop(rate=rate, duration=d, secure=s),
+                    lambda rep, r, sec, rate=rate: rep.add_latency(
+                        RR, f"open loop {rate:.0f}/s", summary=r["corrected"], security=sec,
                         note=f"lost {r['lost']}" if r["lost"] else "")))
-    out.append(("fire-and-forget", lambda: ms.fire_and_forget(duration=d),
-                lambda rep, r: rep.add(FAF, "throughput", r["delivered_per_s"], "msg/s",
-                                       note=f"lost {r['lost']}" if r["lost"] else "")))
+    out.append(("fire-and-forget", lambda s: ms.fire_and_forget(duration=d, secure=s),
+                lambda rep, r, sec: rep.add(FAF, "throughput", r["delivered_per_s"], "msg/s",
+                                            security=sec,
+                                            note=f"lost {r['lost']}" if r["lost"] else "")))
     for n in p.subscribers:
         label = f"{n} subscriber{'s' if n > 1 else ''}"
-        out.append((f"pub/sub {label}", lambda n=n: ms.pubsub(subscribers=n, duration=d),
-                    lambda rep, r, label=label: (
+        out.append((f"pub/sub {label}",
+                    lambda s, n=n: ms.pubsub(subscribers=n, duration=d, secure=s),
+                    lambda rep, r, sec, label=label: (
                         rep.add(PS, f"{label}, delivered", r["delivered_per_s"], "msg/s",
-                                note=f"unaccounted {r['unaccounted']}"),
-                        rep.add(PS, f"{label}, dropped", r["drop_pct"], "%"))))
+                                security=sec, note=f"unaccounted {r['unaccounted']}"),
+                        rep.add(PS, f"{label}, dropped", r["drop_pct"], "%", security=sec))))
     for tuned in (True, False):
         name = "relay 1 MiB" + ("" if tuned else ", default malloc")
         out.append((f"stream {name}",
-                    lambda tuned=tuned: ms.stream(duration=d, malloc_tuned=tuned),
-                    lambda rep, r, name=name: rep.add(ST, name, r["gb_per_s"], "GB/s",
-                                                      note="through the router")))
+                    lambda s, tuned=tuned: ms.stream(duration=d, malloc_tuned=tuned, secure=s),
+                    lambda rep, r, sec, name=name: rep.add(ST, name, r["gb_per_s"], "GB/s",
+                                                           security=sec,
+                                                           note="through the router")))
     return out
 
 
-def run(report: Any, *, profile: str = "full", progress: Any = None) -> dict[str, Any]:
+def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = ("off", "on"),
+        progress: Any = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, fn, emit in steps(PROFILES[profile]):
-        if progress is not None:
-            progress(f"agp-mesh: {name}")
-        try:
-            r = fn()
-        except Exception as e:  # one broken scenario must not hide the others
-            results[name] = {"error": f"{type(e).__name__}: {e}"}
-            report.message(f"agp-mesh {name} failed: {type(e).__name__}: {e}")
-            continue
-        results[name] = r
-        report.add_raw(f"agp-mesh/{name}", r)
-        emit(report, r)
+        for sec in security:
+            key = f"{name} [security {sec}]"
+            if progress is not None:
+                progress(f"agp-mesh: {key}")
+            try:
+                r = fn(sec == "on")
+            except Exception as e:  # one broken scenario must not hide the others
+                results[key] = {"error": f"{type(e).__name__}: {e}"}
+                report.message(f"agp-mesh {key} failed: {type(e).__name__}: {e}")
+                continue
+            results[key] = r
+            report.add_raw(f"agp-mesh/{key}", r)
+            emit(report, r, sec)
     return results
 
 
@@ -72,17 +79,17 @@ TARGETS = [
 ]
 
 
-def check_targets(report: Any) -> list[str]:
+def check_targets(report: Any, security: str = "on") -> list[str]:
     """One line per figure the benchmark issue names: met or missed, and by how much."""
     lines = []
     rows = {(r.pattern, r.scenario, r.unit, r.security): r for r in report.rows}
     for pattern, scenario, unit, op, figure, what in TARGETS:
-        row = rows.get((pattern, scenario, unit, "off"))
+        row = rows.get((pattern, scenario, unit, security))
         if row is None or row.value is None:
-            lines.append(f"  ?    {what}: not measured")
+            lines.append(f"  ?    {what} (security {security}): not measured")
             continue
         ok = row.value >= figure if op == ">=" else row.value < figure
         ratio = f", {row.ratio:.2f}x raw" if row.ratio else ""
-        lines.append(f"  {'met ' if ok else 'MISS'} {what}: {row.value:,.3g} {unit} "
-                     f"(target {op} {figure:,} {unit}{ratio})")
+        lines.append(f"  {'met ' if ok else 'MISS'} {what} (security {security}): "
+                     f"{row.value:,.3g} {unit} (target {op} {figure:,} {unit}{ratio})")
     return lines
