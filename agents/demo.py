@@ -1,19 +1,30 @@
-"""`make demo`: a local mesh in separate processes, every pattern, then a clean shutdown.
+"""`make demo`: every pattern, then the product's two scenarios, on local processes.
 
-Router, two processes serving one service with weights 3 and 1, and this script as the
-client: request-response (and the balancing it got), fire-and-forget, pub/sub and a
-credit-controlled stream. Everything runs on embedded defaults; logs go to ``run/demo/``.
+Part 1 (patterns): router, two processes serving one service with weights 3 and 1, and this
+script as the client: request-response (and the balancing it got), fire-and-forget, pub/sub
+and a credit-controlled stream.
+
+Part 2 (scenarios): a router, the discovery registry and the four work agents (two
+ml_trainer instances) as processes. Scenario 1 runs the ML workflow durably and serves
+predictions from the deployed model; then one trainer is killed -9 mid-training (the retry
+goes to the other) and a poison input fails its step while the agent keeps serving.
+Scenario 2 streams ticks through analysis, prediction and alerts and measures tick-to-alert
+latency. Everything runs on embedded defaults; logs go to ``run/demo/``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import tempfile
 import time
 from pathlib import Path
 
+from agents.local_mesh import LocalMesh
 from agents.procs import ManagedProcess, agent_process, router_process
+from agents.scenarios import run_ml_scenario, run_streaming_scenario
 from mesh import Mesh
+from mesh.workflow import ProgressDisplay
 
 SERVICE = "demo/patterns/echo"
 
@@ -87,9 +98,66 @@ def run_patterns(log_dir: Path) -> None:
             print(f"{p.name:<8} pid {p.pid} exited with {code}")
 
 
+def run_scenarios(log_dir: Path) -> None:
+    from agents.scenarios import format_ml, format_streaming, ml_workflow
+
+    store = log_dir / "workflows.db"
+    for leftover in log_dir.glob("workflows.db*"):
+        leftover.unlink()  # a fresh store per demo: nothing to resume from an older one
+    _line("scenario processes")
+    mesh = LocalMesh(log_dir / "scenarios", namespace="demo/ml")
+    try:
+        mesh.start()
+        print(f"router   pid {mesh.router.pid if mesh.router else '?'} on {mesh.endpoint}")
+        for p in mesh.agents:
+            print(f"{p.name:<20} pid {p.pid:<7} serves {p.ready_info.get('instance', '')}")
+        endpoint, url = mesh.endpoint, f"sqlite:///{store}"
+
+        _line("scenario 1: ML workflow")
+        display = ProgressDisplay()
+        result = asyncio.run(run_ml_scenario(endpoint, store_url=url, on_event=display))
+        print(format_ml(result))
+
+        _line("resilience: a trainer killed -9 mid-training")
+        killed: list[str] = []
+
+        def kill_first(run_id: str, step: str, instance: str, fraction: float, msg: str
+                       ) -> None:
+            if step == "training" and not killed and instance:
+                killed.append(instance)
+                mesh.find(instance.rsplit("/", 1)[-1]).kill()
+                print(f"  killed {instance} (pid gone) at {fraction:.0%} of training")
+
+        spec = ml_workflow(model="random_forest", hyperparams={"n_estimators": 600})
+        result = asyncio.run(run_ml_scenario(endpoint, spec=spec, store_url=url,
+                                             on_event=ProgressDisplay(), on_progress=kill_first,
+                                             predictions=0))
+        print(format_ml(result))
+
+        _line("resilience: a poison input")
+        poison = {"name": "poison", "steps": {"describe": {
+            "agent": "data_analyst", "params": {"X": [[1.0, 2.0]], "feature_names": 5}}}}
+        result = asyncio.run(run_ml_scenario(endpoint, spec=poison, store_url=url))
+        print(format_ml(result))
+        with Mesh.connect(endpoint) as m:
+            stats = m.request("data_analyst", "stats")
+            print(f"data_analyst still serves: calls {stats['calls']}, "
+                  f"failures {stats['failures']}")
+
+        _line("scenario 2: streaming ticks -> analysis -> prediction -> alerts")
+        print(format_streaming(asyncio.run(run_streaming_scenario(endpoint, duration=4.0))))
+    finally:
+        _line("shutdown")
+        for name, code in mesh.stop().items():
+            print(f"{name:<20} exited with {code}")
+
+
 def main() -> int:
     log_dir = Path("run/demo") if Path("Makefile").exists() else Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
     run_patterns(log_dir)
+    run_scenarios(log_dir)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
     print(f"\nlogs in {log_dir}/")
     return 0
 

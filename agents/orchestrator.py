@@ -1,0 +1,432 @@
+"""Durable workflows on the mesh: the step caller, a library entry point, and a service.
+
+:class:`MeshStepCaller` is the workflow runner's ``call_step`` over the mesh. A step
+requests ``step.agent`` / ``step.action`` with ``{"params", "inputs", "run", "step"}``,
+under the step's timeout, with the idempotency key ``<run>/<step>`` (an agent that already
+answered that key answers again from its cache instead of redoing the work). The instance
+that served or failed a step is learnt from the reply's address frame and from progress
+reports; a failure names it in ``details["instance"]`` so the runner's retry asks the
+router for the service's instances and addresses one it has not tried. Retries are the
+workflow's (``retries`` per step), not the router's: the request is not marked idempotent,
+so a killed agent fails the attempt visibly and the retry goes elsewhere.
+
+:func:`run_workflow` runs one workflow from a script or the CLI; :class:`Orchestrator`
+serves ``agp/system/orchestrator`` (run, status, cancel, list, resume, outputs) and resumes
+at start the runs a dead orchestrator left running. Large outputs go to the artifact store
+by reference (the runner spills anything of 256 KiB or more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from agents.base import Context, action
+from agents.common import WorkAgent, work
+from mesh import codec
+from mesh.aio import AsyncMesh, decode_reply
+from mesh.breaker import State
+from mesh.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    Error,
+    InternalError,
+    NoSuchService,
+    Overloaded,
+    Unavailable,
+)
+from mesh.wire import MAX_ADDRESS_BYTES, Cmd
+from mesh.workflow import (
+    CURRENT_RUN,
+    ArtifactStore,
+    Event,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepResult,
+    StepSpec,
+    Store,
+    WorkflowRunner,
+    WorkflowSpec,
+    load_spec,
+    open_store,
+)
+from proto import agp_pb2
+
+log = logging.getLogger("agp.orchestrator")
+
+ORCHESTRATOR_SERVICE: Final = "agp/system/orchestrator"
+DEFAULT_STORE: Final = "sqlite:///run/workflows.db"
+DEFAULT_STEP_TIMEOUT: Final = 600.0
+CANCEL_POLL_S: Final = 0.25
+MAX_TRACKED_RUNS: Final = 100
+_BREAKER_FAILURES = (Unavailable, DeadlineExceeded, InternalError, Overloaded, NoSuchService)
+ProgressHook = Callable[[str, str, str, float, str], None]
+"""``(run_id, step, instance, fraction, message)`` for each progress report of a step."""
+
+
+def artifacts_dir_for(store_url: str) -> Path:
+    """Artifacts live beside a SQLite run store (``run/workflows.db`` -> ``run/artifacts``)."""
+    if store_url.startswith("sqlite:///") and len(store_url) > len("sqlite:///"):
+        return Path(store_url[len("sqlite:///"):]).parent / "artifacts"
+    if "://" not in store_url:
+        return Path(store_url).parent / "artifacts"
+    return Path("run/artifacts")
+
+
+class MeshStepCaller:
+    """``call_step`` over an AsyncMesh: one request per attempt, instance-aware."""
+
+    def __init__(self, mesh: AsyncMesh, *, on_progress: ProgressHook | None = None,
+                 default_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
+        self.mesh = mesh
+        self.on_progress = on_progress
+        self.default_timeout = default_timeout
+        self.progress: dict[str, dict[str, dict[str, Any]]] = {}
+        self.destinations: set[str] = set()
+
+    async def __call__(self, step: StepSpec, inputs: dict[str, Any], attempt: int,
+                       avoid: set[str]) -> StepResult:
+        run_id = CURRENT_RUN.get("")
+        dest = await self.destination(step.agent, avoid)
+        payload = {"params": dict(step.params), "inputs": inputs, "run": run_id,
+                   "step": step.name, "attempt": attempt}
+        timeout = step.timeout or self.default_timeout
+        value, instance = await self.request(dest, step.action, payload, f"{run_id}/{step.name}",
+                                             timeout, lambda inst, f, m: self._progress(
+                                                 run_id, step.name, inst, f, m))
+        return StepResult(output=value, instance=instance)
+
+    def _progress(self, run_id: str, step: str, instance: str, fraction: float,
+                  message: str) -> None:
+        if run_id not in self.progress and len(self.progress) >= MAX_TRACKED_RUNS:
+            self.progress.pop(next(iter(self.progress)))
+        runs = self.progress.setdefault(run_id, {})
+        runs[step] = {"instance": instance, "fraction": fraction, "message": message}
+        if self.on_progress is not None:
+            self.on_progress(run_id, step, instance, fraction, message)
+
+    async def destination(self, agent: str, avoid: set[str]) -> str:
+        """The service name, or, when some instances failed this step already, the least
+        loaded instance of the service that has not (the router balances blind to that)."""
+        if not avoid:
+            return agent
+        try:
+            services = await self.mesh.request("agp/router", "services", timeout=2.0)
+        except Error:
+            return agent
+        matches = [s for s in services if s["service"] == agent
+                   or s["service"].endswith("/" + agent)]
+        if len(matches) != 1:
+            return agent  # unknown or ambiguous: let the router say so
+        free = [i for i in matches[0]["instances"] if i["accepting"] and i["name"] not in avoid]
+        if not free:
+            return agent
+        best = min(free, key=lambda i: (i["inflight"] / max(1, i["capacity"]), i["name"]))
+        return str(best["name"])
+
+    async def request(self, dest: str, action_name: str, payload: Any, key: str,
+                      timeout: float, on_progress: Callable[[str, float, str], None]
+                      ) -> tuple[Any, str | None]:
+        """One request; returns (reply, instance that sent it). A failure gains
+        ``details["instance"]`` when the instance is known (from its progress reports)."""
+        address = dest.encode()
+        if not address or len(address) > MAX_ADDRESS_BYTES:
+            raise ConfigError(f"bad destination {dest!r}")
+        self.destinations.add(dest)
+        breaker = self.mesh.breaker(dest)
+        if breaker is not None:
+            breaker.before_call()  # CircuitOpen: the attempt fails at once, retried later
+        seen: list[str] = []
+
+        def progress(instance: bytes, msg: list[bytes]) -> None:
+            name = instance.decode(errors="replace")
+            if name and (not seen or seen[-1] != name):
+                seen.append(name)
+            report = codec.decode(msg[3:]) if len(msg) > 3 else {}
+            on_progress(name, float(report.get("fraction", 0.0)), str(report.get("message", "")))
+
+        header = agp_pb2.Envelope(action=action_name, idempotency_key=key).SerializeToString()
+        core = self.mesh.core
+        waiter = asyncio.get_running_loop().create_future()
+        ident = core.start_request(Cmd.REQUEST, address, header, codec.encode(payload), waiter,
+                                   timeout=timeout, on_progress=progress)
+        try:
+            msg = await waiter
+        except asyncio.CancelledError:
+            core.cancel_request(ident)  # the agent is told to stop (its ctx.progress raises)
+            if breaker is not None and breaker.state is State.HALF_OPEN:
+                breaker.on_failure()  # release the trial slot: open, half-open again later
+            raise
+        except Error as exc:
+            if breaker is not None:
+                # The breaker tracks reachability: an agent's own error (a poison input)
+                # proves the destination is up, and must not leave a half-open trial stuck.
+                if isinstance(exc, _BREAKER_FAILURES):
+                    breaker.on_failure()
+                else:
+                    breaker.on_success()
+            if seen:
+                exc.details.setdefault("instance", seen[-1])
+            raise
+        if breaker is not None:
+            breaker.on_success()
+        return decode_reply(msg), (msg[1].decode(errors="replace") or None)
+
+    def breaker_states(self) -> dict[str, str]:
+        """Circuit-breaker state of every destination called so far."""
+        out = {}
+        for dest in sorted(self.destinations):
+            b = self.mesh.breaker(dest)
+            if b is not None:
+                out[dest] = b.state.value
+        return out
+
+
+def run_status(store: Store, run_id: str, caller: MeshStepCaller | None = None) -> dict[str, Any]:
+    """A run as plain data: its state, every step, live progress and breaker states."""
+    record = store.get_run(run_id)
+    steps = store.step_states(record.id)
+    live = caller.progress.get(record.id, {}) if caller is not None else {}
+    return {**run_summary(record),
+            "steps": [step_summary(s, live.get(s.name)) for s in steps.values()],
+            "breakers": caller.breaker_states() if caller is not None else {}}
+
+
+def run_summary(record: RunRecord) -> dict[str, Any]:
+    return {"run": record.id, "name": record.name, "state": record.state.value,
+            "error": record.error, "created": record.created, "updated": record.updated,
+            "owner": record.owner}
+
+
+def step_summary(step: StepRecord, progress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out = {"name": step.name, "state": step.state.value, "attempt": step.attempt,
+           "failures": step.failures, "duration": step.duration, "instance": step.instance,
+           "error": step.error, "avoid": list(step.avoid)}
+    if progress is not None and step.state.value == "running":
+        out["progress"] = dict(progress)
+    return out
+
+
+async def watch_cancels(store: Store, runner: WorkflowRunner) -> None:
+    """Cancel here the runs another process marked cancelled in the store (``agp workflow
+    cancel``): the store is the one place every process can reach."""
+    while True:
+        await asyncio.sleep(CANCEL_POLL_S)
+        for run_id in runner.active_runs:
+            try:
+                cancelled = store.get_run(run_id).state is RunState.CANCELLED
+            except Error:
+                continue
+            if cancelled:
+                await runner.cancel(run_id)
+
+
+@dataclass
+class WorkflowResult:
+    """What :func:`run_workflow` returns."""
+
+    record: RunRecord
+    steps: dict[str, StepRecord]
+    outputs: dict[str, Any]
+    breakers: dict[str, str]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.record.state is RunState.SUCCEEDED
+
+
+async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
+                       endpoint: str | None = None, store_url: str = DEFAULT_STORE, *,
+                       artifacts_dir: str | Path | None = None,
+                       on_event: Callable[[Event], None] | None = None,
+                       on_progress: ProgressHook | None = None,
+                       on_start: Callable[[str], Any] | None = None,
+                       resume: str | None = None, timeout: float | None = None,
+                       mesh: AsyncMesh | None = None) -> WorkflowResult:
+    """Run (or ``resume``) a workflow on the mesh at ``endpoint`` and wait for its end.
+
+    ``spec`` is a dict, a WorkflowSpec or a .toml/.json path. State goes to ``store_url``;
+    if this process dies, ``resume`` with the run id (``on_start`` receives it) continues it
+    without re-running finished steps. On ``timeout`` the run is left running, resumable.
+    """
+    if not isinstance(spec, (WorkflowSpec, Mapping)) and resume is None:
+        spec = load_spec(spec)
+    store = open_store(store_url)
+    own_mesh = mesh is None
+    watcher: asyncio.Task[None] | None = None
+    runner: WorkflowRunner | None = None
+    try:
+        artifacts = ArtifactStore(artifacts_dir or artifacts_dir_for(store_url))
+        if mesh is None:
+            mesh = await AsyncMesh.connect(endpoint)
+        caller = MeshStepCaller(mesh, on_progress=on_progress)
+        runner = WorkflowRunner(store, caller, artifact_store=artifacts, on_event=on_event,
+                                default_timeout=DEFAULT_STEP_TIMEOUT)
+        if resume is not None:
+            run_id = await runner.resume(resume)
+        else:
+            assert isinstance(spec, (WorkflowSpec, Mapping))
+            run_id = await runner.start(spec)
+        if on_start is not None:
+            on_start(run_id)
+        watcher = asyncio.get_running_loop().create_task(watch_cancels(store, runner))
+        record = await runner.wait(run_id, timeout=timeout)
+        outputs = runner.outputs(run_id) if record.state is RunState.SUCCEEDED else {}
+        return WorkflowResult(record, store.step_states(run_id), outputs,
+                              caller.breaker_states())
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if runner is not None:
+            await runner.close()
+        store.close()
+        if own_mesh and mesh is not None:
+            await mesh.close()
+
+
+async def cancel_in_store(store_url: str, run_id: str) -> RunRecord:
+    """Mark a run cancelled in its store; the process driving it (a CLI run or the
+    orchestrator service) sees that within :data:`CANCEL_POLL_S` and stops its steps."""
+
+    async def never(*_args: Any) -> StepResult:
+        raise InternalError("a cancelling runner runs no step")
+
+    store = open_store(store_url)
+    try:
+        runner = WorkflowRunner(store, never, artifact_store=ArtifactStore(
+            artifacts_dir_for(store_url)))
+        return await runner.cancel(run_id)
+    finally:
+        store.close()
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the process that owns a run still lives (only knowable on this host)."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another host's: assume alive, never drive a run twice
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_id(data: Any) -> str:
+    run_id = data.get("run") if isinstance(data, Mapping) else data
+    if not isinstance(run_id, str) or not run_id:
+        raise ConfigError("give the run id as a string or {'run': id}")
+    return run_id
+
+
+class Orchestrator(WorkAgent):
+    """``agp/system/orchestrator``: durable workflow runs as a mesh service.
+
+    Its store is ``AGP_WORKFLOW_STORE`` (default ``sqlite:///run/workflows.db``), artifacts
+    under ``AGP_ARTIFACTS`` (default beside the store). At start it resumes every run left
+    ``running`` by an orchestrator process that is gone.
+    """
+
+    name = "orchestrator"
+    namespace = "agp/system"
+    capacity = 64
+
+    async def on_start(self) -> None:
+        url = os.environ.get("AGP_WORKFLOW_STORE") or DEFAULT_STORE
+        self.store = await asyncio.to_thread(open_store, url)
+        artifacts = ArtifactStore(os.environ.get("AGP_ARTIFACTS") or artifacts_dir_for(url))
+        self.caller = MeshStepCaller(self.mesh)
+        self.runner = WorkflowRunner(self.store, self.caller, artifact_store=artifacts,
+                                     default_timeout=DEFAULT_STEP_TIMEOUT)
+        self.resumed: list[str] = []
+        for record in self.store.list_runs(state=RunState.RUNNING, limit=1000):
+            if _owner_alive(record.owner):
+                continue
+            try:
+                self.resumed.append(await self.runner.resume(record.id))
+            except Error as exc:  # one broken run must not keep the service down
+                log.error("cannot resume run %s: %s", record.id, exc)
+        self._watcher = asyncio.get_running_loop().create_task(
+            watch_cancels(self.store, self.runner))
+
+    async def on_stop(self) -> None:
+        self._watcher.cancel()
+        await self.runner.close()  # runs stay ``running``: the next orchestrator resumes them
+        self.store.close()
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {"active_runs": self.runner.active_runs, "resumed": self.resumed,
+                "breakers": self.caller.breaker_states()}
+
+    @action(name="run")  # not ``run``: that is the Agent's own lifecycle method
+    @work
+    async def start_run(self, data: Any, ctx: Context) -> Any:
+        """Start a run of ``data["spec"]`` (or ``data`` itself); with ``wait`` true, answer
+        when it ends (within the request's deadline)."""
+        wait = isinstance(data, Mapping) and bool(data.get("wait"))
+        spec = data.get("spec", data) if isinstance(data, Mapping) else data
+        if not isinstance(spec, Mapping):
+            raise ConfigError("run needs a workflow spec (a mapping)")
+        run_id = await self.runner.start(spec)
+        if wait:
+            try:
+                await self.runner.wait(run_id, timeout=max(0.001, ctx.remaining() - 0.5))
+            except asyncio.TimeoutError:
+                pass  # still running: the status says so
+        return run_status(self.store, run_id, self.caller)
+
+    @action()
+    @work
+    async def status(self, data: Any, ctx: Context) -> Any:
+        """One run's status (``{"run": id}``), or every recent run and the breakers."""
+        if data is None or (isinstance(data, Mapping) and "run" not in data):
+            return {"runs": [run_summary(r) for r in self.store.list_runs(limit=50)],
+                    "active": self.runner.active_runs, "breakers": self.caller.breaker_states()}
+        return run_status(self.store, _run_id(data), self.caller)
+
+    @action(name="list")
+    @work
+    async def list_runs(self, data: Any, ctx: Context) -> Any:
+        """Recent runs, newest first (``state`` and ``limit`` optional)."""
+        opts = data if isinstance(data, Mapping) else {}
+        state = RunState(opts["state"]) if opts.get("state") else None
+        return [run_summary(r) for r in self.store.list_runs(
+            state=state, limit=int(opts.get("limit", 100)))]
+
+    @action()
+    @work
+    async def cancel(self, data: Any, ctx: Context) -> Any:
+        """Cancel a run: steps in flight are told to stop; the run ends ``cancelled``."""
+        record = await self.runner.cancel(_run_id(data))
+        return run_status(self.store, record.id, self.caller)
+
+    @action()
+    @work
+    async def resume(self, data: Any, ctx: Context) -> Any:
+        """Continue a run from the store; finished steps are not run again."""
+        run_id = await self.runner.resume(_run_id(data))
+        return run_status(self.store, run_id, self.caller)
+
+    @action()
+    @work
+    def outputs(self, data: Any, ctx: Context) -> Any:
+        """The outputs of a run's succeeded steps (``steps`` to choose some)."""
+        run_id = self.store.get_run(_run_id(data)).id
+        found = self.runner.outputs(run_id)
+        wanted = data.get("steps") if isinstance(data, Mapping) else None
+        return {k: v for k, v in found.items() if wanted is None or k in wanted}
+
+
+if __name__ == "__main__":
+    Orchestrator.main()

@@ -1,0 +1,226 @@
+"""``agp workflow``: run, watch, cancel and resume durable workflows from a terminal.
+
+    agp workflow run FILE [--endpoint E] [--store sqlite:///run/workflows.db] [--json]
+    agp workflow status [RUN] [--store URL] [--service] [--json]
+    agp workflow cancel RUN [--store URL]
+    agp workflow resume RUN [--endpoint E] [--store URL]
+
+``run`` drives the workflow from this process with a live progress display; its state is in
+the store, so after a crash (or SIGTERM, which detaches) ``resume`` continues it without
+re-running finished steps. Ctrl-C cancels the run. ``cancel`` works from any process: it
+marks the run cancelled in the store and whoever drives it stops its steps. A streaming
+pipeline file (stages with a ``source``) is driven for ``--duration`` seconds instead.
+Exit codes: 0 succeeded, 1 failed or cancelled, 2 bad usage or spec, 143 detached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from agents.orchestrator import (
+    DEFAULT_STORE,
+    ORCHESTRATOR_SERVICE,
+    cancel_in_store,
+    run_status,
+    run_workflow,
+)
+from mesh.errors import Error
+from mesh.workflow import (
+    PipelineSpec,
+    ProgressDisplay,
+    RunState,
+    WorkflowSpecError,
+    load_document,
+    open_store,
+    render_table,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agp workflow", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store = os.environ.get("AGP_WORKFLOW_STORE", DEFAULT_STORE)
+    endpoint = os.environ.get("AGP_ROUTER")
+
+    run = sub.add_parser("run", help="run a workflow (or a streaming pipeline) file")
+    run.add_argument("file", help="a .toml or .json workflow or pipeline")
+    for cmd in (run, sub.add_parser("resume", help="continue a run; done steps are kept")):
+        cmd.add_argument("--endpoint", default=endpoint, help="router endpoint")
+        cmd.add_argument("--store", default=store, help="run store URL")
+        cmd.add_argument("--artifacts", default=None, help="artifact directory")
+        cmd.add_argument("--timeout", type=float, default=None,
+                         help="stop waiting after this many seconds (the run stays resumable)")
+        cmd.add_argument("--json", action="store_true", help="print the final status as JSON")
+    run.add_argument("--duration", type=float, default=10.0, help="pipelines: seconds of ticks")
+    run.add_argument("--rate", type=float, default=None, help="pipelines: ticks per second")
+    sub.choices["resume"].add_argument("run", help="run id (or a unique prefix)")
+
+    status = sub.add_parser("status", help="one run's steps, or the recent runs")
+    status.add_argument("run", nargs="?", help="run id (or a unique prefix)")
+    status.add_argument("--store", default=store)
+    status.add_argument("--service", action="store_true",
+                        help="ask the orchestrator service (shows its circuit breakers)")
+    status.add_argument("--endpoint", default=endpoint)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=20)
+
+    cancel = sub.add_parser("cancel", help="cancel a run, whichever process drives it")
+    cancel.add_argument("run")
+    cancel.add_argument("--store", default=store)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "resume":
+            return asyncio.run(_drive(None, args, resume=args.run))
+        if args.command == "status":
+            return _cmd_status(args)
+        record = asyncio.run(cancel_in_store(args.store, args.run))
+        print(f"run {record.id} {record.state.value}")
+        return 0 if record.state is RunState.CANCELLED else 1
+    except WorkflowSpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Error as exc:
+        print(f"agp workflow {args.command}: {exc}", file=sys.stderr)
+        return 2 if args.command in ("status", "cancel") else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    doc = load_document(args.file)
+    if isinstance(doc, PipelineSpec):
+        from agents.scenarios import format_streaming, run_streaming_scenario
+
+        result = asyncio.run(run_streaming_scenario(args.endpoint, pipeline=doc, rate=args.rate,
+                                                    duration=args.duration))
+        print(json.dumps(result, default=str) if args.json else format_streaming(result))
+        return 0
+    return asyncio.run(_drive(doc, args))
+
+
+async def _drive(spec: Any, args: argparse.Namespace, resume: str | None = None) -> int:
+    display = ProgressDisplay(sys.stderr if args.json else None)
+    loop = asyncio.get_running_loop()
+    run_ids: list[str] = []
+    how = {"signal": ""}
+
+    def on_progress(run_id: str, step: str, instance: str, fraction: float, msg: str) -> None:
+        row = display.rows.get(step)
+        if display.tty and row is not None:
+            row.note = f"{fraction:.0%} {msg}"[:60]
+            display.refresh()
+        elif not display.tty:
+            display.stream.write(f"          {step}  {fraction:4.0%}  {msg}\n")
+            display.stream.flush()
+
+    task = asyncio.ensure_future(run_workflow(
+        spec, args.endpoint, args.store, artifacts_dir=args.artifacts, on_event=display,
+        on_progress=on_progress, on_start=run_ids.append, resume=resume, timeout=args.timeout))
+
+    def interrupted() -> None:  # Ctrl-C: cancel the run (its steps stop on their agents)
+        how["signal"] = "INT"
+        if run_ids:
+            loop.create_task(cancel_in_store(args.store, run_ids[0]))
+        else:
+            task.cancel()
+
+    def terminated() -> None:  # SIGTERM: leave the run resumable
+        how["signal"] = "TERM"
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    loop.add_signal_handler(signal.SIGTERM, terminated)
+    try:
+        result = await task
+    except (asyncio.CancelledError, asyncio.TimeoutError):
+        if run_ids:
+            print(f"run {run_ids[0]} left running; continue it with "
+                  f"`agp workflow resume {run_ids[0]}`", file=sys.stderr)
+        return 143 if how["signal"] == "TERM" else 1
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    if args.json:
+        store = open_store(args.store)
+        try:
+            doc = run_status(store, result.record.id)
+        finally:
+            store.close()
+        doc["breakers"] = result.breakers
+        doc["outputs"] = {k: summarize(v) for k, v in result.outputs.items()}
+        print(json.dumps(doc, default=str))
+    else:
+        print(render_table(result.steps.values(), ascii_only=display.ascii_only))
+        for name, value in result.outputs.items():
+            print(f"  {name}: {summarize(value)}")
+        print("circuit breakers: " + ", ".join(f"{k}={v}" for k, v in result.breakers.items()))
+        tail = f": {result.record.error}" if result.record.error else ""
+        print(f"run {result.record.id} {result.record.state.value}{tail}")
+    return 0 if result.succeeded else 1
+
+
+def summarize(value: Any) -> str:
+    """One line about a step's output: metrics, a deployment, a dataset's shape..."""
+    if not isinstance(value, Mapping):
+        return type(value).__name__
+    if "version" in value and "versions" in value:
+        return f"deployed {value.get('name')} v{value['version']} on {value.get('instance')}"
+    if value.get("metrics") and "sha256" in value:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in value["metrics"].items())
+        return f"model {value.get('model', value.get('name'))}: {metrics}"
+    if "X" in value and hasattr(value["X"], "shape"):
+        return f"dataset {value.get('source', '')} {value['X'].shape[0]} rows x " \
+               f"{value['X'].shape[1]} features"
+    if "X_train" in value and hasattr(value["X_train"], "shape"):
+        return f"{value['X_train'].shape[0]} training rows, " \
+               f"{value['X_test'].shape[0]} held out"
+    if "sha256" in value:
+        return f"model artifact {value.get('model', '')} ({len(value.get('bytes', b''))} bytes)"
+    return "keys " + ", ".join(sorted(map(str, value))[:8])
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.service:
+        from mesh import Mesh
+
+        with Mesh.connect(args.endpoint) as m:
+            doc = m.request(ORCHESTRATOR_SERVICE, "status",
+                            {"run": args.run} if args.run else None, timeout=10)
+        print(json.dumps(doc, default=str, indent=None if args.json else 2))
+        return 0
+    store = open_store(args.store)
+    try:
+        if args.run is None:
+            runs = store.list_runs(limit=args.limit)
+            if args.json:
+                print(json.dumps([{"run": r.id, "name": r.name, "state": r.state.value,
+                                   "error": r.error} for r in runs]))
+            for r in [] if args.json else runs:
+                print(f"{r.id}  {r.state.value:<10} {r.name}" + (f"  {r.error}" if r.error
+                                                                  else ""))
+            return 0
+        doc = run_status(store, args.run)
+        if args.json:
+            print(json.dumps(doc, default=str))
+        else:
+            print(f"run {doc['run']} ({doc['name']}) {doc['state']}"
+                  + (f": {doc['error']}" if doc["error"] else ""))
+            ProgressDisplay().show(store.step_states(doc["run"]))
+        return 0
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
