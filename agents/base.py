@@ -39,7 +39,7 @@ from typing import Any
 
 from mesh import codec
 from mesh.core import Core
-from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode
+from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode, Unauthenticated
 from mesh.wire import Cmd, Flag, error_frames, pack_route
 from proto import agp_pb2
 
@@ -66,7 +66,7 @@ class Context:
     """What a handler knows about the call it serves."""
 
     __slots__ = ("agent", "crid", "ident", "action", "deadline", "envelope", "params",
-                 "_event", "_is_cancelled")
+                 "_event", "_is_cancelled", "reply_to")
 
     def __init__(self, agent: Agent, crid: bytes, ident: int, action: str, deadline: float,
                  envelope: agp_pb2.Envelope) -> None:
@@ -79,6 +79,7 @@ class Context:
         self.params: Any = None
         self._event: threading.Event | None = None  # made only when a handler waits on it
         self._is_cancelled = False
+        self.reply_to = b""  # the caller's key when its payload was sealed end to end
 
     @property
     def cancelled(self) -> bool:
@@ -173,6 +174,8 @@ class Agent:
     version: str = "1"
     capabilities: tuple[str, ...] = ()
     register_with_registry: bool = True  # lease in agp/system/registry when one runs
+    require_e2e: bool = False  # refuse payloads that are not sealed end to end
+    plain_actions: frozenset[str] = frozenset()  # actions served without sealing anyway
 
     _actions: dict[str, tuple[Callable[..., Any], bool, bool]]
 
@@ -219,6 +222,7 @@ class Agent:
         self._ready: asyncio.Future[str] | None = None
         self.instance_name = ""
         self._registry_task: asyncio.Task[None] | None = None
+        self.boxes: Any = None  # security.payload.PayloadBoxes on a secure mesh
         self.registered = False
         self._mesh: Any = None
 
@@ -233,6 +237,11 @@ class Agent:
         core.on_session = self._on_session
         self.core = core
         self._ready = self.loop.create_future()
+        if self.security is not None:
+            from security.keys import KeyPair
+            from security.payload import PayloadBoxes
+
+            self.boxes = PayloadBoxes(KeyPair(self.security.public, self.security.secret))
         await core.start(timeout)
         self.instance_name = await asyncio.wait_for(self._ready, timeout)
         await self.on_start()
@@ -408,8 +417,8 @@ class Agent:
         env = self._envelopes.get(header)
         if env is None:
             env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
-            if len(self._envelopes) < 4096:  # the same action from the same client repeats
-                self._envelopes[header] = env
+            if not flags & Flag.ENCRYPTED and len(self._envelopes) < 4096:
+                self._envelopes[header] = env  # the same action from the same client repeats
         spec = self._actions.get(env.action)
         if spec is None:
             self._count_drop("no_such_action")
@@ -423,20 +432,25 @@ class Agent:
                 self._error(crid, ident, ErrorCode.NO_SUCH_ACTION,
                             f"action {env.action!r} is {'' if is_stream else 'not '}a stream")
             return
-        if reply and env.idempotency_key:
-            cached = self._idem.get(env.idempotency_key)
-            if cached is not None:
-                self._send([pack_route(Cmd.REPLY, cached[0], 0, 0, ident), crid, b"",
-                            *cached[1:]])
-                return
         assert self.loop is not None
         deadline = self.loop.time() + (value / 1000.0 if value else 30.0)
         ctx = Context(self, crid, ident, env.action, deadline, env)
         try:
             payload = msg[3:]
+            if flags & Flag.ENCRYPTED:
+                payload = self._open_payload(env, ident, payload)
+                ctx.reply_to = env.sender_key
+            elif self.require_e2e and env.action not in self.plain_actions:
+                raise Unauthenticated("this agent takes sealed payloads only")
+            if reply and env.idempotency_key:
+                cached = self._idem.get(env.idempotency_key)
+                if cached is not None:
+                    self._reply(ctx, cached[0], cached[1:])
+                    return
             data = (payload[0] if payload else b"") if flags & Flag.RAW else (
-                codec.decode(payload) if payload else None)
+                codec.decode(payload) if payload and payload != [b""] else None)
         except Error as exc:
+            self._count_drop(f"refused_{exc.code.name.lower()}")
             if reply:
                 self._error(crid, ident, exc.code, exc.message)
             return
@@ -542,7 +556,26 @@ class Agent:
             self._idem[key_i] = [flags, *payload]
             if len(self._idem) > IDEMPOTENCY_CACHE:
                 self._idem.popitem(last=False)
-        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, b"", *payload])
+        self._reply(ctx, flags, payload)
+
+    def _reply(self, ctx: Context, flags: int, payload: list[Any]) -> None:
+        """Send a REPLY; sealed for the caller's key when the request was sealed."""
+        header = b""
+        if ctx.reply_to:
+            assert self.boxes is not None
+            blob, payload = self.boxes.seal([ctx.reply_to], payload,
+                                            b"reply\0" + ctx.ident.to_bytes(8, "little"))
+            header = agp_pb2.Envelope(nonce=blob,
+                                      sender_key=self.boxes.public).SerializeToString()
+            flags |= Flag.ENCRYPTED
+        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, header, *payload])
+
+    def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes]
+                      ) -> list[bytes]:
+        if self.boxes is None:
+            raise Unauthenticated("sealed payload, but this agent has no key (insecure mode)")
+        return self.boxes.open(env.sender_key, env.nonce, payload,
+                               env.action.encode() + b"\0" + ident.to_bytes(8, "little"))
 
     # ------------------------------------------------------------------ outbound
     def _send(self, frames: list[Any]) -> None:

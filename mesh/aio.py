@@ -61,8 +61,10 @@ def decode_reply(msg: list[bytes]) -> Any:
 class AsyncMesh:
     """A connected mesh client on the running asyncio loop."""
 
-    def __init__(self, core: Core, *, breakers: bool = True) -> None:
+    def __init__(self, core: Core, *, breakers: bool = True, e2e: Any = None) -> None:
         self.core = core
+        self.e2e = e2e  # security.payload.PayloadBoxes when payloads are sealed end to end
+        self._keys: dict[str, tuple[float, list[bytes]]] = {}
         self._headers: dict[str, bytes] = {}
         self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
 
@@ -80,6 +82,7 @@ class AsyncMesh:
         hwm: int = 100_000,
         sub_queue: int = 100_000,
         identity: str | None = None,
+        e2e: bool | None = None,
     ) -> AsyncMesh:
         """Connect to the router and wait for its WELCOME (Unavailable after ``timeout``).
 
@@ -95,7 +98,18 @@ class AsyncMesh:
                     context=context,
                     kind=kind, hwm=hwm, sub_queue=sub_queue)
         await core.start(timeout)
-        return cls(core, breakers=breakers)
+        boxes = None
+        if e2e is None:
+            e2e = os.environ.get("AGP_E2E", "") not in ("", "0")
+        if e2e:
+            if security is None:
+                await core.close()
+                raise ConfigError("end-to-end sealing needs an identity (a secure mesh)")
+            from security.keys import KeyPair
+            from security.payload import PayloadBoxes
+
+            boxes = PayloadBoxes(KeyPair(security.public, security.secret))
+        return cls(core, breakers=breakers, e2e=boxes)
 
     async def __aenter__(self) -> AsyncMesh:
         return self
@@ -151,6 +165,7 @@ class AsyncMesh:
         raw: bool = False,
         traceparent: str | None = None,
         on_progress: Callable[[float, str], None] | None = None,
+        _plain: bool = False,
     ) -> Any:
         """Call ``action`` on a service (balanced) or an instance; return the decoded reply.
 
@@ -162,6 +177,9 @@ class AsyncMesh:
         header = self._header(action, idempotency_key, traceparent)
         flags = flags_for(raw, idempotent or idempotency_key is not None)
         breaker = self.breaker(dest)
+        if _plain and self.e2e is not None:  # the registry lookup that finds the keys
+            return await AsyncMesh(self.core, breakers=False).request(
+                dest, action, data, timeout=timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         backoff = backoff or Backoff()
@@ -179,17 +197,34 @@ class AsyncMesh:
             if remaining <= 0:
                 raise DeadlineExceeded(f"{dest} {action}: no reply within {timeout:g}s")
             waiter = loop.create_future()
-            ident = self.core.start_request(Cmd.REQUEST, address, header, payload, waiter,
-                                            flags=flags, timeout=remaining,
-                                            on_progress=progress_cb)
+            ident = self.core.next_id()
+            send_header, send_payload, send_flags = header, payload, flags
+            recipients: list[bytes] = []
+            if self.e2e is not None:
+                recipients = await self._recipients(dest)
+                aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
+                blob, send_payload = self.e2e.seal(recipients, payload, aad)
+                send_header = agp_pb2.Envelope(
+                    action=action, idempotency_key=idempotency_key or "",
+                    traceparent=traceparent or "", nonce=blob,
+                    sender_key=self.e2e.public).SerializeToString()
+                send_flags = flags | Flag.ENCRYPTED
+            self.core.start_request(Cmd.REQUEST, address, send_header, send_payload, waiter,
+                                    flags=send_flags, timeout=remaining,
+                                    on_progress=progress_cb, ident=ident)
             try:
                 msg = await waiter
             except asyncio.CancelledError:
                 self.core.cancel_request(ident)
+                if breaker is not None and breaker.state.value == "half_open":
+                    breaker.on_failure()  # give the trial slot back: open again, try later
                 raise
             except Error as exc:
-                if breaker is not None and isinstance(exc, (*_NEVER_DISPATCHED, *_MAYBE_RAN)):
-                    breaker.on_failure()
+                if breaker is not None:
+                    if isinstance(exc, (*_NEVER_DISPATCHED, *_MAYBE_RAN)):
+                        breaker.on_failure()
+                    else:
+                        breaker.on_success()  # the destination answered, if with an error
                 safe = isinstance(exc, _NEVER_DISPATCHED) or (
                     isinstance(exc, _MAYBE_RAN) and flags & Flag.IDEMPOTENT)
                 if not safe or attempt > retries:
@@ -199,8 +234,46 @@ class AsyncMesh:
                 continue
             if breaker is not None:
                 breaker.on_success()
+            if self.e2e is not None:
+                return self._open_reply(msg, recipients, ident)
             return decode_reply(msg)
 
+    def _open_reply(self, msg: list[bytes], recipients: list[bytes], ident: int) -> Any:
+        """Open a sealed reply; it must come from one of the keys the request was sealed to."""
+        from mesh.errors import Unauthenticated
+
+        if not msg[0][2] & Flag.ENCRYPTED:
+            raise Unauthenticated("the reply to a sealed request was not sealed")
+        env = agp_pb2.Envelope.FromString(msg[2])
+        sender = env.sender_key
+        if sender not in recipients:
+            raise Unauthenticated("the reply was sealed by a key the request was not sealed to")
+        assert self.e2e is not None
+        frames = self.e2e.open(sender, env.nonce, msg[3:], b"reply\0" + ident.to_bytes(8, "little"))
+        flags = msg[0][2]
+        if flags & Flag.RAW:
+            return frames[0] if frames else b""
+        return codec.decode(frames) if frames and frames != [b""] else None
+
+    async def _recipients(self, dest: str) -> list[bytes]:
+        """The public keys that may open a request to ``dest``, from the discovery registry."""
+        now = asyncio.get_running_loop().time()
+        hit = self._keys.get(dest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        parts = dest.split("/")
+        if len(parts) not in (3, 4):
+            raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
+                              f"not {dest!r}")
+        records = await self.request("agp/system/registry", "lookup",
+                                     {"name": "/".join(parts[:3])}, timeout=5.0,
+                                     _plain=True)
+        keys = sorted({r["public_key"].encode() for r in records
+                       if len(parts) == 3 or r["instance"] == parts[3]})
+        if not keys:
+            raise NoSuchService(f"no registered key for {dest!r}: cannot seal for it")
+        self._keys[dest] = (now + 5.0, keys)
+        return keys
     # ------------------------------------------------------------------ fire-and-forget
     async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,
                    timeout: float = 10.0) -> None:

@@ -118,7 +118,7 @@ class Mesh:
 
     # ------------------------------------------------------------------ patterns
     def request(self, dest: str, action: str, data: Any = None, *, timeout: float = 10.0,
-                **kwargs: Any) -> Any:
+                **kwargs: Any) -> Any:  # noqa: D417
         """Call ``action`` on ``dest`` and return its reply; see AsyncMesh.request."""
         self._check()
         return self._io.call(self._amesh.request(dest, action, data, timeout=timeout, **kwargs),
