@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,15 +37,24 @@ def _line(title: str) -> None:
 def run_patterns(log_dir: Path) -> None:
     procs: list[ManagedProcess] = []
     try:
-        router = router_process(log_dir=log_dir, extra=["--insecure"])
+        from security.home import enroll_identity, ensure_router, open_home
+
+        home = open_home(log_dir / "home")  # embedded defaults: a mesh of its own, secure
+        ensure_router(home)
+        enroll_identity(home, "demo-client", roles=("client",))
+        enroll_identity(home, "echo", roles=("agent",), namespace="demo/patterns")
+        os.environ["AGP_HOME"] = str(home.root)
+        os.environ["AGP_IDENTITY"] = "demo-client"
+        router = router_process(log_dir=log_dir, extra=["--auth-port", "0"])
         info = router.start()
         procs.append(router)
         endpoint = info["router"]
-        print(f"router   pid {router.pid} on {endpoint} (pub/sub on {info['pub']})")
+        print(f"router   pid {router.pid} on {endpoint} (pub/sub on {info['pub']}); "
+              f"CURVE + ZAP, tokens from {info['auth']}, RBAC from {home.policy}")
         for i, weight in enumerate((3, 1)):
             a = agent_process("agents.echo", endpoint, name=f"echo-{i}", log_dir=log_dir,
                               extra=["--namespace", "demo/patterns", "--instance", f"w{weight}-{i}",
-                                     "--weight", str(weight), "--insecure"])
+                                     "--weight", str(weight), "--identity", "echo"])
             ready = a.start()
             procs.append(a)
             print(f"agent    pid {a.pid} serves {ready['instance']} with weight {weight}")

@@ -24,8 +24,12 @@ class LocalMesh:
 
     def __init__(self, log_dir: Path, *, namespace: str = "demo/ml",
                  counts: dict[str, int] | None = None, registry: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, secure: bool = True,
+                 client: str = "demo-client") -> None:
         self.log_dir = Path(log_dir)
+        self.secure = secure
+        self.client = client
+        self.home: Any = None
         self.namespace = namespace
         self.counts = {name: 1 for name in WORK_AGENTS}
         self.counts["ml_trainer"] = 2  # two trainers: a retry has somewhere else to go
@@ -39,16 +43,42 @@ class LocalMesh:
         self.agents: list[ManagedProcess] = []
         self.endpoint = ""
 
+    def _secure_home(self) -> None:
+        """An AGP_HOME for this mesh: router keys, one identity per agent kind (replicas of
+        a service share it, so a sealed request opens on whichever instance gets it), and
+        this process's client identity, which ``Mesh.connect()`` here then uses."""
+        from security.home import enroll_identity, ensure_router, open_home
+
+        self.home = open_home(self.log_dir / "home")
+        ensure_router(self.home)
+        enroll_identity(self.home, self.client, roles=("client",))
+        enroll_identity(self.home, "registry", roles=("agent",), namespace="agp/system")
+        self.env["AGP_HOME"] = str(self.home.root)
+        os.environ["AGP_HOME"] = str(self.home.root)
+        os.environ["AGP_IDENTITY"] = self.client
+
+    def _flags(self, identity: str, namespace: str) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        from security.home import enroll_identity
+
+        enroll_identity(self.home, identity, roles=("agent",), namespace=namespace)
+        return ["--identity", identity]
+
     def start(self, timeout: float = 60.0) -> LocalMesh:
         try:
-            self.router = router_process(log_dir=self.log_dir, extra=["--insecure"],
-                                         env=self.env)
+            if self.secure:
+                self._secure_home()
+            self.router = router_process(
+                log_dir=self.log_dir, env=self.env,
+                extra=["--auth-port", "0"] if self.secure else ["--insecure"])
             self.router.start(timeout)
             self.endpoint = self.router.ready_info["router"]
             procs = []
             if self.registry:
                 procs.append(agent_process("discovery.service", self.endpoint, name="registry",
-                                           log_dir=self.log_dir, extra=["--insecure"],
+                                           log_dir=self.log_dir,
+                                           extra=self._flags("registry", "agp/system"),
                                            env=self.env))
             for agent, count in self.counts.items():
                 for i in range(count):
@@ -64,8 +94,10 @@ class LocalMesh:
               env: dict[str, str] | None = None) -> ManagedProcess:
         """A (not yet started) process serving ``agents.<agent>`` (in this namespace unless
         told otherwise); ``name`` renames its service."""
-        args = ["--namespace", namespace or self.namespace, "--instance", instance,
-                "--insecure", *(["--name", name] if name else []), *(extra or [])]
+        ns = namespace or self.namespace
+        args = ["--namespace", ns, "--instance", instance,
+                *self._flags(name or agent, ns), *(["--name", name] if name else []),
+                *(extra or [])]
         return agent_process(f"agents.{agent}", self.endpoint, name=instance, extra=args,
                              log_dir=self.log_dir, env={**self.env, **(env or {})})
 
