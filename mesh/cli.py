@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
                    "{run,status,cancel,resume}", add_help=False)
     sub.add_parser("keys", help="identities: agp keys new|enroll|revoke|list", add_help=False)
     sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
+    sub.add_parser("up", help="start a local mesh from a config: agp up [--config mesh.toml]",
+                   add_help=False)
+    sub.add_parser("down", help="stop everything `agp up` started", add_help=False)
+    sub.add_parser("status", help="processes, restarts and load of the local mesh",
+                   add_help=False)
+    sub.add_parser("control", help="run the control plane (dashboard, /metrics, admin API)",
+                   add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
@@ -68,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from agents.demo import main as demo_main
 
         return demo_main()
+    if command in ("up", "down", "status"):
+        from agents.supervisor_cli import main as supervisor_main
+
+        return supervisor_main([command, *rest])
+    if command == "control":
+        from router.control import main as control_main
+
+        return control_main(rest)
     parser.print_help()
     return 2
 

@@ -257,8 +257,6 @@ class Core:
         self._send_hello()
         await welcome
         self._refreshing = False
-        self._monitor: zmq.Socket[Any] | None = None
-        self.auth_failed = False
 
     def _maybe_refresh(self, now: float) -> None:
         sec = self.security
@@ -483,10 +481,15 @@ class Core:
             for w in self._hello_waiters:
                 _fail(w, exc)
             self._hello_waiters.clear()
+            for ident in self._resend:  # they waited for a session that was refused
+                p = self.pending.pop(ident, None)
+                if p is not None:
+                    _fail(p.waiter, exc)
+            self._resend.clear()
             log.error("router refused this client: %s", message)
             return
-        if code == ErrorCode.FORBIDDEN and len(msg) > 1 and msg[1]:
-            self.subs.refused(msg[1], error_from_code(code, message, details))
+        if code == ErrorCode.FORBIDDEN and len(msg) > 1 and msg[1][:1] == b"\x01":
+            self.subs.refused(msg[1][1:], error_from_code(code, message, details))
             return
         log.warning("error from router: %s %s", code.name, message)
 

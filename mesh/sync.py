@@ -57,6 +57,8 @@ class LoopThread:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            if fut.done():
+                raise  # the call's own DeadlineExceeded (a TimeoutError too): keep its message
             fut.cancel()
             raise DeadlineExceeded(f"no result within {timeout}s")
 

@@ -204,12 +204,25 @@ def _finish(span: Span, exc: BaseException | None) -> None:
     span.end()
 
 
+def start_client_span(dest: str, action: str, pattern: str = "request") -> Span:
+    """Start the caller's span of a call (child of the current span); end with
+    :func:`end_span`. Its traceparent is ``inject(span)``."""
+    return tracer().start_span(f"{pattern} {dest}/{action}", kind=SpanKind.CLIENT,
+                               attributes={"agp.destination": dest, "agp.action": action,
+                                           "agp.pattern": pattern})
+
+
+def end_span(span: Span | None, exc: BaseException | None = None) -> None:
+    """End a span started by one of the ``start_*`` functions, with an error status if
+    ``exc`` is given (its mesh error code as ``agp.error_code``)."""
+    if span is not None:
+        _finish(span, exc)
+
+
 @contextmanager
 def client_span(dest: str, action: str, pattern: str = "request") -> Iterator[Span]:
     """The caller's side of a call; inside it, :func:`inject` gives the header value."""
-    span = tracer().start_span(f"{pattern} {dest}/{action}", kind=SpanKind.CLIENT,
-                               attributes={"agp.destination": dest, "agp.action": action,
-                                           "agp.pattern": pattern})
+    span = start_client_span(dest, action, pattern)
     token = otel_context.attach(trace.set_span_in_context(span))
     exc: BaseException | None = None
     try:
@@ -233,11 +246,6 @@ def start_server_span(service: str, action: str, traceparent: str | None,
                                kind=SpanKind.SERVER,
                                attributes={"agp.service": service, "agp.action": action,
                                            "agp.instance": instance})
-
-
-def end_server_span(span: Span | None, exc: BaseException | None = None) -> None:
-    if span is not None:
-        _finish(span, exc)
 
 
 @contextmanager

@@ -52,6 +52,7 @@ _IDEMPOTENT = int(Flag.IDEMPOTENT)
 ROUTER_SERVICE = b"agp/router"
 AUTH_SERVICE = b"agp/system/auth"
 REGISTRY_SERVICE = b"agp/system/registry"
+SUB_REFUSED = b"\x01"  # address-frame marker: this FORBIDDEN refuses a subscription
 
 
 class Router:
@@ -670,7 +671,7 @@ class Router:
         for peer in self.peers.values():
             if peer.identity == identity:
                 frames = error_frames(ErrorCode.FORBIDDEN, f"subscribe to {topic!r} is not allowed",
-                                      0, topic)
+                                      0, SUB_REFUSED + topic)
                 self._send([peer.rid, *frames])
 
 

@@ -104,7 +104,12 @@ class SecureAccess:
         principal = self._by_identity.get(identity or "")
         if principal is None:
             return False
-        return self.policy.policy.check_subscribe_prefix(principal, prefix).allowed
+        if self.policy.policy.check_subscribe_prefix(principal, prefix).allowed:
+            return True
+        if self.policy.maybe_reload():
+            self._generation += 1
+            return self.policy.policy.check_subscribe_prefix(principal, prefix).allowed
+        return False
 
     def expired(self, session: Any, now: float) -> bool:
         s: Session = session

@@ -1,0 +1,305 @@
+"""Prometheus metrics for client and agent processes, counted as plain ints on the hot path.
+
+Why not ``prometheus_client.Counter``/``Histogram`` directly: each ``inc()``/``observe()``
+takes a lock and walks label dicts, a few microseconds per message, which the client's
+fast paths cannot afford. As in the router (``router.metrics``), the hot path bumps ints in
+:class:`ClientStats` / :class:`AgentStats`, and collectors turn them into metric families
+when Prometheus scrapes. Updates happen on the process's event-loop thread; the GIL makes a
+scrape see a consistent-enough snapshot (a counter may lag by one message, never go back).
+
+Names follow the Prometheus conventions: base units (seconds, bytes), ``_total`` on
+counters, one metric per meaning with labels for the dimensions:
+
+    agp_client_messages_total{pattern}          requests, sends, publishes, stream chunks
+    agp_client_sent_bytes_total{pattern}        payload bytes sent
+    agp_client_received_bytes_total             reply payload bytes
+    agp_request_duration_seconds{service,outcome}   client-side latency histogram
+    agp_client_request_errors_total{code}       failed calls by error code
+    agp_client_pending_requests                 calls waiting for a reply
+    agp_breaker_state{destination}              0 closed, 1 half-open, 2 open
+    agp_agent_messages_total{service,pattern}   inbound requests/sends/streams
+    agp_agent_received_bytes_total{service}
+    agp_agent_served_total / agp_agent_failed_total{service}
+    agp_agent_dropped_total{service,reason}
+    agp_agent_inflight{service} / agp_agent_capacity{service}
+    agp_agent_handler_duration_seconds{service,action,outcome}   histogram
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+# seconds: from a sub-millisecond local hop to a minute-long training step
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+PATTERNS = ("request", "send", "publish", "stream")
+MAX_SERIES = 1000  # label combinations kept per histogram family: a bound on cardinality
+
+
+class FastHistogram:
+    """Cumulative-at-scrape histogram: ``observe`` is a bisect and two int/float adds."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out = []
+        acc = 0
+        for bound, n in zip(self.bounds, self.counts):
+            acc += n
+            out.append((_fmt(bound), acc))
+        out.append(("+Inf", acc + self.counts[-1]))
+        return out
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class HistogramSet:
+    """Histograms by label values, bounded in number (extra combinations go to 'other')."""
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.series: dict[tuple[str, ...], FastHistogram] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        h = self.series.get(key)
+        if h is None:
+            if len(self.series) >= MAX_SERIES:
+                key = ("other",) * len(self.labels)
+                h = self.series.get(key)
+            if h is None:
+                h = self.series[key] = FastHistogram()
+        h.observe(value)
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=list(self.labels))
+        for key, h in sorted(self.series.items()):
+            fam.add_metric(list(key), h.buckets(), h.total)
+        return fam
+
+
+# ---------------------------------------------------------------------- client
+class ClientStats:
+    """What one process's mesh clients did. Hooks call :meth:`sent` and :meth:`done`."""
+
+    def __init__(self) -> None:
+        self.messages = dict.fromkeys(PATTERNS, 0)
+        self.bytes_sent = dict.fromkeys(PATTERNS, 0)
+        self.bytes_received = 0
+        self.errors: dict[str, int] = {}
+        self.latency = HistogramSet(("service", "outcome"))
+        self.clients: list[Any] = []  # AsyncMesh objects: pending counts and breakers
+
+    def sent(self, pattern: str, nbytes: int = 0, n: int = 1) -> None:
+        self.messages[pattern] = self.messages.get(pattern, 0) + n
+        self.bytes_sent[pattern] = self.bytes_sent.get(pattern, 0) + nbytes
+
+    def done(self, service: str, seconds: float, outcome: str = "ok", nbytes: int = 0) -> None:
+        """A call finished: ``outcome`` is 'ok' or an error code name (lower case)."""
+        self.latency.observe((service, outcome), seconds)
+        if outcome == "ok":
+            self.bytes_received += nbytes
+        else:
+            self.errors[outcome] = self.errors.get(outcome, 0) + 1
+
+    def track(self, amesh: Any) -> None:
+        """Export this client's pending requests and circuit breakers too."""
+        if amesh not in self.clients:
+            self.clients.append(amesh)
+
+    def collect(self) -> Iterator[Any]:
+        msgs = CounterMetricFamily("agp_client_messages_total",
+                                   "Messages sent by mesh clients, by pattern", labels=["pattern"])
+        sent = CounterMetricFamily("agp_client_sent_bytes_total",
+                                   "Payload bytes sent by mesh clients, by pattern",
+                                   labels=["pattern"])
+        for p in sorted(self.messages):
+            msgs.add_metric([p], self.messages[p])
+            sent.add_metric([p], self.bytes_sent.get(p, 0))
+        yield msgs
+        yield sent
+        yield CounterMetricFamily("agp_client_received_bytes_total",
+                                  "Reply payload bytes received", value=self.bytes_received)
+        errs = CounterMetricFamily("agp_client_request_errors_total",
+                                   "Calls that failed, by error code", labels=["code"])
+        for code, n in sorted(self.errors.items()):
+            errs.add_metric([code], n)
+        yield errs
+        yield self.latency.family("agp_request_duration_seconds",
+                                  "Client-side request latency, from send to reply")
+        pending = GaugeMetricFamily("agp_client_pending_requests",
+                                    "Requests waiting for a reply")
+        breakers = GaugeMetricFamily("agp_breaker_state",
+                                     "Circuit breaker per destination: 0 closed, 1 half-open, "
+                                     "2 open", labels=["destination"])
+        late = CounterMetricFamily("agp_client_late_replies_total",
+                                   "Replies that came after their caller gave up")
+        n_pending = 0
+        n_late = 0
+        states: dict[str, int] = {}
+        for m in list(self.clients):
+            core = getattr(m, "core", None)
+            if core is not None:
+                n_pending += len(core.pending)
+                n_late += int(core.counters.get("late_replies", 0))
+            for key, b in list((getattr(m, "_breakers", None) or {}).items()):
+                dest = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                states[dest] = max(states.get(dest, 0), breaker_value(b))
+        pending.add_metric([], n_pending)
+        late.add_metric([], n_late)
+        for dest, v in sorted(states.items()):
+            breakers.add_metric([dest], v)
+        yield pending
+        yield late
+        yield breakers
+
+
+def breaker_value(breaker: Any) -> int:
+    state = getattr(breaker, "state", "closed")
+    state = getattr(state, "value", state)
+    if isinstance(state, int):
+        return state
+    return BREAKER_STATES.get(str(state).lower(), 0)
+
+
+# ---------------------------------------------------------------------- agent
+class AgentStats:
+    """Per-agent counters the Agent base class does not keep itself (messages, bytes,
+    handler latency); served/failed/dropped are read from the agent at scrape time."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.messages: dict[str, int] = {}
+        self.bytes_received = 0
+        self.handler = HistogramSet(("action", "outcome"))
+
+    def inbound(self, pattern: str, nbytes: int) -> None:
+        self.messages[pattern] = self.messages.get(pattern, 0) + 1
+        self.bytes_received += nbytes
+
+    def handled(self, action: str, seconds: float, exc: BaseException | None) -> None:
+        outcome = "ok" if exc is None else outcome_of(exc)
+        self.handler.observe((action, outcome), seconds)
+
+    def collect(self) -> Iterator[Any]:
+        a = self.agent
+        svc = str(getattr(a, "service", "") or getattr(a, "name", ""))
+        msgs = CounterMetricFamily("agp_agent_messages_total", "Inbound calls, by pattern",
+                                   labels=["service", "pattern"])
+        for p, n in sorted(self.messages.items()):
+            msgs.add_metric([svc, p], n)
+        yield msgs
+        yield _labelled(CounterMetricFamily, "agp_agent_received_bytes_total",
+                        "Inbound payload bytes", svc, self.bytes_received)
+        yield _labelled(CounterMetricFamily, "agp_agent_served_total",
+                        "Calls handled successfully", svc, int(getattr(a, "served", 0)))
+        yield _labelled(CounterMetricFamily, "agp_agent_failed_total",
+                        "Calls whose handler failed", svc, int(getattr(a, "failed", 0)))
+        drops = CounterMetricFamily("agp_agent_dropped_total",
+                                    "Messages the agent could not handle or answer, by reason",
+                                    labels=["service", "reason"])
+        for reason, n in sorted(dict(getattr(a, "dropped", {}) or {}).items()):
+            drops.add_metric([svc, reason], n)
+        yield drops
+        yield _labelled(GaugeMetricFamily, "agp_agent_inflight", "Calls being handled now", svc,
+                        len(getattr(a, "_tasks", ()) or ()))
+        yield _labelled(GaugeMetricFamily, "agp_agent_capacity", "Calls handled at once", svc,
+                        int(getattr(a, "capacity", 0)))
+        fam = HistogramMetricFamily("agp_agent_handler_duration_seconds",
+                                    "Handler run time, from arrival to reply",
+                                    labels=["service", "action", "outcome"])
+        for key, h in sorted(self.handler.series.items()):
+            fam.add_metric([svc, *key], h.buckets(), h.total)
+        yield fam
+
+
+def _labelled(cls: Any, name: str, doc: str, service: str, value: float) -> Any:
+    fam = cls(name, doc, labels=["service"])
+    fam.add_metric([service], value)
+    return fam
+
+
+def outcome_of(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if code is not None and hasattr(code, "name"):
+        return str(code.name).lower()
+    return "handler_error"
+
+
+# ---------------------------------------------------------------------- registration
+class _Collector(Collector):
+    def __init__(self, sources: Iterable[Any]) -> None:
+        self.sources = list(sources)
+
+    def collect(self) -> Iterator[Any]:
+        for s in list(self.sources):
+            yield from s.collect()
+
+
+CLIENT: ClientStats | None = None  # set by enable_client_metrics(); hooks test for None
+_agent_collector: _Collector | None = None
+
+
+def enable_client_metrics(registry: CollectorRegistry = REGISTRY) -> ClientStats:
+    """Start counting client traffic in this process (idempotent)."""
+    global CLIENT
+    if CLIENT is None:
+        CLIENT = ClientStats()
+        registry.register(_Collector([CLIENT]))
+    return CLIENT
+
+
+def agent_metrics(agent: Any, registry: CollectorRegistry = REGISTRY) -> AgentStats:
+    """Count this agent's traffic and export it (one collector serves every agent of the
+    process); sets ``agent.metrics`` for the hooks."""
+    global _agent_collector
+    stats = AgentStats(agent)
+    if _agent_collector is None or registry is not REGISTRY:
+        coll = _Collector([stats])
+        registry.register(coll)
+        if registry is REGISTRY:
+            _agent_collector = coll
+    else:
+        _agent_collector.sources.append(stats)
+    agent.metrics = stats
+    return stats
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1",
+                  registry: CollectorRegistry = REGISTRY) -> int:
+    """Serve ``/metrics`` over HTTP in a daemon thread; returns the bound port (0 picks one)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return int(server.server_address[1])
+
+
+def metrics_port_from_env() -> int | None:
+    """``AGP_METRICS_PORT`` as an int, or None when unset/empty."""
+    value = os.environ.get("AGP_METRICS_PORT", "").strip()
+    return int(value) if value else None
