@@ -183,9 +183,13 @@ class Agent:
         super().__init_subclass__(**kwargs)
         found: dict[str, tuple[Callable[..., Any], bool, bool]] = {}
         for klass in reversed(cls.__mro__):
-            for attr in vars(klass).values():
+            for attr_name, attr in vars(klass).items():
                 spec = getattr(attr, "_agp_action", None)
                 if spec is not None:
+                    if klass is not Agent and attr_name in vars(Agent):
+                        raise TypeError(f"{cls.__name__}.{attr_name} would replace "
+                                        f"Agent.{attr_name}: name the method otherwise and "
+                                        f"use @action(name={spec[0]!r})")
                     found[spec[0]] = (attr, spec[1], spec[2])
         cls._actions = found
 

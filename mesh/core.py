@@ -468,6 +468,8 @@ class Core:
         if ident:
             p = self.pending.pop(ident, None)
             if p is not None:
+                if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
+                    details.setdefault("instance", msg[1].decode(errors="replace"))
                 _fail(p.waiter, error_from_code(code, message, details))
             else:
                 self.counters["late_replies"] += 1  # its caller already gave up

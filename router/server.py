@@ -636,7 +636,7 @@ class Router:
                 self.stats.drop("instance_died")
                 self._error(crid, ErrorCode.UNAVAILABLE,
                             f"instance {inst.name.decode(errors='replace')} went away ({why})",
-                            ident)
+                            ident, address=inst.name)
         inst.inflight.clear()
         if retry:
             svc.queue.extendleft(reversed(retry))
@@ -652,9 +652,10 @@ class Router:
         except zmq.ZMQError:  # EHOSTUNREACH (gone, ROUTER_MANDATORY) or EAGAIN (HWM)
             return False
 
-    def _error(self, rid: bytes, code: ErrorCode, message: str, ident: int = 0) -> None:
+    def _error(self, rid: bytes, code: ErrorCode, message: str, ident: int = 0,
+               address: bytes = b"") -> None:
         self.stats.errors_sent += 1
-        if not self._send([rid, *error_frames(code, message, ident)]):
+        if not self._send([rid, *error_frames(code, message, ident, address)]):
             self.stats.drop("error_unroutable")
 
     def _malformed(self, msg: list[bytes], why: str) -> None:

@@ -179,3 +179,13 @@ def test_a_slow_subscriber_loses_only_its_own_messages_and_knows_how_many(spawn)
         kept = [slow.get(timeout=1).data for _ in range(len(slow.queue))]
         assert kept == sorted(kept)
         assert kept[-1] == total - 1  # it keeps the newest, as a live feed should
+
+
+def test_an_action_may_not_shadow_an_agent_method() -> None:
+    from agents.base import Agent, action
+
+    with pytest.raises(TypeError, match="would replace Agent.run"):
+        class Bad(Agent):  # noqa: F841
+            @action()
+            def run(self, data, ctx):
+                return data
