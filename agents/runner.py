@@ -14,15 +14,52 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agents.base import Agent
 
 
-def build_parser(cls: type[Agent]) -> argparse.ArgumentParser:
+_ENV_TO_FILE = {"AGP_ROUTER": "endpoint", "AGP_NAMESPACE": "namespace",
+                "AGP_AGENT_NAME": "name", "AGP_INSTANCE": "instance", "AGP_CAPACITY": "capacity",
+                "AGP_WEIGHT": "weight", "AGP_POLICY": "policy", "AGP_INSECURE": "insecure",
+                "AGP_IDENTITY": "identity", "AGP_LOG_LEVEL": "log_level"}
+_FILE_KEYS = ("endpoint", "namespace", "name", "instance", "capacity", "weight", "policy",
+              "identity", "insecure", "log_level")
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """An agent's settings from a TOML file (keys as the flags, with underscores)."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    from mesh.errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc}") from None
+    unknown = sorted(set(doc) - set(_FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {list(_FILE_KEYS)}")
+    return doc
+
+
+def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
+                 ) -> argparse.ArgumentParser:
+    """Flags beat the environment (AGP_*), which beats the config file, which beats the
+    class defaults."""
     p = argparse.ArgumentParser(prog=f"agp agent {cls.name}", description=cls.__doc__)
-    env = os.environ.get
+    file = file or {}
+
+    def env(key: str, default: Any = None) -> Any:
+        if key in os.environ:
+            return os.environ[key]
+        return file.get(_ENV_TO_FILE[key], default)
+
+    p.add_argument("--config", default=None, help="a TOML file of these settings")
     p.add_argument("--endpoint", default=env("AGP_ROUTER"), help="router endpoint")
     p.add_argument("--namespace", default=env("AGP_NAMESPACE", cls.namespace))
     p.add_argument("--name", default=env("AGP_AGENT_NAME", cls.name), help="service name")
@@ -32,7 +69,7 @@ def build_parser(cls: type[Agent]) -> argparse.ArgumentParser:
     p.add_argument("--policy", default=env("AGP_POLICY", cls.policy),
                    choices=["round_robin", "weighted_round_robin", "least_outstanding"])
     p.add_argument("--insecure", action="store_true",
-                   default=env("AGP_INSECURE", "") not in ("", "0"),
+                   default=str(env("AGP_INSECURE", "")).lower() not in ("", "0", "false"),
                    help="development only: no CURVE, no token")
     p.add_argument("--identity", default=env("AGP_IDENTITY"),
                    help="enrolled key name (default: the agent's name); see `agp keys new`")
@@ -41,7 +78,11 @@ def build_parser(cls: type[Agent]) -> argparse.ArgumentParser:
 
 
 def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
-    args = build_parser(cls).parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=os.environ.get("AGP_AGENT_CONFIG"))
+    known, _ = pre.parse_known_args(argv)
+    file = load_config(known.config) if known.config else None
+    args = build_parser(cls, file).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.insecure:

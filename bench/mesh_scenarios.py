@@ -199,7 +199,10 @@ def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> d
                 pending.add(t)
                 t.add_done_callback(pending.discard)
                 i += 1
-            await asyncio.sleep(0.0002)
+            # sleep until the next request is due (libuv timers tick in ms: a shorter
+            # sleep is a busy loop that would starve the router and the agent of CPU)
+            next_due = ol.intended_ns(i) if i < count else 0
+            await asyncio.sleep(max(0.001, (next_due - time.perf_counter_ns()) / 1e9))
         if pending:
             await asyncio.wait(pending, timeout=30)
         corrected = summarize(ol.corrected_ns())

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgpack
 import zmq
 
 from mesh import codec
@@ -35,10 +36,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agp.pubsub")
 
-MAX_BATCH = 500  # frames per PUBLISH; the router refuses more than MAX_FRAMES
+MAX_BATCH = 4096  # messages per PUBLISH batch (one frame: split in C by msgpack)
 MAX_BATCH_BYTES = 256 * 1024
 _BATCH_RAW = int(Flag.BATCH | Flag.RAW)
 _BATCH = int(Flag.BATCH)
+
+
+def _unbatch(payload: list[bytes], count: int, raw: bool) -> list[Any]:
+    """The messages of one batch frame; its count must match the route frame's."""
+    if len(payload) != 1 or len(payload[0]) > MAX_BATCH_BYTES * 4:
+        raise Malformed("a batch is one frame of bounded size")
+    if raw:
+        items = msgpack.unpackb(payload[0], max_array_len=MAX_BATCH,
+                                max_bin_len=MAX_BATCH_BYTES * 4)
+        if not isinstance(items, list) or not all(type(i) is bytes for i in items):
+            raise Malformed("a raw batch is an array of byte strings")
+    else:
+        unpacker = msgpack.Unpacker(None, raw=False, strict_map_key=False,
+                                    max_buffer_size=len(payload[0]) + 1,
+                                    max_array_len=1_000_000, max_map_len=1_000_000)
+        unpacker.feed(payload[0])
+        items = []
+        for obj in unpacker:
+            items.append(obj)
+            if len(items) > count:
+                break
+    if len(items) != count:
+        raise Malformed(f"batch holds {len(items)} messages, its header says {count}")
+    return items
 
 
 class Message(NamedTuple):
@@ -208,8 +233,11 @@ class SubscriberSide:
         if self._batch:
             flags = _BATCH_RAW if self._batch_raw else _BATCH
             assert self._batch_topic is not None
+            # one frame per batch: raw messages as a msgpack array of bins; msgpack values
+            # back to back (each is one complete msgpack object)
+            body = msgpack.packb(self._batch) if self._batch_raw else b"".join(self._batch)
             self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, len(self._batch), 0),
-                                 self._batch_topic, b"", *self._batch])
+                                 self._batch_topic, b"", body])
             self._batch = []
             self._batch_bytes = 0
 
@@ -346,7 +374,7 @@ class SubscriberSide:
         payload = msg[3:]
         raw = flags & Flag.RAW
         if flags & Flag.BATCH:
-            items = payload if raw else [codec.decode_one(f) for f in payload]
+            items = _unbatch(payload, count, bool(raw))
         else:
             items = [payload[0] if raw and len(payload) == 1 else codec.decode(payload)]
         name = topic.decode(errors="replace")

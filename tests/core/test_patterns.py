@@ -189,3 +189,33 @@ def test_an_action_may_not_shadow_an_agent_method() -> None:
             @action()
             def run(self, data, ctx):
                 return data
+
+
+def test_an_agent_takes_its_settings_from_a_file_the_environment_and_flags(
+        router, enroll, spawn, tmp_path, monkeypatch) -> None:
+    from agents.procs import agent_process
+
+    identity = enroll("filed", "test/cfg")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'namespace = "test/cfg"\nidentity = "{identity}"\ninstance = "from-file"\n'
+                   'weight = 2\ncapacity = 3\n')
+    monkeypatch.setenv("AGP_INSTANCE", "from-env")  # the environment beats the file
+    proc = spawn(agent_process("agents.echo", router.ready_info["router"], name="filed",
+                               extra=["--config", str(cfg), "--weight", "5"]))  # flags beat both
+    assert proc.ready_info["instance"] == "test/cfg/echo/from-env"
+    with Mesh.connect(router.ready_info["router"]) as m:
+        (svc,) = [s for s in m.request("agp/router", "services") if s["service"] == "test/cfg/echo"]
+        assert svc["instances"][0]["weight"] == 5
+        assert svc["instances"][0]["capacity"] == 3
+
+
+def test_a_bad_agent_config_file_is_refused_clearly(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('colour = "blue"\n')
+    out = subprocess.run([sys.executable, "-m", "agents.echo", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "unknown settings ['colour']" in out.stderr
