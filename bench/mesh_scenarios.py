@@ -183,22 +183,30 @@ def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> d
         ol = OpenLoop(rate, count, time.perf_counter_ns())
         pending: set[asyncio.Task[Any]] = set()
 
+        nxt = [0]
+
+        def send_due() -> None:
+            """Send every request whose intended time has come (timer ticks and replies)."""
+            due = min(ol.due(time.perf_counter_ns()), count)
+            while nxt[0] < due:
+                j = nxt[0]
+                nxt[0] += 1
+                ol.sent(j, time.perf_counter_ns())
+                t = loop.create_task(one(j))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+
         async def one(i: int) -> None:
             try:
                 await m.request(SERVICE, "echo", b"x", raw=True, timeout=30)
                 ol.replied(i, time.perf_counter_ns())
             except Exception:
                 pass
+            send_due()  # a reply is a finer clock than libuv's millisecond timers
 
-        i = 0
-        while i < count:
-            due = ol.due(time.perf_counter_ns())
-            while i < min(due, count):
-                ol.sent(i, time.perf_counter_ns())
-                t = loop.create_task(one(i))
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-                i += 1
+        while nxt[0] < count:
+            send_due()
+            i = nxt[0]
             # sleep until the next request is due (libuv timers tick in ms: a shorter
             # sleep is a busy loop that would starve the router and the agent of CPU)
             next_due = ol.intended_ns(i) if i < count else 0
