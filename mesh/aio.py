@@ -47,6 +47,21 @@ def resolve_endpoint(endpoint: str | None) -> str:
     return os.environ.get("AGP_ROUTER", DEFAULT_ENDPOINT)
 
 
+async def _find_on_lan(security: Security | None) -> str | None:
+    """A router announced over mDNS whose key is the one this client trusts (its pinned
+    router key); None when mDNS is off or nothing trusted answers within 2 s."""
+    from discovery.mdns import async_find_router, mdns_enabled
+
+    if not mdns_enabled():
+        return None
+    pinned = security.server_public if security is not None else None
+    if pinned is None:
+        return None  # an insecure client has no key to check an announcement against
+    info = await async_find_router(2.0, pinned_key=pinned,
+                                   mesh=os.environ.get("AGP_MESH", "default"))
+    return info.endpoint if info is not None else None
+
+
 def decode_reply(msg: list[bytes]) -> Any:
     """The user value of a REPLY: raw bytes or decoded msgpack (arrays as numpy)."""
     flags = msg[0][2]
@@ -94,6 +109,8 @@ class AsyncMesh:
             from security.home import client_security
 
             security = client_security(identity)  # type: ignore[assignment]
+        if not endpoint and not os.environ.get("AGP_ROUTER"):
+            endpoint = await _find_on_lan(security)
         core = Core(resolve_endpoint(endpoint), name=name or identity or "", security=security,
                     context=context,
                     kind=kind, hwm=hwm, sub_queue=sub_queue)

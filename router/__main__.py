@@ -70,12 +70,41 @@ def run(args: argparse.Namespace) -> int:
     if secure is not None:
         ready.update(server_key=secure.server_keypair[0].decode(), auth=secure.http.url)
     print(json.dumps(ready), flush=True)
+    announcer = _announce(router, config.router_id)
     try:
         router.run()
     finally:
+        if announcer is not None:
+            announcer.close()
         if secure is not None:
             secure.stop()
     return 0
+
+
+def _announce(router: Router, router_id: str) -> Any:
+    """Announce ``_agp._tcp.local.`` (server key, ports) unless AGP_MDNS=0; clients with no
+    endpoint find the router so, and trust it only if the key matches their pinned key."""
+    import os
+    import threading
+
+    from discovery.mdns import Announcer, mdns_enabled
+
+    if not mdns_enabled():
+        return None
+    port = int(router.endpoint.rsplit(":", 1)[1])
+    pub_port = int(router.pub_endpoint.rsplit(":", 1)[1])
+    key = router.server_keypair[0].decode() if router.server_keypair else "0" * 40
+    announcer = Announcer(role="router", name=router_id, server_key=key, port=port,
+                          sub_port=pub_port, mesh=os.environ.get("AGP_MESH", "default"))
+
+    def start() -> None:  # probing takes ~2 s: never delay serving for it
+        try:
+            announcer.start()
+        except Exception as exc:  # no multicast here: explicit endpoints still work
+            logging.getLogger("agp.router").warning("mDNS announce failed: %s", exc)
+
+    threading.Thread(target=start, name="agp-mdns", daemon=True).start()
+    return announcer
 
 
 def main(argv: list[str] | None = None) -> int:
