@@ -38,7 +38,7 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
                         rep.add(PS, f"{label}, delivered", r["delivered_per_s"], "msg/s",
                                 security=sec, note=f"unaccounted {r['unaccounted']}"),
                         rep.add(PS, f"{label}, dropped", r["drop_pct"], "%", security=sec))))
-    for tuned in (True, False):
+    for tuned in ((True, False) if p.malloc_variants else (True,)):
         name = "relay 1 MiB" + ("" if tuned else ", default malloc")
         out.append((f"stream {name}",
                     lambda s, tuned=tuned: ms.stream(duration=d, malloc_tuned=tuned, secure=s),
