@@ -137,8 +137,8 @@ def test_suite_fills_the_baseline_column(monkeypatch: pytest.MonkeyPatch) -> Non
     _fakes(monkeypatch)
     rep = Report()
     labels: list[str] = []
-    results = b.run_suite(rep, profile="quick", progress=labels.append)
-    names = b.scenario_names("quick")
+    results = b.run_suite(rep, profile="full", progress=labels.append)
+    names = b.scenario_names("full")
     assert len(results) == len(labels) == 2 * len(names)
     assert len(rep.raw) == 2 * len(names)
     keys = {(r.pattern, r.scenario, r.unit, r.security) for r in rep.rows}
@@ -155,6 +155,7 @@ def test_suite_fills_the_baseline_column(monkeypatch: pytest.MonkeyPatch) -> Non
             assert (*want, sec) in keys
     assert all(r.baseline is not None and r.value is None for r in rep.rows)
     assert any("lost 1" in r.note for r in rep.rows)
+    assert not [n for n in b.scenario_names("quick") if "default malloc" in n]  # under a minute
 
 
 def test_suite_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
