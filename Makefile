@@ -8,7 +8,7 @@ QUICK  ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint proto bench bench-peers chaos clean
+.PHONY: help install demo test test-fast lint proto bench bench-peers chaos browser clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -42,6 +42,9 @@ bench: $(STAMP) ## throughput and latency of every pattern beside raw pyzmq (QUI
 
 bench-peers: $(STAMP) ## the same work over gRPC (and Redis pub/sub when redis-server is installed)
 	$(PY) -m bench.peers $(if $(QUICK),--quick,)
+
+browser: $(STAMP) ## install headless Chromium (Debian's package) for the dashboard test
+	$(PY) tests/observability/browser.py install
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

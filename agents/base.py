@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import logging
 import os
@@ -37,7 +38,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from mesh import codec
+from mesh import codec, metrics, telemetry
 from mesh.core import Core
 from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode, Unauthenticated
 from mesh.wire import Cmd, Flag, error_frames, pack_route
@@ -45,6 +46,7 @@ from proto import agp_pb2
 
 log = logging.getLogger("agp.agent")
 
+_PATTERNS = {Cmd.REQUEST: "request", Cmd.SEND: "send", Cmd.STREAM_OPEN: "stream"}
 _POLICIES = {"round_robin": 0, "weighted_round_robin": 1, "least_outstanding": 2}
 _EMPTY_ENVELOPE = agp_pb2.Envelope()
 IDEMPOTENCY_CACHE = 10_000
@@ -66,7 +68,7 @@ class Context:
     """What a handler knows about the call it serves."""
 
     __slots__ = ("agent", "crid", "ident", "action", "deadline", "envelope", "params",
-                 "_event", "_is_cancelled", "reply_to")
+                 "_event", "_is_cancelled", "reply_to", "span", "started")
 
     def __init__(self, agent: Agent, crid: bytes, ident: int, action: str, deadline: float,
                  envelope: agp_pb2.Envelope) -> None:
@@ -79,6 +81,8 @@ class Context:
         self.params: Any = None
         self._event: threading.Event | None = None  # made only when a handler waits on it
         self._is_cancelled = False
+        self.span: Any = None  # the server span, when tracing is on
+        self.started = 0.0  # loop time of arrival, when metrics are on
         self.reply_to = b""  # the caller's key when its payload was sealed end to end
 
     @property
@@ -216,6 +220,7 @@ class Agent:
         self.served = 0
         self.failed = 0
         self.dropped: dict[str, int] = {}
+        self.metrics: metrics.AgentStats | None = None  # set by metrics.agent_metrics(self)
         self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
         self._idem: OrderedDict[str, list[Any]] = OrderedDict()
@@ -323,6 +328,7 @@ class Agent:
         from mesh.errors import NoSuchService
 
         hb = {"name": self.service, "instance": self.instance, "public_key": self.public_key}
+        misses = 0
         while not self.draining:
             try:
                 if not self.registered:
@@ -339,12 +345,9 @@ class Agent:
                 continue_soon = False
             else:
                 continue_soon = False
-            await asyncio.sleep(0.2 if continue_soon and self.registered is False and
-                                self._registry_seen() else 1.0)
-
-    def _registry_seen(self) -> bool:
-        core = self.core
-        return core is not None and core.connected
+            # a registry that just restarted is retried quickly; none at all, slowly
+            misses = misses + 1 if continue_soon else 0
+            await asyncio.sleep(min(5.0, 0.2 * 2 ** misses) if continue_soon else 1.0)
 
     async def serve(self) -> None:
         """Run until stop() or drain(), then close."""
@@ -413,6 +416,8 @@ class Agent:
                 st.end()
             return
         reply = cmd != Cmd.SEND
+        if self.metrics is not None:
+            self.metrics.inbound(_PATTERNS.get(cmd, "other"), metrics.payload_bytes(msg[3:]))
         if self.draining:
             if reply:
                 self._error(crid, ident, ErrorCode.DRAINING, "agent is draining")
@@ -439,6 +444,11 @@ class Agent:
         assert self.loop is not None
         deadline = self.loop.time() + (value / 1000.0 if value else 30.0)
         ctx = Context(self, crid, ident, env.action, deadline, env)
+        if telemetry.ENABLED:
+            ctx.span = telemetry.start_server_span(self.service, env.action, env.traceparent,
+                                                   self.instance_name)
+        if self.metrics is not None:
+            ctx.started = self.loop.time()
         try:
             payload = msg[3:]
             if flags & Flag.ENCRYPTED:
@@ -477,14 +487,18 @@ class Agent:
 
     def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
                      ) -> tuple[Any, BaseException | None]:
+        token = telemetry.use_span(ctx.span)
         try:
             return fn(self, data, ctx), None
         except Exception as exc:
             return None, exc
+        finally:
+            telemetry.release(token)
 
     async def _run_async(self, coro: Any, ctx: Context, reply: bool) -> None:
         assert self.loop is not None
         task = asyncio.current_task()
+        telemetry.use_span(ctx.span)  # in this task's own context: its calls are children
         timer = self.loop.call_at(ctx.deadline, self._expire, task, ctx)
         try:
             result: Any = await coro
@@ -503,7 +517,12 @@ class Agent:
     async def _run_threaded(self, fn: Callable[..., Any], data: Any, ctx: Context,
                             reply: bool) -> None:
         assert self.loop is not None
-        fut = self.loop.run_in_executor(self._pool, fn, self, data, ctx)
+        if ctx.span is None:
+            fut = self.loop.run_in_executor(self._pool, fn, self, data, ctx)
+        else:  # the pool thread runs with the span current (executors copy no context)
+            telemetry.use_span(ctx.span)
+            fut = self.loop.run_in_executor(self._pool, contextvars.copy_context().run, fn,
+                                            self, data, ctx)
         timer = self.loop.call_at(ctx.deadline, ctx.cancel)
         try:
             remaining = max(0.001, ctx.deadline - self.loop.time())
@@ -530,6 +549,10 @@ class Agent:
         key = (ctx.crid, ctx.ident)
         self._tasks.pop(key, None)
         self._streams.pop(key, None)
+        if ctx.span is not None:
+            telemetry.end_span(ctx.span, exc)
+        if self.metrics is not None:
+            self.metrics.handled(ctx.action, self.loop.time() - ctx.started, exc)
         if exc is not None:
             self.failed += 1
             if not reply:

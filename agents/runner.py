@@ -73,6 +73,10 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
                    help="development only: no CURVE, no token")
     p.add_argument("--identity", default=env("AGP_IDENTITY"),
                    help="enrolled key name (default: the agent's name); see `agp keys new`")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(os.environ["AGP_METRICS_PORT"])
+                   if os.environ.get("AGP_METRICS_PORT") else None,
+                   help="serve Prometheus /metrics on 127.0.0.1 here (0 picks a port)")
     p.add_argument("--log-level", default=env("AGP_LOG_LEVEL", "INFO"))
     return p
 
@@ -96,6 +100,13 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
     agent = cls(endpoint=args.endpoint, namespace=args.namespace, name=args.name,
                 instance=args.instance, capacity=args.capacity, weight=args.weight,
                 policy=args.policy, security=security)
+    from mesh import metrics, telemetry
+
+    telemetry.setup_tracing(agent.service)  # exports only when OTLP or AGP_TRACE_FILE is set
+    metrics_port = None
+    if args.metrics_port is not None:
+        metrics.agent_metrics(agent)
+        metrics_port = metrics.serve_metrics(args.metrics_port)
 
     async def amain() -> None:
         loop = asyncio.get_running_loop()
@@ -104,7 +115,8 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
 
         def announce(a: Agent) -> None:
             print(json.dumps({"event": "ready", "service": a.service,
-                              "instance": a.instance_name, "pid": os.getpid()}), flush=True)
+                              "instance": a.instance_name, "pid": os.getpid(),
+                              "metrics_port": metrics_port}), flush=True)
 
         await agent.run(announce)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import zmq
 
-from mesh import codec
+from mesh import codec, metrics, telemetry
 from mesh.backoff import Backoff
 from mesh.breaker import CircuitBreaker
 from mesh.core import Core, Security, flags_for
@@ -111,6 +111,7 @@ class AsyncMesh:
             security = client_security(identity)  # type: ignore[assignment]
         if not endpoint and not os.environ.get("AGP_ROUTER"):
             endpoint = await _find_on_lan(security)
+        telemetry.ensure_tracing(name or identity or "agp-client")
         core = Core(resolve_endpoint(endpoint), name=name or identity or "", security=security,
                     context=context,
                     kind=kind, hwm=hwm, sub_queue=sub_queue)
@@ -168,7 +169,22 @@ class AsyncMesh:
         return b
 
     # ------------------------------------------------------------------ request-response
-    async def request(
+    def request(self, dest: str, action: str, data: Any = None, **kwargs: Any
+                ) -> Coroutine[Any, Any, Any]:
+        """Call ``action`` on a service (balanced) or an instance; return the decoded reply.
+
+        Keywords: ``timeout`` (the whole budget, default 10 s), ``retries``, ``backoff``,
+        ``idempotent``, ``idempotency_key``, ``raw``, ``traceparent``, ``on_progress``.
+        Retries happen only when safe: the error came before any agent ran it, or the call
+        is ``idempotent`` / has an ``idempotency_key``. Traced and counted when
+        ``mesh.telemetry`` / ``mesh.metrics`` are on.
+        """
+        # a plain function handing back the coroutine: no extra await layer on the hot path
+        if telemetry.ENABLED or metrics.CLIENT is not None:
+            return telemetry.observed_request(self, dest, action, data, kwargs)
+        return self._request(dest, action, data, **kwargs)
+
+    async def _request(
         self,
         dest: str,
         action: str,
@@ -193,6 +209,11 @@ class AsyncMesh:
         payload: list[Any] = [data] if raw else codec.encode(data)
         header = self._header(action, idempotency_key, traceparent)
         flags = flags_for(raw, idempotent or idempotency_key is not None)
+        if traceparent:
+            flags |= telemetry.route_flags(traceparent)  # the router records a hop span
+        stats = metrics.CLIENT
+        if stats is not None:
+            stats.sent("request", metrics.payload_bytes(payload))
         breaker = self.breaker(dest)
         if _plain and self.e2e is not None:  # the registry lookup that finds the keys
             return await AsyncMesh(self.core, breakers=False).request(
@@ -251,6 +272,8 @@ class AsyncMesh:
                 continue
             if breaker is not None:
                 breaker.on_success()
+            if stats is not None:
+                stats.bytes_received += metrics.payload_bytes(msg[3:])
             if self.e2e is not None:
                 return self._open_reply(msg, recipients, ident)
             return decode_reply(msg)
@@ -313,6 +336,8 @@ class AsyncMesh:
         frames = [pack_route(Cmd.SEND, Flag.RAW if raw else 0, 0, 0, self.core.next_id()),
                   address, self._header(action), *payload]
         self.core.send_frames(frames)
+        if metrics.CLIENT is not None:
+            metrics.CLIENT.sent("send", metrics.payload_bytes(payload))
 
     # ------------------------------------------------------------------ pub/sub
     def publish(self, topic: str, data: Any, *, raw: bool = False) -> None:

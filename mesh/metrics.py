@@ -27,8 +27,10 @@ counters, one metric per meaning with labels for the dimensions:
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -64,7 +66,7 @@ class FastHistogram:
     def buckets(self) -> list[tuple[str, int]]:
         out = []
         acc = 0
-        for bound, n in zip(self.bounds, self.counts):
+        for bound, n in zip(self.bounds, self.counts[:-1], strict=True):
             acc += n
             out.append((_fmt(bound), acc))
         out.append(("+Inf", acc + self.counts[-1]))
@@ -113,7 +115,8 @@ class ClientStats:
         self.bytes_received = 0
         self.errors: dict[str, int] = {}
         self.latency = HistogramSet(("service", "outcome"))
-        self.clients: list[Any] = []  # AsyncMesh objects: pending counts and breakers
+        # AsyncMesh objects, for pending counts and breakers; weak, so a closed client goes
+        self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def sent(self, pattern: str, nbytes: int = 0, n: int = 1) -> None:
         self.messages[pattern] = self.messages.get(pattern, 0) + n
@@ -129,8 +132,7 @@ class ClientStats:
 
     def track(self, amesh: Any) -> None:
         """Export this client's pending requests and circuit breakers too."""
-        if amesh not in self.clients:
-            self.clients.append(amesh)
+        self.clients.add(amesh)
 
     def collect(self) -> Iterator[Any]:
         msgs = CounterMetricFamily("agp_client_messages_total",
@@ -244,15 +246,29 @@ def _labelled(cls: Any, name: str, doc: str, service: str, value: float) -> Any:
     return fam
 
 
-def outcome_of(exc: BaseException) -> str:
+def outcome_of(exc: BaseException, default: str = "handler_error") -> str:
+    """A label for how a call ended: the mesh error code in lower case ('overloaded',
+    'deadline_exceeded', ...), 'cancelled' for a cancelled task, else ``default``."""
     code = getattr(exc, "code", None)
     if code is not None and hasattr(code, "name"):
         return str(code.name).lower()
-    return "handler_error"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return default
+
+
+def payload_bytes(frames: Iterable[Any]) -> int:
+    """Bytes in payload frames (bytes, memoryviews, numpy arrays alike)."""
+    n = 0
+    for f in frames:
+        n += len(f) if type(f) is bytes else memoryview(f).nbytes
+    return n
 
 
 # ---------------------------------------------------------------------- registration
-class _Collector(Collector):
+class StatsCollector(Collector):
+    """Exports any objects with a ``collect()`` generator (ClientStats, AgentStats)."""
+
     def __init__(self, sources: Iterable[Any]) -> None:
         self.sources = list(sources)
 
@@ -262,7 +278,7 @@ class _Collector(Collector):
 
 
 CLIENT: ClientStats | None = None  # set by enable_client_metrics(); hooks test for None
-_agent_collector: _Collector | None = None
+_agent_collector: StatsCollector | None = None
 
 
 def enable_client_metrics(registry: CollectorRegistry = REGISTRY) -> ClientStats:
@@ -270,7 +286,7 @@ def enable_client_metrics(registry: CollectorRegistry = REGISTRY) -> ClientStats
     global CLIENT
     if CLIENT is None:
         CLIENT = ClientStats()
-        registry.register(_Collector([CLIENT]))
+        registry.register(StatsCollector([CLIENT]))
     return CLIENT
 
 
@@ -280,7 +296,7 @@ def agent_metrics(agent: Any, registry: CollectorRegistry = REGISTRY) -> AgentSt
     global _agent_collector
     stats = AgentStats(agent)
     if _agent_collector is None or registry is not REGISTRY:
-        coll = _Collector([stats])
+        coll = StatsCollector([stats])
         registry.register(coll)
         if registry is REGISTRY:
             _agent_collector = coll
@@ -291,10 +307,13 @@ def agent_metrics(agent: Any, registry: CollectorRegistry = REGISTRY) -> AgentSt
 
 
 def serve_metrics(port: int, addr: str = "127.0.0.1",
-                  registry: CollectorRegistry = REGISTRY) -> int:
-    """Serve ``/metrics`` over HTTP in a daemon thread; returns the bound port (0 picks one)."""
+                  registry: CollectorRegistry = REGISTRY, *, client: bool = True) -> int:
+    """Serve ``/metrics`` over HTTP in a daemon thread; returns the bound port (0 picks one).
+    With ``client`` (and the default registry), this process's mesh clients are counted too."""
     from prometheus_client import start_http_server
 
+    if client and registry is REGISTRY:
+        enable_client_metrics()
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return int(server.server_address[1])
 

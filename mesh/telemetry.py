@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +44,7 @@ TRACED_FLAG = 32  # proposed route-frame Flag bit: "the header carries a sampled
 TRACER_NAME = "agp-mesh"
 
 _propagator = TraceContextTextMapPropagator()
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-|$)")
 _provider: Any = None
 _lock = threading.Lock()
 
@@ -138,6 +141,18 @@ def setup_tracing(service_name: str, *, exporter: Any = None) -> bool:
     return True
 
 
+def ensure_tracing(service_name: str) -> bool:
+    """Set up from the environment once per process (what ``AsyncMesh.connect`` calls, so a
+    plain script traces when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``AGP_TRACE_FILE`` is set).
+    Cheap when already set up or when neither variable is set."""
+    if _provider is not None:
+        return True
+    if not (os.environ.get("AGP_TRACE_FILE") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return False
+    return setup_tracing(service_name)
+
+
 def shutdown_tracing() -> None:
     """Flush and stop the exporters (the SDK also does this at interpreter exit)."""
     global ENABLED, _provider
@@ -180,13 +195,14 @@ def extract(traceparent: str | None) -> otel_context.Context:
 
 
 def is_sampled(traceparent: str | None) -> bool:
-    """Whether a traceparent carries the sampled flag (what sets :data:`TRACED_FLAG`)."""
-    if not traceparent or len(traceparent) < 55:
+    """Whether a traceparent is valid W3C and carries the sampled flag (what sets
+    :data:`TRACED_FLAG`): all-zero ids and version ff are invalid."""
+    if not traceparent:
         return False
-    try:
-        return bool(int(traceparent[53:55], 16) & 1)
-    except ValueError:
+    m = _TRACEPARENT_RE.match(traceparent)
+    if m is None or m.group(1) == "ff" or m.group(2) == "0" * 32 or m.group(3) == "0" * 16:
         return False
+    return bool(int(m.group(4), 16) & 1)
 
 
 def route_flags(traceparent: str | None) -> int:
@@ -326,6 +342,33 @@ def router_hop(header: bytes, service: str, instance: str, start_ns: int, end_ns
     if error:
         span.set_status(Status(StatusCode.ERROR, error))
     span.end(end_time=end_ns)
+
+
+async def observed_request(amesh: Any, dest: str, action: str, data: Any,
+                           kwargs: dict[str, Any]) -> Any:
+    """``AsyncMesh.request`` with a client span (its traceparent on the wire) and the call's
+    latency and outcome in ``mesh.metrics.CLIENT``; the unobserved path never comes here."""
+    from mesh import metrics
+
+    stats = metrics.CLIENT
+    span = None
+    if ENABLED and not kwargs.get("traceparent"):
+        span = start_client_span(dest, action)
+        kwargs = {**kwargs, "traceparent": inject(span)}
+    if stats is not None:
+        stats.track(amesh)
+    t0 = time.perf_counter()
+    exc: BaseException | None = None
+    try:
+        return await amesh._request(dest, action, data, **kwargs)
+    except BaseException as e:
+        exc = e
+        raise
+    finally:
+        if stats is not None:
+            stats.done(dest, time.perf_counter() - t0,
+                       "ok" if exc is None else metrics.outcome_of(exc, "error"))
+        end_span(span, exc)
 
 
 # ---------------------------------------------------------------------- workflows

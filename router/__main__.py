@@ -23,6 +23,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--pub-hwm", type=int, default=cfg.pub_hwm,
                    help="messages queued per subscriber before the slowest loses them")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    p.add_argument("--control-port", type=int, default=None,
+                   help="run the control plane (dashboard, /api, /metrics) in this process")
     p.add_argument("--insecure", action="store_true",
                    help="development only: no CURVE, no tokens, no RBAC")
     p.add_argument("--home", default=None, help="AGP_HOME: keys, trust store, auth, policy")
@@ -52,6 +54,18 @@ def run(args: argparse.Namespace) -> int:
     router = Router(config, access=secure.access if secure else None,
                     server_keypair=secure.server_keypair if secure else None)
     router.start()
+    from mesh import telemetry
+
+    telemetry.setup_tracing("agp-router")  # hop spans for sampled requests, when configured
+    control = None
+    if args.control_port is not None:
+        import os
+
+        from router.control import embedded
+
+        control = embedded(router, port=args.control_port,
+                           access=secure.access if secure else None,
+                           store_url=os.environ.get("AGP_WORKFLOW_STORE"))
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY, start_http_server
 
@@ -69,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
              "router_id": config.router_id}
     if secure is not None:
         ready.update(server_key=secure.server_keypair[0].decode(), auth=secure.http.url)
+    if control is not None:
+        ready["control"] = control.url
     print(json.dumps(ready), flush=True)
     announcer = _announce(router, config.router_id)
     try:
@@ -76,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if announcer is not None:
             announcer.close()
+        if control is not None:
+            control.stop()
         if secure is not None:
             secure.stop()
     return 0

@@ -292,16 +292,18 @@ def home_verifier(home_dir: str | None = None) -> tuple[Any, Any]:
 
 
 def embedded(router: Any, *, port: int = 7790, access: Any = None,
-             store_url: str | None = None, interval: float = 1.0) -> ControlServer:
+             store_url: str | None = None, interval: float = 1.0,
+             registry: Any = None) -> ControlServer:
     """A control plane inside the router's process, reading the router directly and sharing
-    its token verifier (revocations included) and policy."""
+    its token verifier (revocations included) and policy. ``registry``: where to export the
+    control plane's view (default: the process's default Prometheus registry)."""
     from prometheus_client import REGISTRY
 
     from router.control_status import router_fetcher
 
     status = StatusCollector(router_fetcher(router), store_url=store_url,
                              interval=interval).start()
-    REGISTRY.register(ControlCollector(status))
+    (REGISTRY if registry is None else registry).register(ControlCollector(status))
     return ControlServer(status, port=port, verifier=getattr(access, "verifier", None),
                          policy=getattr(access, "policy", None), store_url=store_url).start()
 

@@ -43,15 +43,17 @@ def mesh_fetcher(mesh: Any, timeout: float = 2.0) -> Fetch:
         t0 = time.perf_counter()
         stats = dict(mesh.request("agp/router", "stats", timeout=timeout))
         stats["rtt_ms"] = (time.perf_counter() - t0) * 1000.0
-        services = mesh.request("agp/router", "services", timeout=timeout)
-        try:
-            registry = mesh.request("agp/system/registry", "list", timeout=timeout)
-        except NoSuchService:
-            registry = None
-        except Error as exc:
-            log.debug("registry list: %s", exc)
-            registry = None
-        return stats, list(services), registry
+        services = list(mesh.request("agp/router", "services", timeout=timeout))
+        registry = None
+        # only ask a registry that runs: a request to a missing one would count as a drop
+        if any(s.get("service") == "agp/system/registry" for s in services):
+            try:
+                registry = mesh.request("agp/system/registry", "list", timeout=timeout)
+            except NoSuchService:
+                registry = None
+            except Error as exc:
+                log.debug("registry list: %s", exc)
+        return stats, services, registry
 
     return fetch
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from mesh import codec
+from mesh import codec, telemetry
 from mesh.errors import Error, ErrorCode, Unauthenticated
 from mesh.wire import (
     DISCONNECT_FRAME,
@@ -49,6 +49,7 @@ _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLIS
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
+_TRACED = telemetry.TRACED_FLAG
 ROUTER_SERVICE = b"agp/router"
 AUTH_SERVICE = b"agp/system/auth"
 REGISTRY_SERVICE = b"agp/system/registry"
@@ -75,6 +76,7 @@ class Router:
         self.table = RoutingTable(self.config.max_queue)
         self.peers: dict[bytes, Peer] = {}
         self.streams: dict[tuple[bytes, int], Instance] = {}
+        self.traced: dict[tuple[bytes, int], int] = {}  # sampled requests: start time (ns)
         self.endpoint = ""
         self.pub_endpoint = ""
         self.started_at = time.time()
@@ -267,6 +269,8 @@ class Router:
                 self._error(peer.rid, ErrorCode.OVERLOADED, "instance queue full", ident)
             return
         self.stats.requests += 1
+        if flags & _TRACED and telemetry.ENABLED and len(self.traced) < 10_000:
+            self.traced[(peer.rid, ident)] = time.time_ns()
         mark = flags & _IDEMPOTENT
         if cmd == _STREAM_OPEN:
             mark |= _STREAM
@@ -346,6 +350,12 @@ class Router:
             client = self.peers.get(crid)
             if client is not None:
                 client.streams.discard(ident)
+        if self.traced:
+            started = self.traced.pop((crid, ident), None)
+            if started is not None:
+                telemetry.router_hop(entry[0][3], inst.service.name.decode(),
+                                     inst.name.decode(), started, time.time_ns(),
+                                     None if msg[1][1] == _REPLY else "error")
         msg[0] = crid
         msg[2] = inst.name
         inst.served += 1
@@ -450,17 +460,30 @@ class Router:
             action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
         except Exception:
             action = ""
-        if action == "stats":
-            body: Any = {**self.stats.as_dict(), "peers": len(self.peers),
+        if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
+            self._deny(peer, "admin", ROUTER_SERVICE, ident)
+            return
+        if action == "drain":  # admins: route nothing new to an instance; in-flight finishes
+            try:
+                name = str(codec.decode(msg[4:])["instance"]).encode()
+            except Exception:
+                self._error(peer.rid, ErrorCode.MALFORMED, "drain needs {instance: NAME}", ident)
+                return
+            inst = self.table.instances.get(name)
+            if inst is None:
+                self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE, f"no instance {name!r}", ident)
+                return
+            inst.accepting = False
+            log.warning("instance %s drained by %s", name.decode(errors="replace"), peer.name)
+            body: Any = {"instance": name.decode(errors="replace"), "accepting": False}
+        elif action == "stats":
+            body = {**self.stats.as_dict(), "peers": len(self.peers),
                          "router_id": self.config.router_id,
                          "uptime": time.time() - self.started_at}
         elif action == "services":
             body = self.table.snapshot()
         else:
             self._error(peer.rid, ErrorCode.NO_SUCH_ACTION, f"agp/router has no {action!r}", ident)
-            return
-        if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
-            self._deny(peer, "admin", ROUTER_SERVICE, ident)
             return
         self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
                     *codec.encode(body)])

@@ -48,6 +48,10 @@
     return `${s}s`;
   }
 
+  function plural(n, word) {
+    return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
   function sum(obj) {
     return Object.values(obj || {}).reduce((a, b) => a + Number(b || 0), 0);
   }
@@ -114,7 +118,7 @@
         h("td", {}, h("div", { class: "svc-name" }, h("span", { class: "svc-ns" }, ns), name),
           h("div", { class: "svc-policy" }, s.policy || "")),
         h("td", {}, h("div", { class: "chips" }, chips)),
-        h("td", {}, h("span", { class: "load-text" }, `${s.inflight}/${s.capacity} in flight · ${Math.round((s.load || 0) * 100)}%`), loadBar(s.load)),
+        h("td", {}, h("span", { class: "load-text" }, `${s.inflight}/${s.capacity} busy · ${Math.round((s.load || 0) * 100)}%`), loadBar(s.load)),
         h("td", { class: "num" }, fmtInt(s.queued)),
         h("td", { class: "num" }, fmtNum(s.rate || 0)),
         h("td", { class: "num" }, s.latency_ms_est === null || s.latency_ms_est === undefined ? "–" : `${fmtNum(s.latency_ms_est)} ms`),
@@ -122,7 +126,7 @@
     }
     $("services").replaceChildren(...rows);
     $("services-empty").hidden = services.length > 0;
-    $("svc-summary").textContent = `${services.length} services · ${instances} instances`;
+    $("svc-summary").textContent = `${plural(services.length, "service")} · ${plural(instances, "instance")}`;
   }
 
   function kvList(title, obj, bad) {
@@ -155,7 +159,7 @@
       h("li", {}, h("span", { class: "n", title: `${rec.name}/${rec.instance}` }, `${rec.name}/${rec.instance}`),
         h("span", { class: "muted" }, rec.version ? `v${rec.version}` : "", rec.age !== undefined ? ` · ${fmtDuration(rec.age)}` : ""))));
     if (!recs.length) $("registry").replaceChildren(h("li", {}, h("span", { class: "muted" }, "no records")));
-    $("reg-summary").textContent = `${recs.length} records`;
+    $("reg-summary").textContent = plural(recs.length, "record");
   }
 
   function renderWorkflows(st) {

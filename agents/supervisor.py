@@ -1,0 +1,407 @@
+"""The supervisor behind ``agp up``: start a local mesh from ``mesh.toml``, keep it running.
+
+It starts the router, the control plane, the registry and every configured agent as child
+processes (each waits for its JSON ready line; one log per process in ``run/logs/``), then
+loops every 0.1 s:
+
+* **restart**: a child that exited without being asked is started again, at once the first
+  time (a crash of a process that ran for a while), then with doubling backoff while it keeps
+  crashing young, so a broken agent cannot spin. Recovery time (exit noticed -> the new
+  process announced ready) is measured and kept in the state file.
+* **scale**: every ``scaling.interval`` it asks ``agp/router services`` for each service's
+  queue depth and in-flight/capacity; a service hot for ``up_after`` s gets one more
+  replica (up to ``max``), one idle for ``down_after`` s loses its newest (down to ``min``),
+  which drains: SIGTERM, in-flight work finishes, nothing new is routed to it.
+
+Security: it opens AGP_HOME (config ``home``, else the environment, else ~/.agp), makes the
+router's keys on first use, and enrolls one identity per service (role ``agent``, bound to
+its namespace), plus admin identities for itself and the control plane, which read the
+router's own service. Everything it started is in ``run/supervisor.json`` (pids with their
+kernel start times), so ``agp down`` stops it all even if the supervisor itself was killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.procs import ManagedProcess, agent_process, router_process
+from agents.supervisor_config import AgentSpec, MeshConfig, proc_starttime, write_state
+
+log = logging.getLogger("agp.supervisor")
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR_IDENTITY = "agp-supervisor"
+CONTROL_IDENTITY = "agp-control"
+REGISTRY_IDENTITY = "agp-registry"
+YOUNG = 10.0  # a process that dies younger than this is crash-looping: back off
+
+
+@dataclass
+class Child:
+    """One supervised process and its history."""
+
+    name: str
+    role: str  # router | control | registry | agent
+    make: Any  # () -> ManagedProcess: a fresh one for each (re)start
+    spec: AgentSpec | None = None
+    proc: ManagedProcess | None = None
+    restarts: int = 0
+    delay: float = 0.0
+    down_since: float | None = None  # monotonic time its exit was noticed
+    last_recovery: float | None = None
+    started: float = 0.0
+    starting: bool = False
+    retiring: bool = False  # being scaled down: do not restart
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, config: MeshConfig, *, run_dir: str | Path | None = None,
+                 config_path: str | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir or config.run_dir).resolve()
+        self.log_dir = self.run_dir / "logs"
+        self.config_path = config_path
+        self.children: list[Child] = []
+        self.endpoint = ""
+        self.router_info: dict[str, Any] = {}
+        self.control_url = ""
+        self.home = ""
+        self.mesh: Any = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._hot: dict[str, float] = {}
+        self._idle: dict[str, float] = {}
+        self._last_change: dict[str, float] = {}
+        self.events: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _env(self) -> dict[str, str]:
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "AGP_METRICS_PORT": "0"}  # agents pick a free port
+        if self.home:
+            env["AGP_HOME"] = self.home
+        env.pop("AGP_IDENTITY", None)
+        return env
+
+    def _prepare_home(self) -> None:
+        if self.config.insecure:
+            return
+        from security.home import enroll_identity, ensure_router, open_home
+
+        home = open_home(self.config.home or None)
+        self.home = str(home.root)
+        os.environ["AGP_HOME"] = self.home  # our own mesh client uses it too
+        ensure_router(home)
+        enroll_identity(home, SUPERVISOR_IDENTITY, roles=("admin",))
+        enroll_identity(home, CONTROL_IDENTITY, roles=("admin",))
+        if self.config.registry:
+            enroll_identity(home, REGISTRY_IDENTITY, roles=("agent",), namespace="agp/system")
+        for spec in self.config.agents:
+            enroll_identity(home, spec.identity, roles=("agent",), namespace=spec.namespace)
+
+    def _security_args(self, identity: str) -> list[str]:
+        return ["--insecure"] if self.config.insecure else ["--identity", identity]
+
+    def _router(self) -> ManagedProcess:
+        c = self.config
+        extra = ["--insecure"] if c.insecure else ["--auth-port", str(c.auth_port),
+                                                    "--home", self.home]
+        if c.metrics_port is not None:
+            extra += ["--metrics-port", str(c.metrics_port)]
+        return router_process(bind=self.endpoint or c.router, pub_bind=self.router_info.get(
+            "pub", c.pub), extra=extra, log_dir=self.log_dir, env=self._env())
+
+    def _control(self) -> ManagedProcess:
+        c = self.config
+        port = self.router_info.get("control_port", c.control_port or 0)
+        args = ["-m", "router.control", "--endpoint", self.endpoint, "--port", str(port),
+                *(["--store", c.store] if c.store else []),
+                *(["--insecure"] if c.insecure else ["--identity", CONTROL_IDENTITY])]
+        return ManagedProcess("control", args, log_dir=self.log_dir, env=self._env())
+
+    def _registry(self) -> ManagedProcess:
+        return agent_process("discovery.service", self.endpoint, name="registry",
+                             extra=["--instance", "registry-0",
+                                    *self._security_args(REGISTRY_IDENTITY)],
+                             log_dir=self.log_dir, env=self._env())
+
+    def _agent(self, spec: AgentSpec, instance: str) -> ManagedProcess:
+        args = ["--namespace", spec.namespace, "--name", spec.service, "--instance", instance,
+                *(["--capacity", str(spec.capacity)] if spec.capacity else []),
+                *(["--weight", str(spec.weight)] if spec.weight else []),
+                *self._security_args(spec.identity), *spec.args]
+        return agent_process(spec.module, self.endpoint, name=instance, extra=args,
+                             log_dir=self.log_dir, env={**self._env(), **spec.env})
+
+    # ------------------------------------------------------------------ up and down
+    def up(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Start everything; returns the ready summary (router endpoint, control URL)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_home()
+        try:
+            router = self._add(Child("router", "router", self._router))
+            self._start(router, timeout)
+            self.router_info = dict(router.info)
+            self.endpoint = router.info["router"]
+            firsts: list[Child] = []
+            if self.config.control_port is not None:
+                firsts.append(self._add(Child("control", "control", self._control)))
+            if self.config.registry:
+                firsts.append(self._add(Child("registry", "registry", self._registry)))
+            for spec in self.config.agents:
+                for i in range(spec.min):
+                    firsts.append(self._new_replica(spec, i))
+            self._start_all(firsts, timeout)
+            for c in firsts:
+                if c.role == "control":
+                    self.control_url = c.info.get("url", "")
+                    self.router_info["control_port"] = c.info.get("port")
+            self._connect()
+        except BaseException:
+            self.down()
+            raise
+        self.save()
+        return self.summary()
+
+    def _connect(self) -> None:
+        if not self.config.agents:
+            return
+        from mesh import Mesh
+
+        self.mesh = Mesh.connect(self.endpoint, identity=None if self.config.insecure
+                                 else SUPERVISOR_IDENTITY, timeout=10.0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"event": "ready", "router": self.endpoint, "pub": self.router_info.get("pub"),
+                "control": self.control_url, "home": self.home, "run_dir": str(self.run_dir),
+                "pid": os.getpid(),
+                "processes": {c.name: c.proc.pid for c in self.children if c.proc is not None}}
+
+    def down(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Stop every child: agents first (in parallel, they drain), then registry, control,
+        router. Returns exit codes by name."""
+        self._stopping.set()
+        if self.mesh is not None:
+            try:
+                self.mesh.close()
+            except Exception:
+                pass
+            self.mesh = None
+        codes: dict[str, Any] = {}
+        order = [("agent",), ("registry", "control"), ("router",)]
+        for roles in order:
+            group = [c for c in self.children if c.role in roles and c.proc is not None]
+            threads = [threading.Thread(target=lambda c=c: codes.__setitem__(
+                c.name, c.proc.stop(timeout)), daemon=True) for c in group]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout + 15)
+        self.save(state="stopped")
+        return codes
+
+    # ------------------------------------------------------------------ children
+    def _add(self, child: Child) -> Child:
+        with self._lock:
+            self.children.append(child)
+        return child
+
+    def _new_replica(self, spec: AgentSpec, index: int | None = None) -> Child:
+        used = {c.name for c in self.children}
+        i = index if index is not None else 0
+        while f"{spec.name}-{i}" in used:
+            i += 1
+        name = f"{spec.name}-{i}"
+        return self._add(Child(name, "agent", lambda: self._agent(spec, name), spec=spec))
+
+    def _start(self, child: Child, timeout: float = 60.0) -> None:
+        child.starting = True
+        try:
+            if child.proc is not None:
+                child.proc.stop(1.0)  # already dead: closes its log and reader
+            child.proc = child.make()
+            child.info = child.proc.start(timeout)
+            child.started = time.monotonic()
+            if self._stopping.is_set():  # `down` ran while this one was starting
+                child.proc.stop(10.0)
+                return
+            if child.down_since is not None:
+                child.last_recovery = child.started - child.down_since
+                log.warning("%s recovered in %.2fs (restart %d)", child.name,
+                            child.last_recovery, child.restarts)
+                self.events.append({"event": "restarted", "name": child.name,
+                                    "recovery_s": round(child.last_recovery, 3)})
+                child.down_since = None
+        finally:
+            child.starting = False
+
+    def _start_all(self, children: list[Child], timeout: float) -> None:
+        errors: list[BaseException] = []
+
+        def run(c: Child) -> None:
+            try:
+                self._start(c, timeout)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in children]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 10)
+        if errors:
+            raise errors[0]
+
+    def _restart_later(self, child: Child) -> None:
+        def run() -> None:
+            if self._stopping.wait(child.delay):
+                return
+            try:
+                self._start(child, 30.0)
+            except Exception as exc:
+                log.error("%s failed to restart: %s", child.name, exc)
+            if child.role == "router" and child.proc is not None and child.proc.alive():
+                self.endpoint = child.info.get("router", self.endpoint)
+            self.save()
+
+        threading.Thread(target=run, name=f"restart-{child.name}", daemon=True).start()
+
+    def check(self, now: float) -> None:
+        """Notice exited children and schedule their restart (with backoff)."""
+        with self._lock:
+            children = list(self.children)
+        for c in children:
+            if c.starting or c.proc is None or c.proc.alive() or self._stopping.is_set():
+                continue
+            if c.retiring:
+                continue
+            backoff = min(self.config.restart_backoff_max,
+                          max(self.config.restart_backoff, c.delay * 2))
+            if c.down_since is None:  # a fresh exit: at once, unless it keeps dying young
+                c.down_since = now
+                c.delay = backoff if now - c.started < YOUNG and c.restarts else 0.0
+            else:  # the last restart attempt failed
+                c.delay = backoff
+            c.restarts += 1
+            code = c.proc.proc.returncode if c.proc.proc is not None else None
+            log.warning("%s (pid %d) exited with %s; restarting in %.2fs", c.name,
+                        c.proc.pid, code, c.delay)
+            c.starting = True
+            self._restart_later(c)
+
+    # ------------------------------------------------------------------ scaling
+    def scale(self, now: float) -> None:
+        """One scaling decision per service from the router's view of its load."""
+        if self.mesh is None:
+            return
+        from mesh.errors import Error
+
+        try:
+            services = {s["service"]: s for s in
+                        self.mesh.request("agp/router", "services", timeout=2.0)}
+        except Error as exc:
+            log.debug("services: %s", exc)
+            return
+        sc = self.config.scaling
+        for spec in self.config.agents:
+            svc = services.get(spec.full_name)
+            replicas = [c for c in self.children if c.spec is spec and not c.retiring]
+            if svc is None:
+                continue
+            queued = int(svc.get("queued", 0))
+            insts = svc.get("instances", [])
+            inflight = sum(int(i.get("inflight", 0)) for i in insts)
+            capacity = sum(int(i.get("capacity", 0)) for i in insts)
+            hot = queued > sc.up_queue or (capacity > 0 and inflight / capacity >= sc.up_load)
+            idle = queued == 0 and inflight == 0
+            key = spec.full_name
+            self._hot[key] = self._hot.get(key, now) if hot else now
+            self._idle[key] = self._idle.get(key, now) if idle else now
+            if now - self._last_change.get(key, -1e9) < sc.cooldown:
+                continue
+            if hot and now - self._hot[key] >= sc.up_after and len(replicas) < spec.max:
+                child = self._new_replica(spec)
+                log.warning("scaling %s up to %d (queued %d, %d/%d in flight)", key,
+                            len(replicas) + 1, queued, inflight, capacity)
+                self._scaled(key, now, "up", len(replicas) + 1)
+                threading.Thread(target=self._start_new, args=(child,), daemon=True).start()
+            elif idle and now - self._idle[key] >= sc.down_after and len(replicas) > spec.min:
+                victim = max(replicas, key=lambda c: c.started)
+                victim.retiring = True
+                log.warning("scaling %s down to %d (idle)", key, len(replicas) - 1)
+                self._scaled(key, now, "down", len(replicas) - 1)
+                threading.Thread(target=self._retire, args=(victim,), daemon=True).start()
+
+    def _scaled(self, key: str, now: float, direction: str, replicas: int) -> None:
+        self._last_change[key] = now
+        self._hot.pop(key, None)
+        self._idle.pop(key, None)
+        self.events.append({"event": f"scaled_{direction}", "service": key,
+                            "replicas": replicas, "time": time.time()})
+
+    def _start_new(self, child: Child) -> None:
+        try:
+            self._start(child, 30.0)
+        except Exception as exc:
+            log.error("%s failed to start: %s", child.name, exc)
+        self.save()
+
+    def _retire(self, child: Child) -> None:
+        if child.proc is not None:
+            child.proc.stop(30.0)
+        with self._lock:
+            if child in self.children:
+                self.children.remove(child)
+        self.save()
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event, tick: float = 0.1) -> None:
+        """Supervise until ``stop`` is set (the caller then calls :meth:`down`)."""
+        next_scale = time.monotonic() + self.config.scaling.interval
+        while not stop.wait(tick):
+            now = time.monotonic()
+            self.check(now)
+            if now >= next_scale:
+                next_scale = now + self.config.scaling.interval
+                try:
+                    self.scale(now)
+                except Exception:
+                    log.exception("scaling round failed")
+
+    def _write_targets(self) -> None:
+        """Prometheus file_sd targets: every agent that reported a metrics port."""
+        import json
+
+        targets = [{"targets": [f"127.0.0.1:{c.info['metrics_port']}"],
+                    "labels": {"role": c.role, "process": c.name,
+                               "service": c.spec.full_name if c.spec else c.name}}
+                   for c in list(self.children)
+                   if c.info.get("metrics_port") and c.proc is not None and c.proc.alive()]
+        tmp = self.run_dir / "prometheus_agents.json.tmp"
+        tmp.write_text(json.dumps(targets, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "prometheus_agents.json")
+
+    def save(self, state: str = "running") -> None:
+        with self._lock:
+            procs = [{"name": c.name, "role": c.role,
+                      "service": c.spec.full_name if c.spec else None,
+                      "pid": c.proc.pid if c.proc else -1,
+                      "starttime": proc_starttime(c.proc.pid) if c.proc else None,
+                      "restarts": c.restarts, "last_recovery_s": c.last_recovery,
+                      "log": str(self.log_dir / f"{c.name}.log")}
+                     for c in self.children]
+        self._write_targets()
+        write_state(self.run_dir, {
+            "state": state, "config": self.config_path, "home": self.home,
+            "supervisor": {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())},
+            "router": {"endpoint": self.endpoint, "pub": self.router_info.get("pub"),
+                       "auth": self.router_info.get("auth")},
+            "control": {"url": self.control_url}, "processes": procs,
+            "events": self.events[-50:]})

@@ -1,0 +1,221 @@
+"""``agp up``, ``agp down``, ``agp status``: a local mesh from one config file.
+
+    agp up [--config mesh.toml] [--run-dir run] [--detach]
+    agp down [--run-dir run] [--timeout 15]
+    agp status [--run-dir run] [--json]
+
+``up`` runs the supervisor in the foreground (Ctrl-C or SIGTERM stops the mesh); with
+``--detach`` it runs in the background and returns once the mesh is up. It prints one JSON
+ready line on stdout (router endpoint, control plane URL) for scripts and tests. ``down``
+works from the state file alone, so it also cleans up after a supervisor that was killed:
+every recorded process that still runs (same pid *and* kernel start time) gets SIGTERM, then
+SIGKILL after the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agents.supervisor_config import load_config, read_state, same_process, state_path
+from mesh.errors import ConfigError, Error
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    if getattr(args, "config", None):
+        return Path(load_config(args.config).run_dir)
+    return Path(os.environ.get("AGP_RUN_DIR", "run"))
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    return same_process(int(entry.get("pid", -1)), entry.get("starttime"))
+
+
+# ---------------------------------------------------------------------- up
+def cmd_up(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    run_dir = Path(args.run_dir or config.run_dir)
+    previous = read_state(run_dir)
+    if previous and previous.get("state") == "running" and _alive(previous["supervisor"]):
+        print(f"a mesh is already up (supervisor pid {previous['supervisor']['pid']}); "
+              f"run `agp down --run-dir {run_dir}` first", file=sys.stderr)
+        return 1
+    if args.detach:
+        return _detach(args, run_dir)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from agents.supervisor import Supervisor
+
+    sup = Supervisor(config, run_dir=run_dir, config_path=args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        summary = sup.up()
+    except (Error, OSError) as exc:
+        print(f"agp up failed: {exc} (logs in {sup.log_dir})", file=sys.stderr)
+        return 1
+    print(json.dumps(summary), flush=True)
+    print(f"mesh up: router {summary['router']}, control {summary['control'] or '(none)'}, "
+          f"{len(summary['processes'])} processes; logs in {sup.log_dir}", file=sys.stderr,
+          flush=True)
+    try:
+        sup.run(stop)
+    finally:
+        codes = sup.down()
+        print(f"mesh down: {codes}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _detach(args: argparse.Namespace, run_dir: Path) -> int:
+    """Start ``agp up`` in its own session; relay its ready line; return."""
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "agents.supervisor_cli", "up", "--run-dir", str(run_dir),
+           "--log-level", args.log_level, *(["--config", args.config] if args.config else [])]
+    with open(run_dir / "logs" / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the ready line, or EOF if it failed
+    proc.stdout.close()
+    if not line.startswith(b"{"):
+        print(f"agp up failed; see {run_dir / 'logs' / 'supervisor.log'}", file=sys.stderr)
+        return 1
+    sys.stdout.write(line.decode())
+    return 0
+
+
+# ---------------------------------------------------------------------- down
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(entries: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    left = [e for e in entries if _alive(e)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [e for e in left if _alive(e)]
+    return left
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args)
+    state = read_state(run_dir)
+    if state is None:
+        print(f"no mesh state in {state_path(run_dir)}; nothing to stop", file=sys.stderr)
+        return 0
+    sup = state.get("supervisor", {})
+    if _alive(sup):  # it stops its children in order (agents drain first)
+        _signal(int(sup["pid"]), signal.SIGTERM)
+        if _wait_gone([sup], args.timeout + 20):
+            _signal(int(sup["pid"]), signal.SIGKILL)
+    # whatever is left (the supervisor was killed, or a child ignored it): by pid, checked
+    procs = [p for p in state.get("processes", []) if _alive(p)]
+    for p in procs:
+        _signal(int(p["pid"]), signal.SIGTERM)
+    for p in _wait_gone(procs, args.timeout):
+        print(f"{p['name']} (pid {p['pid']}) ignored SIGTERM; killing it", file=sys.stderr)
+        _signal(int(p["pid"]), signal.SIGKILL)
+    left = _wait_gone(procs, 5.0)
+    # in the state file, nothing runs any more
+    state["state"] = "stopped"
+    from agents.supervisor_config import write_state
+
+    write_state(run_dir, state)
+    print(f"mesh down: {len(state.get('processes', []))} processes stopped"
+          + (f", {len(left)} still alive" if left else ""), file=sys.stderr)
+    return 1 if left else 0
+
+
+# ---------------------------------------------------------------------- status
+def _load(control: str) -> dict[str, dict[str, Any]]:
+    """Per-service load from the control plane (empty when it does not answer)."""
+    if not control:
+        return {}
+    try:
+        with urllib.request.urlopen(control + "/api/status", timeout=2) as r:  # noqa: S310
+            status = json.load(r)
+    except (OSError, ValueError):
+        return {}
+    return {s["service"]: s for s in status.get("services", [])}
+
+
+def status_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    load = _load(state.get("control", {}).get("url", ""))
+    rows = []
+    for p in state.get("processes", []):
+        svc = load.get(p.get("service") or "", {})
+        rows.append({**p, "alive": _alive(p),
+                     "load": (f"{svc.get('inflight', 0)}/{svc.get('capacity', 0)} q"
+                              f"{svc.get('queued', 0)}" if svc else "")})
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args)
+    state = read_state(run_dir)
+    if state is None:
+        print(f"no mesh in {run_dir} (no {state_path(run_dir).name})", file=sys.stderr)
+        return 1
+    sup = state.get("supervisor", {})
+    running = state.get("state") == "running" and _alive(sup)
+    rows = status_rows(state)
+    if args.json:
+        print(json.dumps({"running": running, **state, "processes": rows}, indent=2))
+        return 0 if running else 3
+    print(f"mesh: {'up' if running else state.get('state', '?')}   supervisor pid "
+          f"{sup.get('pid')}   router {state.get('router', {}).get('endpoint', '')}   "
+          f"control {state.get('control', {}).get('url', '') or '-'}")
+    header = ("NAME", "ROLE", "SERVICE", "PID", "ALIVE", "RESTARTS", "RECOVERY", "LOAD")
+    table = [header] + [(r["name"], r["role"], r.get("service") or "-", str(r["pid"]),
+                         "yes" if r["alive"] else "NO", str(r.get("restarts", 0)),
+                         f"{r['last_recovery_s']:.2f}s" if r.get("last_recovery_s") else "-",
+                         r["load"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0 if running else 3
+
+
+# ---------------------------------------------------------------------- entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="agp", description="run a local mesh from a config")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start router, control plane, registry and agents")
+    up.add_argument("--config", default=None, help="mesh.toml (see configs/mesh.toml)")
+    up.add_argument("--run-dir", default=None, help="state and logs (default: config's run_dir)")
+    up.add_argument("--detach", action="store_true", help="run in the background")
+    up.add_argument("--log-level", default="INFO")
+    down = sub.add_parser("down", help="stop everything `agp up` started")
+    down.add_argument("--run-dir", default=None)
+    down.add_argument("--config", default=None)
+    down.add_argument("--timeout", type=float, default=15.0, help="SIGTERM grace, seconds")
+    st = sub.add_parser("status", help="processes, restarts and load")
+    st.add_argument("--run-dir", default=None)
+    st.add_argument("--config", default=None)
+    st.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
+    except ConfigError as exc:
+        print(f"agp {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
