@@ -38,7 +38,9 @@ def test_three_process_trace_with_router_hop(spawn, mesh_home, enroll, tmp_path,
     clients = [s for s in got if s["kind"] == "CLIENT" and not s["name"].endswith("/root")]
     servers = [s for s in got if s["kind"] == "SERVER"]
     hops = [s for s in got if s["name"].startswith("route ")]
-    assert len(clients) == 4 and len(servers) == 4 and len(hops) == 4
+    assert len(clients) == 4
+    assert len(servers) == 4
+    assert len(hops) == 4
     ids = {c["span_id"] for c in clients}
     assert all(s["parent_span_id"] in ids for s in servers + hops)
     assert all(c["parent_span_id"] == f"{root.context.span_id:016x}" for c in clients)
