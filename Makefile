@@ -43,6 +43,9 @@ bench: $(STAMP) ## throughput and latency of every pattern beside raw pyzmq (QUI
 bench-peers: $(STAMP) ## the same work over gRPC (and Redis pub/sub when redis-server is installed)
 	$(PY) -m bench.peers $(if $(QUICK),--quick,)
 
+chaos: $(STAMP) ## chaos soak: kills, router restarts, a paused subscriber under 10,000 req/s + 20,000 msg/s for 60 s (SHORT=1: the CI form)
+	$(PY) -m bench.chaos $(if $(SHORT),--short,)
+
 browser: $(STAMP) ## install headless Chromium (Debian's package) for the dashboard test
 	$(PY) tests/observability/browser.py install
 

@@ -198,8 +198,32 @@ async def publisher(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- subscriber
+def _resubscribe_after_restart(m: Any) -> None:
+    """Shim until mesh/pubsub.py does it: after a session with a *restarted* router, send
+    the subscriptions again. libzmq's SUB re-sends them on reconnect by itself, but that
+    happens before the new router knows the session, so RBAC refuses them and nothing is
+    ever delivered again. Re-sent after WELCOME, they are accepted (and SUBACKed)."""
+    import zmq
+
+    subs = m.core.subs
+    if getattr(subs, "RESUBSCRIBES_ON_RESTART", False):
+        return
+    orig = subs.on_session
+
+    def on_session(welcome: Any, restarted: bool) -> None:
+        orig(welcome, restarted)
+        if restarted and subs.sock is not None:
+            for prefix in list(subs.subs):
+                subs.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                subs.sock.setsockopt(zmq.SUBSCRIBE, prefix)
+
+    subs.on_session = on_session
+
+
 async def subscriber(a: argparse.Namespace) -> dict[str, Any]:
     m = await _connect(a, hwm=a.hwm, sub_queue=a.hwm)
+    if not a.no_shim:
+        _resubscribe_after_restart(m)
     capacity = max(1, int(a.expect))
     got = np.zeros(capacity, dtype=bool)
     st = {"received": 0, "duplicates": 0, "out_of_range": 0, "gaps": 0, "dropped": 0}
@@ -265,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--expect", type=int, default=1_000_000, help="subscriber: bitset size")
     p.add_argument("--hwm", type=int, default=100_000, help="subscriber: socket/queue bound")
+    p.add_argument("--no-shim", action="store_true",
+                   help="subscriber: do not re-send subscriptions after a router restart")
     a = p.parse_args(argv)
     side = {"requester": requester, "publisher": publisher, "subscriber": subscriber}[a.side]
     try:
@@ -273,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(side(a))
     except ImportError:  # pragma: no cover
         result = asyncio.run(side(a))
+    import resource
+
+    result["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     _write_json(Path(a.out) / f"{a.name}.json", result)
     print(json.dumps({"event": "result", "name": a.name}), flush=True)
     return 0

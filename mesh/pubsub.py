@@ -187,6 +187,8 @@ class Subscription:
 class SubscriberSide:
     """The SUB socket, the SUBACK handshake and sequence tracking for one core."""
 
+    RESUBSCRIBES_ON_RESTART = True  # subscriptions survive a router restart (see on_session)
+
     def __init__(self, core: Core) -> None:
         self.core = core
         self.sock: zmq.Socket[Any] | None = None
@@ -264,6 +266,12 @@ class SubscriberSide:
         if self.sock is not None and endpoint != self.endpoint:
             self._close_socket()
         self.endpoint = endpoint
+        if restarted and self.sock is not None:
+            # libzmq re-sent our subscriptions on reconnect, before the new router knew this
+            # session, so RBAC refused them: send them again now that it does
+            for prefix in list(self.subs):
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
 
     def _ensure_socket(self) -> zmq.Socket[Any]:
         if self.sock is not None:

@@ -150,6 +150,7 @@ def test_client_and_agent_survive_a_router_restart(spawn, start_echo, router) ->
     with Mesh.connect(endpoint) as m:
         assert m.request(SVC, "echo", 1) == 1
         first_id = m.request("agp/router", "stats")["router_id"]
+        before = m.subscribe("before.")  # a subscription made before the restart
         router.kill()
         spawn(router_process(name="router2", bind=endpoint, pub_bind=pub,
                              extra=["--auth-port", "0"]))
@@ -165,6 +166,16 @@ def test_client_and_agent_survive_a_router_restart(spawn, start_echo, router) ->
         sub = m.subscribe("after.")
         m.publish("after.restart", "ok")
         assert sub.get(timeout=10).data == "ok"
+
+        def old_subscription_works() -> bool:  # re-subscribed once the new session exists
+            m.publish("before.restart", "still")
+            try:
+                return before.get(timeout=0.5).data == "still"
+            except DeadlineExceeded:
+                return False
+
+        wait_for(old_subscription_works, timeout=15, interval=0.1,
+                 message="the old subscription gets messages again")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

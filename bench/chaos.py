@@ -1,0 +1,550 @@
+"""Chaos and soak: fixed-rate traffic across a secure mesh while a monkey breaks it.
+
+``python -m bench.chaos [--short]`` (or ``run_chaos(...)``) starts a secure router, N echo
+agents serving ``chaos/mesh/echo``, two subscribers (one steady, one that gets paused), a
+publisher and a requester (``bench.chaos_sides``), all separate processes on 127.0.0.1.
+Traffic is paced open loop; every payload carries a sequence number.
+
+The monkey (seeded) runs one fault at a time, every ``fault_interval`` seconds, cycling
+through a shuffled order of: SIGKILL a random agent (measure detection: until
+``agp/router services`` no longer lists it; then restart it and measure recovery: until it
+answers again), restart the router (SIGKILL + start on the same endpoints; recovery: until a
+request succeeds again), SIGSTOP the slow subscriber then SIGCONT it.
+
+Accounting (as in nats-server's chaos tests): bitsets of sequence numbers at the receivers
+prove nothing is answered or delivered twice; ``sent == ok + errors`` for requests;
+``published == delivered + counted drops + lost with a killed router`` per subscriber, where
+each missing run of sequence numbers must be explained by a drop counted where it happened
+(a router sequence gap or own-queue overflow the subscriber learnt of) or lie across a
+router restart window (the router held those messages when it was killed). Anything else is
+unaccounted. A stall detector fails the run when no progress is made for 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.procs import ManagedProcess, agent_process, router_process
+from bench.chaos_sides import SERVICE
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "chaos.json"
+NS = "chaos/mesh"
+STALL_S = 10.0
+CLIENT = "chaos-client"
+
+FULL = {"duration": 60.0, "req_rate": 10_000.0, "pub_rate": 20_000.0, "payload": 512,
+        "pub_hwm": 2000, "sub_hwm": 2000}
+SHORT = {"duration": 45.0, "req_rate": 300.0, "pub_rate": 2_000.0, "payload": 4096,
+         "pub_hwm": 500, "sub_hwm": 500}
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _pct(a: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(a, q)) if len(a) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class StallDetector(threading.Thread):
+    """Fails the run when a watched progress counter stands still for ``limit`` seconds."""
+
+    def __init__(self, out: Path, watch: dict[str, str], limit: float,
+                 paused: Callable[[], set[str]]) -> None:
+        super().__init__(name="chaos-stall", daemon=True)
+        self.out, self.watch, self.limit, self.paused = out, watch, limit, paused
+        self.stop_ev = threading.Event()
+        self.stalled: str | None = None
+        self.max_still: dict[str, float] = {}
+
+    def run(self) -> None:
+        last: dict[str, tuple[Any, float]] = {}
+        while not self.stop_ev.wait(0.5):
+            now = time.monotonic()
+            for name, key in self.watch.items():
+                prog = _read_json(self.out / f"{name}.progress.json") or {}
+                val = prog.get(key)
+                prev = last.get(name)
+                if prev is None or val != prev[0] or name in self.paused():
+                    last[name] = (val, now)
+                    continue
+                still = now - prev[1]
+                self.max_still[name] = max(self.max_still.get(name, 0.0), still)
+                if still > self.limit and self.stalled is None:
+                    self.stalled = f"{name}: {key} stuck at {val} for {still:.1f}s"
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        self.join(5)
+
+
+class Chaos:
+    """The processes of one run and the faults done to them."""
+
+    def __init__(self, work: Path, env: dict[str, str], agents: int, pub_hwm: int,
+                 log: Callable[[str], None]) -> None:
+        self.work, self.env, self.n_agents, self.log = work, env, agents, log
+        self.logs = work / "logs"
+        self.out = work / "out"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.router_extra = ["--auth-port", "0", "--pub-hwm", str(pub_hwm)]
+        self.procs: list[ManagedProcess] = []  # every process ever started (to reap)
+        self.router: ManagedProcess | None = None
+        self.agents: dict[int, ManagedProcess] = {}
+        self.sides: dict[str, ManagedProcess] = {}
+        self.endpoint = ""
+        self.pub = ""
+        self.restarts = 0
+        self.req_timeout = 5.0
+        self.rss_start: dict[str, dict[str, Any]] = {}
+
+    def start(self, proc: ManagedProcess, timeout: float = 60.0) -> ManagedProcess:
+        self.procs.append(proc)
+        proc.start(timeout)
+        self.rss_start[proc.name] = {"pid": proc.pid, "rss": rss_bytes(proc.pid)}
+        return proc
+
+    def start_router(self) -> ManagedProcess:
+        self.restarts += 1
+        kw = {"bind": self.endpoint, "pub_bind": self.pub} if self.endpoint else {}
+        r = self.start(router_process(f"router{self.restarts}", extra=self.router_extra,
+                                      log_dir=self.logs, env=self.env, **kw))
+        self.endpoint, self.pub = r.ready_info["router"], r.ready_info["pub"]
+        self.router = r
+        return r
+
+    def start_agent(self, i: int, gen: int = 0) -> ManagedProcess:
+        p = self.start(agent_process(
+            "agents.echo", self.endpoint, name=f"agent{i}-{gen}", log_dir=self.logs,
+            env=self.env, extra=["--namespace", NS, "--instance", f"a{i}", "--identity",
+                                 f"chaos-agent{i}", "--capacity", "512"]))
+        self.agents[i] = p
+        return p
+
+    def start_side(self, side: str, name: str, args: list[str]) -> ManagedProcess:
+        p = self.start(ManagedProcess(name, [
+            "-m", "bench.chaos_sides", side, "--endpoint", self.endpoint, "--identity",
+            f"chaos-{name}", "--out", str(self.out), "--name", name, *args],
+            log_dir=self.logs, env=self.env))
+        self.sides[name] = p
+        return p
+
+    def reap_all(self) -> None:
+        for p in reversed(self.procs):
+            if p.proc is not None and p.proc.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)  # a stopped process cannot handle TERM
+                except OSError:
+                    pass
+            p.stop(timeout=10)
+
+
+def _instances(m: Any) -> list[str]:
+    for svc in m.request("agp/router", "services", timeout=2):
+        if svc["service"] == SERVICE:
+            return [i["name"] for i in svc["instances"]]
+    return []
+
+
+def _poll(cond: Callable[[], bool], timeout: float, abort: threading.Event,
+          interval: float = 0.05) -> float | None:
+    """Seconds until ``cond()`` held (None if not within ``timeout``); exceptions = False."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() < deadline and not abort.is_set():
+        try:
+            if cond():
+                return time.monotonic() - t0
+        except Exception:  # noqa: BLE001 - the mesh is being broken on purpose
+            pass
+        abort.wait(interval)
+    return None
+
+
+def run_chaos(duration: float = 60.0, req_rate: float = 10_000.0, pub_rate: float = 20_000.0,
+              agents: int = 4, seed: int = 1, *, payload: int = 256,
+              fault_interval: float = 4.0, pause_s: float = 4.0, pub_hwm: int = 2000,
+              sub_hwm: int = 2000, req_timeout: float = 5.0, out: Path | None = RESULTS,
+              work_dir: Path | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One chaos run; returns (and writes to ``out``) the figures and the loss table."""
+    from mesh import Mesh
+    from security.home import enroll_identity, ensure_router, open_home
+
+    if agents < 1:
+        raise ValueError("agents >= 1")
+    rng = random.Random(seed)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="agp-chaos-"))
+    home = open_home(str(work / "home"))
+    ensure_router(home)
+    for i in range(agents):
+        enroll_identity(home, f"chaos-agent{i}", roles=("agent",), namespace=NS)
+    for name in (CLIENT, "chaos-requester", "chaos-publisher", "chaos-sub-steady",
+                 "chaos-sub-slow"):
+        enroll_identity(home, name, roles=("admin",))
+    env = {"AGP_HOME": str(work / "home"), "AGP_MDNS": "0", "AGP_IDENTITY": ""}
+    saved_env = {k: os.environ.get(k) for k in ("AGP_HOME", "AGP_MDNS")}
+    os.environ["AGP_HOME"], os.environ["AGP_MDNS"] = env["AGP_HOME"], "0"
+
+    c = Chaos(work, env, agents, pub_hwm, log)
+    c.req_timeout = req_timeout
+    abort = threading.Event()
+    faults: list[dict[str, Any]] = []
+    windows: list[tuple[float, float]] = []  # router outage windows (kill, ready)
+    paused: set[str] = set()
+    stall: StallDetector | None = None
+    m: Any = None
+    sides: dict[str, Any] = {}
+    rss_end: dict[str, dict[str, Any]] = {}
+    run_error: str | None = None
+    t_run0 = time.monotonic()
+    try:
+        c.start_router()
+        for i in range(agents):
+            c.start_agent(i)
+        m = Mesh.connect(c.endpoint, identity=CLIENT, timeout=30)
+        if _poll(lambda: len(_instances(m)) == agents, 30, abort) is None:
+            raise RuntimeError("the agents did not all register")
+        count = int(pub_rate * duration) + 1
+        for name in ("sub-steady", "sub-slow"):
+            c.start_side("subscriber", name, ["--expect", str(count), "--hwm", str(sub_hwm),
+                                              "--duration", str(duration)])
+        c.start_side("publisher", "publisher", ["--rate", str(pub_rate), "--duration",
+                                                str(duration), "--payload", str(payload)])
+        c.start_side("requester", "requester", ["--rate", str(req_rate), "--duration",
+                                                str(duration), "--payload", "16",
+                                                "--timeout", str(req_timeout)])
+        t_traffic = time.monotonic()
+        stall = StallDetector(c.out, {"requester": "ok", "publisher": "published",
+                                      "sub-steady": "received", "sub-slow": "received"},
+                              STALL_S, lambda: set(paused))
+        stall.start()
+        log(f"chaos: traffic started: {req_rate:g} req/s, {pub_rate:g} msg/s for "
+            f"{duration:g}s, {agents} agents, seed {seed}")
+
+        kinds = ["kill_agent", "restart_router", "pause_subscriber"]
+        order: list[str] = []
+        t_next = t_traffic + min(3.0, duration / 6)
+        quiet_tail = max(8.0, pause_s + 4.0)
+        for _ in range(1000):  # bounded: one fault per slot
+            if abort.wait(max(0.0, t_next - time.monotonic())):
+                break
+            if stall.stalled:
+                raise RuntimeError(f"stall: {stall.stalled}")
+            if time.monotonic() > t_traffic + duration - quiet_tail:
+                break
+            if not order:
+                order = rng.sample(kinds, len(kinds))
+            kind = order.pop()
+            f: dict[str, Any] = {"kind": kind, "t": round(time.monotonic() - t_traffic, 3)}
+            t0 = time.monotonic()
+            f["_t0"] = t0
+            if kind == "kill_agent":
+                i = rng.randrange(agents)
+                victim = c.agents[i]
+                short = victim.ready_info.get("instance") or f"a{i}"
+                f["agent"] = short
+                victim.kill()
+                victim.stop()
+                f["detect_s"] = _poll(lambda short=short: short not in _instances(m), 15,
+                                      abort)
+                c.start_agent(i, gen=len(faults) + 1)
+                f["restarted_s"] = time.monotonic() - t0
+                f["recover_s"] = _poll(
+                    lambda short=short: m.request(short, "whoami", timeout=2) is not None,
+                    30, abort)
+                if f["recover_s"] is not None:
+                    f["recover_s"] += f["restarted_s"]
+            elif kind == "restart_router":
+                assert c.router is not None
+                c.router.kill()
+                c.router.stop()
+                c.start_router()
+                t_ready = time.monotonic()
+                f["router_ready_s"] = t_ready - t0
+                f["recover_s"] = _poll(
+                    lambda: m.request(SERVICE, "echo", 1, timeout=2) == 1, 30, abort)
+                f["all_agents_back_s"] = _poll(lambda: len(_instances(m)) == agents, 30,
+                                               abort)
+                windows.append((t0, t_ready))
+            else:
+                p = c.sides["sub-slow"]
+                paused.add("sub-slow")
+                p.signal(signal.SIGSTOP)
+                abort.wait(pause_s)  # the fault's length, not a synchronisation
+                p.signal(signal.SIGCONT)
+                paused.discard("sub-slow")
+                f["paused_s"] = time.monotonic() - t0
+            f["_t1"] = time.monotonic()
+            faults.append(f)
+            log("chaos: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                                        for k, v in f.items() if not k.startswith("_")}))
+            t_next = max(t_next + fault_interval, time.monotonic() + 1.0)
+
+        # traffic ends by itself; wait for the senders (bounded), then drain subscribers
+        for name in ("publisher", "requester"):
+            p = c.sides[name]
+            left = t_traffic + duration + req_timeout + 60 - time.monotonic()
+            assert p.proc is not None
+            p.proc.wait(max(1.0, left))
+            if stall.stalled:
+                raise RuntimeError(f"stall: {stall.stalled}")
+        pub_res = _read_json(c.out / "publisher.json") or {}
+        published = int(pub_res.get("published", 0))
+
+        def drained() -> bool:
+            for name in ("sub-steady", "sub-slow"):
+                pr = _read_json(c.out / f"{name}.progress.json") or {}
+                if pr.get("received", 0) + pr.get("gaps", 0) + pr.get("dropped", 0) < \
+                        published and time.monotonic() - pr.get("t", 0) < 2:
+                    return False
+            return True
+
+        stable: dict[str, Any] = {}
+
+        def quiet() -> bool:  # every subscriber has all, or received nothing new for 2 s
+            if drained():
+                return True
+            now = time.monotonic()
+            for name in ("sub-steady", "sub-slow"):
+                val = (_read_json(c.out / f"{name}.progress.json") or {}).get("received")
+                if stable.get(name, (None,))[0] != val:
+                    stable[name] = (val, now)
+            return all(now - t > 2.0 for _, t in stable.values())
+
+        _poll(quiet, 30, abort, interval=0.25)
+        stall.stop()
+        for p in c.procs:
+            if p.alive():
+                rss_end[p.name] = {"pid": p.pid, "rss": rss_bytes(p.pid)}
+        for name in ("sub-steady", "sub-slow"):
+            c.sides[name].stop(timeout=20)
+    except Exception as exc:  # noqa: BLE001 - reported, and the run still cleans up
+        run_error = f"{type(exc).__name__}: {exc}"
+        log(f"chaos: run failed: {run_error}")
+    finally:
+        abort.set()
+        if stall is not None:
+            stall.stop()
+        if m is not None:
+            t = time.monotonic()
+            m.close()
+            close_s = time.monotonic() - t
+        else:
+            close_s = None
+        c.reap_all()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    for name in ("requester", "publisher", "sub-steady", "sub-slow"):
+        sides[name] = _read_json(c.out / f"{name}.json")
+    res = _analyse(c, sides, faults, windows, run_error, stall, rss_end, close_s)
+    res["config"] = {"duration": duration, "req_rate": req_rate, "pub_rate": pub_rate,
+                     "agents": agents, "seed": seed, "payload": payload,
+                     "fault_interval": fault_interval, "pause_s": pause_s,
+                     "pub_hwm": pub_hwm, "sub_hwm": sub_hwm, "req_timeout": req_timeout}
+    res["wall_s"] = round(time.monotonic() - t_run0, 1)
+    res["work_dir"] = str(work)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=str))
+    _print(res, log)
+    return res
+
+
+def _analyse(c: Chaos, sides: dict[str, Any], faults: list[dict[str, Any]],
+             windows: list[tuple[float, float]], run_error: str | None,
+             stall: StallDetector | None, rss_end: dict[str, Any],
+             close_s: float | None) -> dict[str, Any]:
+    res: dict[str, Any] = {"ok": run_error is None, "error": run_error,
+                           "stalled": stall.stalled if stall else None,
+                           "max_still_s": stall.max_still if stall else {}}
+    req = sides.get("requester") or {}
+    pubr = sides.get("publisher") or {}
+    # ------------------------------------------------------------- requests
+    rows: list[dict[str, Any]] = []
+    fault_span = (min(f["_t0"] for f in faults), max(f["_t1"] for f in faults)) \
+        if faults else None
+    if req:
+        z = np.load(c.out / "requester.npz")
+        send_t, end_t, outcome = z["send_t"], z["end_t"], z["outcome"]
+        lat = (end_t - send_t) * 1000.0
+        okm = outcome == 1
+        rows.append({"stream": "requests", "sent": req["sent"], "ok": req["ok"],
+                     "errors": req["errors"], "error_types": req["error_types"],
+                     "duplicates": req["duplicates"], "vanished": req["vanished"],
+                     "unaccounted": req["sent"] - req["ok"] - req["errors"]})
+        res["requests"] = {"sent": req["sent"], "planned": req["planned"],
+                           "achieved_rate": req["achieved_rate"],
+                           "availability_overall": req["ok"] / max(1, req["sent"]),
+                           "p50_ms": _pct(lat[okm], 50), "p99_ms": _pct(lat[okm], 99),
+                           "late_replies": req["client_counters"].get("late_replies", 0)}
+        if fault_span:
+            inw = (send_t >= fault_span[0]) & (send_t <= fault_span[1])
+            res["availability"] = float(okm[inw].sum() / max(1, inw.sum()))
+            res["requests_during_faults"] = int(inw.sum())
+            res["p99_ms_during_faults"] = _pct(lat[inw & okm], 99)
+            res["p50_ms_during_faults"] = _pct(lat[inw & okm], 50)
+        for f in faults:
+            # service recovery seen by the traffic: first request sent after the fault that
+            # succeeded, until its reply
+            after = okm & (send_t >= f["_t0"])
+            f["traffic_recover_s"] = float(end_t[after].min() - f["_t0"]) if after.any() \
+                else None
+            f["errors_caused"] = int(((outcome == 2) & (send_t >= f["_t0"] - c.req_timeout)
+                                      & (send_t <= f["_t1"])).sum())
+    # ------------------------------------------------------------- messages
+    published = int(pubr.get("published", 0))
+    pub_t = np.load(c.out / "publisher.npz")["pub_t"] if pubr else np.zeros(0)
+    for name in ("sub-steady", "sub-slow"):
+        s = sides.get(name)
+        if not s or not pubr:
+            rows.append({"stream": name, "missing_results": True, "unaccounted": None})
+            continue
+        z = np.load(c.out / f"{name}.npz")
+        got, marks = z["got"][:published], z["marks"]
+        mark_at: dict[int, int] = {}
+        for seq, n in marks.tolist():
+            mark_at[int(seq)] = mark_at.get(int(seq), 0) + int(n)
+        miss = ~got
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], miss.astype(np.int8), [0]))))
+        runs = edges.reshape(-1, 2)
+        counted = lost_restart = unaccounted = overcount = 0
+        for a, b in runs.tolist():
+            n = b - a
+            g = mark_at.pop(b, 0) if b < published else mark_at.pop(len(z["got"]), 0)
+            use = min(g, n)
+            counted += use
+            overcount += g - use
+            rest = n - use
+            if rest and any(pub_t[b - 1] >= k - 2.0 and pub_t[a] <= r + 20.0
+                            for k, r in windows):
+                lost_restart += rest
+            else:
+                unaccounted += rest
+        overcount += sum(mark_at.values())  # drops counted where nothing is missing
+        delivered = int(got.sum())
+        rows.append({"stream": name, "published": published, "delivered": delivered,
+                     "duplicates": s["duplicates"] + s["out_of_range"],
+                     "counted_gaps": s["gaps"], "own_queue_dropped": s["dropped"],
+                     "drops_counted_where_missing": counted,
+                     "lost_with_killed_router": lost_restart,
+                     "publisher_dropped": pubr.get("publish_dropped", 0),
+                     "overcounted": overcount, "unaccounted": unaccounted,
+                     "balance_ok": published == delivered + counted + lost_restart
+                     + unaccounted})
+    res["loss_table"] = rows
+    res["unaccounted_total"] = sum(int(r["unaccounted"] or 0) for r in rows) + sum(
+        1 for r in rows if r.get("missing_results"))
+    res["duplicates_total"] = sum(int(r.get("duplicates", 0)) for r in rows)
+    if pubr:
+        res["publisher"] = {k: pubr[k] for k in ("published", "planned", "achieved_rate",
+                                                 "max_publish_call_s", "publish_dropped",
+                                                 "close_s")}
+    slow = next((r for r in rows if r["stream"] == "sub-slow"), {})
+    steady = next((r for r in rows if r["stream"] == "sub-steady"), {})
+    res["slow_consumer"] = {
+        "paused_subscriber_counted_drops": slow.get("counted_gaps", 0)
+        + slow.get("own_queue_dropped", 0),
+        "learned_of_gap": (slow.get("counted_gaps", 0) + slow.get("own_queue_dropped", 0)) > 0,
+        "steady_subscriber_counted_drops": steady.get("counted_gaps", 0)
+        + steady.get("own_queue_dropped", 0),
+        "publisher_max_call_s": pubr.get("max_publish_call_s")}
+    res["faults"] = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in f.items()
+                      if not k.startswith("_")} for f in faults]
+    kills = [f for f in faults if f["kind"] == "kill_agent"]
+    routers = [f for f in faults if f["kind"] == "restart_router"]
+    res["detection_s"] = [f.get("detect_s") for f in kills]
+    res["agent_recovery_s"] = [f.get("recover_s") for f in kills]
+    res["router_recovery_s"] = [f.get("recover_s") for f in routers]
+    res["faults_by_kind"] = {k: sum(1 for f in faults if f["kind"] == k)
+                             for k in ("kill_agent", "restart_router", "pause_subscriber")}
+    res["rss"] = {}
+    for name, v in c.rss_start.items():
+        end = rss_end.get(name, {}).get("rss")
+        side = sides.get(name) or {}
+        res["rss"][name] = {"start_mib": _mib(v["rss"]), "end_mib": _mib(end),
+                            "peak_mib": _mib(side.get("max_rss")),
+                            "note": None if end else ("exited" if side else "killed")}
+    res["client_close_s"] = close_s
+    return res
+
+
+def _mib(v: int | None) -> float | None:
+    return round(v / 1048576, 1) if v else None
+
+
+def _print(res: dict[str, Any], log: Callable[[str], None]) -> None:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    log("")
+    log(f"chaos: {'OK' if res['ok'] else 'FAILED: ' + str(res['error'])}"
+        f"  (faults {res.get('faults_by_kind')})")
+    log(f"  availability during faults : {fmt(res.get('availability'))}")
+    log(f"  p99 latency during faults  : {fmt(res.get('p99_ms_during_faults'))} ms")
+    log(f"  detection of agent kills   : {[fmt(x) for x in res['detection_s']]} s")
+    log(f"  agent recovery             : {[fmt(x) for x in res['agent_recovery_s']]} s")
+    log(f"  router recovery            : {[fmt(x) for x in res['router_recovery_s']]} s")
+    log(f"  slow consumer              : {res['slow_consumer']}")
+    log("  loss table:")
+    for r in res["loss_table"]:
+        log("    " + "  ".join(f"{k}={v}" for k, v in r.items()))
+    log(f"  unaccounted total          : {res['unaccounted_total']}")
+    log("  RSS MiB start -> end:")
+    for name, v in res["rss"].items():
+        log(f"    {name:<16} {fmt(v['start_mib'])} -> {fmt(v['end_mib'])}"
+            f"  peak {fmt(v['peak_mib'])}  {v['note'] or ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.chaos", description=__doc__.split("\n")[0])
+    p.add_argument("--short", action="store_true", help="the CI form (about a minute)")
+    p.add_argument("--duration", type=float)
+    p.add_argument("--req-rate", type=float)
+    p.add_argument("--pub-rate", type=float)
+    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    base = dict(SHORT if a.short else FULL)
+    for k in ("duration", "req_rate", "pub_rate"):
+        if getattr(a, k) is not None:
+            base[k] = getattr(a, k)
+    res = run_chaos(agents=a.agents, seed=a.seed, out=a.out, **base)
+    return 0 if res["ok"] and res["unaccounted_total"] == 0 and res["duplicates_total"] == 0 \
+        else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
