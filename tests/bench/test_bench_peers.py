@@ -31,8 +31,12 @@ def test_redis_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     assert peers.redis_missing() == "redis-server is not on PATH"
 
 
-@pytest.mark.skipif(peers.redis_missing() is not None, reason=str(peers.redis_missing()))
-def test_redis_pubsub() -> None:
+def test_redis_pubsub_runs_or_says_why_not() -> None:
+    why = peers.redis_missing()
+    if why is not None:  # Redis is optional: then the suite states the reason (see below)
+        assert why in ("redis-server is not on PATH",
+                       "redis-py is not installed (pip install redis)")
+        return
     r = peers.redis_pubsub(TINY)
     assert r["published"] > 0
     assert 0 < r["delivered"] <= r["published"]
