@@ -202,7 +202,8 @@ class Core:
         assert self.loop is not None
         mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                      | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._monitor = mon
 
         def on_event() -> None:
@@ -213,6 +214,10 @@ class Core:
                     event = recv_monitor_message(mon, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     return
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if self.router_id:  # a new connection (a restarted router, say): HELLO
+                        self._send_hello()  # now, not at the next heartbeat
+                    continue
                 if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
