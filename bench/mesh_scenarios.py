@@ -254,11 +254,18 @@ def _publisher(ctl: Control, endpoint: str, duration: float, size: int) -> dict[
                 publish("bench.topic", payload, raw=True)
             published += 500
             await asyncio.sleep(0)
-        await m.flush()
-        await m.close()
-        return {"published": published}
+        await m.flush(wait=True, timeout=60)  # every publish has reached the router
+        dropped = m.core.counters.get("publish_dropped", 0)  # refused by a full queue: counted
+        await m.core.close(linger=15.0)
+        return {"published": published, "publisher_dropped": dropped}
 
-    return _uv_run(main())
+    out = _uv_run(main())
+    import zmq
+
+    # a process that exits does not honour its sockets' linger unless the context is
+    # terminated: this is what lets every queued publish reach the router
+    zmq.Context.instance().term()
+    return out
 
 
 def _subscriber(ctl: Control, endpoint: str) -> dict[str, Any]:
@@ -276,7 +283,16 @@ def _subscriber(ctl: Control, endpoint: str) -> dict[str, Any]:
         sub = await m.subscribe("bench.", on_msg, raw=True)
         ctl.ready()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, ctl.wait_stop, ctl.remaining())
+        # the parent says how many were published; drain until each is received or counted
+        # lost, or until nothing has arrived for 2 s
+        published = await loop.run_in_executor(None, ctl.receive, ctl.remaining())
+        idle_since, seen = time.monotonic(), -1
+        while published is not None and time.monotonic() - idle_since < 2.0:
+            if state["n"] + sub.gaps + sub.dropped >= published or ctl.should_stop():
+                break
+            if state["n"] != seen:
+                seen, idle_since = state["n"], time.monotonic()
+            await asyncio.sleep(0.05)
         out = {"received": state["n"], "first_ns": state["first"], "last_ns": state["last"],
                "gaps": sub.gaps, "dropped": sub.dropped}
         await m.close()
@@ -381,17 +397,16 @@ def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
         pub = g.spawn("pub", _publisher, endpoint, duration, size, max_run=run, env=env)
         pub.wait_ready()
         pub.send("go")
-        published = pub.result(run)["published"]
-        # the publisher flushed and closed; give subscribers until their queues drain
-        deadline = time.monotonic() + 10
-        got = []
+        sent = pub.result(run + 20)
+        published = sent["published"]
+        # the publisher flushed and closed: each subscriber drains, then reports
         for s in subs:
-            s.request_stop()
-        for s in subs:
-            got.append(s.result(max(1.0, deadline - time.monotonic())))
+            s.send(published)
+        deadline = time.monotonic() + 60
+        got = [s.result(max(1.0, deadline - time.monotonic())) for s in subs]
     received = sum(r["received"] for r in got)
     span = (max(r["last_ns"] for r in got) - min(r["first_ns"] for r in got)) / 1e9
-    counted = sum(r["gaps"] + r["dropped"] for r in got)
+    counted = sum(r["gaps"] + r["dropped"] for r in got) + sent["publisher_dropped"] * subscribers
     lost = published * subscribers - received
     return {"subscribers": subscribers, "published": published, "delivered": received,
             "delivered_per_s": received / span if span > 0 else 0.0,

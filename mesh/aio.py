@@ -356,9 +356,12 @@ class AsyncMesh:
         else:
             self.core.subs.publish_frames(t, frames, 0)
 
-    async def flush(self) -> None:
-        """Send every publish made so far."""
+    async def flush(self, *, wait: bool = False, timeout: float = 30.0) -> None:
+        """Send every publish made so far; with ``wait``, return once the router has taken
+        them all (a ping on the same ordered connection acts as a barrier)."""
         self.core.subs.flush()
+        if wait:
+            await self._request("agp/router", "ping", timeout=timeout)
 
     async def subscribe(
         self,

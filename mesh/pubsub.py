@@ -368,16 +368,17 @@ class SubscriberSide:
                 if not fut.done():
                     fut.set_result(None)
             return
+        if cmd == Cmd.HEARTBEAT:  # the router's beacon: the topic's latest sequence number
+            expected = self._expected.get(topic)
+            if expected is not None and seq + 1 > expected:
+                self._count_gap(topic, seq + 1 - expected)
+                self._expected[topic] = seq + 1
+            return
         if cmd != Cmd.PUBLISH:
             return
         expected = self._expected.get(topic)
         if expected is not None and seq > expected:
-            missed = seq - expected
-            self.gaps += missed
-            for prefix, subs in self.subs.items():
-                if topic.startswith(prefix):
-                    for s in subs:
-                        s.gaps += missed
+            self._count_gap(topic, seq - expected)
         self._expected[topic] = seq + count
         payload = msg[3:]
         raw = flags & Flag.RAW
@@ -390,6 +391,13 @@ class SubscriberSide:
             if topic.startswith(prefix):
                 for s in subs:
                     s.deliver(name, items)
+
+    def _count_gap(self, topic: bytes, missed: int) -> None:
+        self.gaps += missed
+        for prefix, subs in self.subs.items():
+            if topic.startswith(prefix):
+                for s in subs:
+                    s.gaps += missed
 
     def tick(self, now: float) -> None:
         self._schedule_drain()

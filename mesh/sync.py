@@ -163,14 +163,15 @@ class Mesh:
                 subs.publish_frames(t, frames, 0)
         del amesh
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Hand every publish made so far to the socket."""
+    def flush(self, timeout: float = 10.0, *, wait: bool = False) -> None:
+        """Hand every publish made so far to the socket; with ``wait``, return once the
+        router has taken them all."""
 
         async def _flush() -> None:
             self._drain_pubq()
-            self._amesh.core.subs.flush()
+            await self._amesh.flush(wait=wait, timeout=timeout)
 
-        self._io.call(_flush(), timeout)
+        self._io.call(_flush(), timeout + 5)
 
     def subscribe(self, prefix: str, callback: Callable[[Message], Any] | None = None, *,
                   raw: bool = False, timeout: float = 10.0) -> Subscription:

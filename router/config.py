@@ -27,7 +27,10 @@ class RouterConfig:
     max_queue: int = 10_000  # requests waiting per service before OVERLOADED
     default_timeout_ms: int = 30_000
     hwm: int = 100_000  # per-peer queue at the router socket (messages)
-    pub_hwm: int = 100_000  # per-subscriber queue at the XPUB socket (messages)
+    # per-subscriber queue at the XPUB socket, in PUBLISH batches (each up to 4096 messages
+    # or 256 KiB): this bounds a slow subscriber's backlog; past it the slowest loses
+    # messages, counted through its sequence gaps
+    pub_hwm: int = 10_000
     router_id: str = field(default_factory=lambda: secrets.token_hex(6))
     metrics_port: int | None = None  # serve /metrics on this port when set
     drain_batch: int = 2000  # messages handled per wake-up before housekeeping runs

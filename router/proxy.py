@@ -25,6 +25,7 @@ from router.stats import RouterStats
 
 log = logging.getLogger("agp.proxy")
 
+BEACONS = 10  # seconds a topic's sequence keeps being announced after its last publish
 MAX_TOPICS = 100_000  # sequence counters kept; past it they restart (seen as a reset, not a gap)
 
 
@@ -37,6 +38,9 @@ class PubSubProxy:
         self.stats = stats
         self.on_denied = on_denied  # callable(identity, topic) to tell the client why
         self._seq: dict[bytes, int] = {}
+        # topics published to lately -> beacons still to send: XPUB drops a beacon silently
+        # for a subscriber whose pipe is full, so each topic is beaconed a few times
+        self._active: dict[bytes, int] = {}
         self.subscriptions = 0
 
     def publish(self, topic: bytes, route: bytes, frames: list[bytes]) -> None:
@@ -48,6 +52,7 @@ class PubSubProxy:
         if seq == 0 and len(seq_map) >= MAX_TOPICS:
             seq_map.clear()
         seq_map[topic] = seq + count
+        self._active[topic] = BEACONS
         frames[0] = topic
         frames[1] = ROUTE.pack(1, Cmd.PUBLISH, flags, 0, count, seq + 1)
         try:
@@ -56,6 +61,21 @@ class PubSubProxy:
             self.stats.drop("pub_hwm", count)
         self.stats.publishes += 1
         self.stats.published_messages += count
+
+    def beacon(self) -> None:
+        """Tell subscribers each active topic's latest sequence number (once a second), so a
+        subscriber whose last messages were dropped learns of that gap too."""
+        active = self._active
+        for topic, left in list(active.items()):
+            try:
+                send_frames(self.sock, [topic, ROUTE.pack(1, Cmd.HEARTBEAT, 0, 0, 0,
+                                                          self._seq.get(topic, 0))])
+            except zmq.Again:
+                continue
+            if left <= 1:
+                del active[topic]
+            else:
+                active[topic] = left - 1
 
     def drain(self, secure: bool, max_messages: int = 1000) -> None:
         """Handle subscription messages waiting on the XPUB socket."""

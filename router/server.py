@@ -460,6 +460,10 @@ class Router:
             action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
         except Exception:
             action = ""
+        if action == "ping":  # anyone: a barrier (everything sent before it has been taken)
+            self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
+                        *codec.encode("pong")])
+            return
         if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
             self._deny(peer, "admin", ROUTER_SERVICE, ident)
             return
@@ -628,6 +632,8 @@ class Router:
                 self._drain_queue(svc)
             if not svc.instances and not svc.queue:
                 self.table.services.pop(svc.name, None)
+        if beat:
+            self.proxy.beacon()
         if beat and self.secure:
             self.access.refresh()
 
