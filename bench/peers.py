@@ -62,7 +62,7 @@ PROFILES: Final = {
 MeshHook = Callable[[Report, PeerProfile], None]
 #: "module:function" of the agp-mesh figures for ``make bench-peers`` (a :data:`MeshHook`);
 #: None until the agp-mesh scenarios exist. ``main(mesh=...)`` overrides it.
-MESH_HOOK: str | None = None
+MESH_HOOK: str | None = "bench.suite:peers_hook"
 
 
 # --------------------------------------------------------------------------- gRPC sides

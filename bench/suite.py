@@ -93,3 +93,19 @@ def check_targets(report: Any, security: str = "on") -> list[str]:
         lines.append(f"  {'met ' if ok else 'MISS'} {what} (security {security}): "
                      f"{row.value:,.3g} {unit} (target {op} {figure:,} {unit}{ratio})")
     return lines
+
+
+def peers_hook(report: Any, p: Any) -> None:
+    """agp-mesh's figures for ``make bench-peers``, under the rows gRPC and Redis fill
+    (security on: agp-mesh authenticates and authorizes; the gRPC peer runs without TLS)."""
+    seq = ms.reqrep_sequential(count=p.count, secure=True)
+    report.add_latency(RR, "unary sequential", summary=seq, note="agp-mesh: security on")
+    inflight = ms.reqrep_inflight(duration=p.duration, inflight=p.inflight, secure=True)
+    label = f"unary {p.inflight} in flight"
+    report.add(RR, label, inflight["req_per_s"], "req/s")
+    report.add_latency(RR, label, summary=inflight)
+    report.add(ST, "server stream 1 MiB", ms.stream(duration=p.duration, secure=True)["gb_per_s"],
+               "GB/s")
+    ps = ms.pubsub(subscribers=1, duration=p.duration, secure=True)
+    report.add(PS, "1 subscriber, delivered", ps["delivered_per_s"], "msg/s")
+    report.add(PS, "1 subscriber, dropped", ps["drop_pct"], "%")
