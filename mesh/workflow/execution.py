@@ -11,6 +11,7 @@ an agent that must not repeat work should key it on the run id (:data:`CURRENT_R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from mesh import telemetry
 from mesh.errors import (
     Cancelled,
     ConfigError,
@@ -142,7 +144,10 @@ class RunExecution:
         self._emit(EventKind.RUN_STARTED, steps={n: p.state for n, p in self.steps.items()})
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
-            await self._schedule(stopper)
+            # one run is one trace: steps are its children, agent calls their grandchildren
+            with (telemetry.run_span(self.run_id, self.spec.name) if telemetry.ENABLED
+                  else contextlib.nullcontext()):
+                await self._schedule(stopper)
         except asyncio.CancelledError:  # the loop is going away: same as detach
             await self._halt()
             raise
@@ -219,14 +224,17 @@ class RunExecution:
         timeout = step.timeout if step.timeout is not None else self.cfg.default_timeout
         # A task plus asyncio.wait, not wait_for: a TimeoutError raised by call_step itself
         # must stay distinguishable from this step's own deadline.
-        call = asyncio.ensure_future(
-            self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
-        try:
-            done, _ = await asyncio.wait({call}, timeout=timeout)
-        finally:
-            if not call.done():
-                call.cancel()
-                await asyncio.gather(call, return_exceptions=True)
+        span = (telemetry.step_span(self.run_id, step.name, step.agent, progress.attempt)
+                if telemetry.ENABLED else contextlib.nullcontext())
+        with span:  # the call's task copies the context: its requests carry this step's span
+            call = asyncio.ensure_future(
+                self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
+            try:
+                done, _ = await asyncio.wait({call}, timeout=timeout)
+            finally:
+                if not call.done():
+                    call.cancel()
+                    await asyncio.gather(call, return_exceptions=True)
         failure: BaseException
         if call not in done:
             failure = DeadlineExceeded(f"step {step.name!r} exceeded its {timeout:g} s timeout")

@@ -194,3 +194,37 @@ def test_trace_crosses_three_processes(spans: InMemorySpanExporter, router: Mana
     assert b_server["remote_parent"]
     assert b_server["attributes"]["agp.instance"].endswith(b.instance)
     assert {a_server["pid"], b_server["pid"]} == {a.proc.pid, b.proc.pid}
+
+
+def test_a_real_workflow_run_is_one_trace(spans: InMemorySpanExporter, tmp_path) -> None:
+    """WorkflowRunner with a real SQLite store: the run span parents every step span, and
+    what a step calls (here a client span, as an agent request makes) is inside its step."""
+    import asyncio
+
+    from mesh.workflow import ArtifactStore, WorkflowRunner, load_spec, open_store
+
+    async def call_step(step, inputs, attempt, avoid):
+        with telemetry.client_span(step.agent, step.action):
+            return {"step": step.name}
+
+    async def main() -> str:
+        runner = WorkflowRunner(open_store(f"sqlite:///{tmp_path / 'runs.db'}"), call_step,
+                                artifact_store=ArtifactStore(tmp_path / "art"))
+        spec = load_spec({"a": {"agent": "x"}, "b": {"agent": "y", "depends_on": ["a"]},
+                          "c": {"agent": "y", "depends_on": ["a"]}})
+        record = await runner.run(spec)
+        await runner.close()
+        return record.id
+
+    run_id = asyncio.run(main())
+    finished = spans.get_finished_spans()
+    (run,) = [s for s in finished if s.name.startswith("workflow ")]
+    assert run.attributes["agp.run_id"] == run_id
+    steps = [s for s in finished if s.name.startswith("step ")]
+    assert sorted(s.attributes["agp.step"] for s in steps) == ["a", "b", "c"]
+    assert {s.context.trace_id for s in finished} == {run.context.trace_id}
+    assert all(s.parent.span_id == run.context.span_id for s in steps)
+    step_ids = {s.context.span_id for s in steps}
+    calls = [s for s in finished if s not in steps and s is not run]
+    assert len(calls) == 3
+    assert all(c.parent.span_id in step_ids for c in calls)
