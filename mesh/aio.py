@@ -321,16 +321,37 @@ class AsyncMesh:
         the outgoing queue is full. Refusals by the router are counted and logged."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        sealed: list[Any] | None = None
+        if self.e2e is not None:  # sealed for the service's keys, like a request
+            sealed = await self._sealed_send(dest, action, data, raw)
         while True:
             try:
-                self.send_nowait(dest, action, data, raw=raw)
+                if sealed is not None:
+                    self.core.send_frames(sealed)
+                else:
+                    self.send_nowait(dest, action, data, raw=raw)
                 return
             except Overloaded:
                 if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
 
+    async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool) -> list[Any]:
+        assert self.e2e is not None
+        recipients = await self._recipients(dest)
+        ident = self.core.next_id()
+        payload: list[Any] = [data] if raw else codec.encode(data)
+        blob, sealed = self.e2e.seal(recipients, payload,
+                                     action.encode() + b"\0" + ident.to_bytes(8, "little"))
+        header = agp_pb2.Envelope(action=action, nonce=blob,
+                                  sender_key=self.e2e.public).SerializeToString()
+        flags = Flag.ENCRYPTED | (Flag.RAW if raw else 0)
+        return [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
+
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
+        """Fire-and-forget now (plain payload; use ``send`` on an end-to-end mesh)."""
+        if self.e2e is not None:
+            raise ConfigError("this client seals payloads end to end: use `await send(...)`")
         address = self._address(dest)
         payload: list[Any] = [data] if raw else codec.encode(data)
         frames = [pack_route(Cmd.SEND, Flag.RAW if raw else 0, 0, 0, self.core.next_id()),

@@ -89,3 +89,13 @@ def test_a_tampered_ciphertext_is_refused(sealed_mesh) -> None:
     finally:
         tamper["on"] = False
     assert m.request("test/e2e/echo", "echo", "after") == "after"
+
+
+def test_a_sealed_send_crosses_the_router_as_ciphertext(sealed_mesh) -> None:
+    m, captured, _ = sealed_mesh
+    captured.clear()
+    m.send("test/e2e/echo/one", "record", {"secret": SECRET})
+    wait_for(lambda: {"secret": SECRET} in m.request("test/e2e/echo/one", "recorded_items"),
+             message="the sealed send was opened and recorded by the agent")
+    forwarded = b"".join(b"".join(frames) for frames in captured)
+    assert SECRET.encode() not in forwarded
