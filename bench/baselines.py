@@ -897,20 +897,28 @@ def run_suite(
     (e.g. ``Progress.step``). A scenario that fails is noted in the report and the suite
     goes on. Returns ``{"<name> [security <s>]": result dict}``.
     """
+    return run_steps(report, _steps(PROFILES[profile]), security=security,
+                     label=report.baseline_label, progress=progress)
+
+
+def run_steps(report: Any, steps: list[tuple[str, Any, Any]], *, security: tuple[str, ...],
+              label: str, progress: Any = None) -> dict[str, Any]:
+    """Run ``(name, run(secure) -> dict, emit(report, result, security))`` steps, each with
+    security off and on side by side; a step that fails is noted and the rest go on."""
     results: dict[str, Any] = {}
-    for name, run, emit in _steps(PROFILES[profile]):
-        for sec in security:  # off and on side by side in the table
+    for name, run, emit in steps:
+        for sec in security:
             key = f"{name} [security {sec}]"
             if progress is not None:
-                progress(f"{report.baseline_label}: {key}")
+                progress(f"{label}: {key}")
             try:
                 r = run(sec == "on")
             except Exception as e:  # one broken scenario must not hide the others
                 results[key] = {"error": f"{type(e).__name__}: {e}"}
-                report.message(f"{report.baseline_label} {key} failed: {type(e).__name__}: {e}")
+                report.message(f"{label} {key} failed: {type(e).__name__}: {e}")
                 continue
             results[key] = r
-            report.add_raw(f"{report.baseline_label}/{key}", r)
+            report.add_raw(f"{label}/{key}", r)
             emit(report, r, sec)
     return results
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import mesh_scenarios as ms
-from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile
+from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile, run_steps
 
 
 def steps(p: Profile) -> list[tuple[str, Any, Any]]:
@@ -50,23 +50,8 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
 
 def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = ("off", "on"),
         progress: Any = None) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for name, fn, emit in steps(PROFILES[profile]):
-        for sec in security:
-            key = f"{name} [security {sec}]"
-            if progress is not None:
-                progress(f"agp-mesh: {key}")
-            try:
-                r = fn(sec == "on")
-            except Exception as e:  # one broken scenario must not hide the others
-                results[key] = {"error": f"{type(e).__name__}: {e}"}
-                report.message(f"agp-mesh {key} failed: {type(e).__name__}: {e}")
-                continue
-            results[key] = r
-            report.add_raw(f"agp-mesh/{key}", r)
-            emit(report, r, sec)
-    return results
-
+    return run_steps(report, steps(PROFILES[profile]), security=security, label="agp-mesh",
+                     progress=progress)
 
 TARGETS = [
     # (pattern, scenario, unit, comparison, figure, what the issue asks)

@@ -54,10 +54,8 @@ class Registry(Agent):
                 self._publish(event.to_wire())
 
     def _publish(self, wire: dict[str, Any]) -> None:
-        from mesh.aio import AsyncMesh
-
         if self.core is not None:
-            AsyncMesh(self.core, breakers=False).publish(EVENTS_TOPIC, wire)
+            self.mesh.publish(EVENTS_TOPIC, wire)
 
     @action(inline=True)
     def register(self, data: Any, ctx: Context) -> Any:

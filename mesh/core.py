@@ -158,7 +158,6 @@ class Core:
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
         self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
-        self.on_credit: Callable[[int, int], None] | None = None
         self.stream_acks: dict[int, Callable[[int], None]] = {}
         self.subs = SubscriberSide(self)
         self.counters: dict[str, int] = {"late_replies": 0, "malformed": 0, "send_errors": 0}

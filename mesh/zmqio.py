@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zmq import ZMQError
 from zmq.backend import Socket as _Base
 
 _send = _Base.send
@@ -43,3 +44,18 @@ def recv_frames(sock: Any) -> list[bytes]:
         f = _recv(sock, NOBLOCK, False)
         parts.append(f.bytes)
     return parts
+
+
+def recv_frames_with_user(sock: Any) -> tuple[list[bytes], str | None]:
+    """``recv_frames`` plus the ``User-Id`` that ZAP authenticated for the connection the
+    message came on (read from its first frame), or None on an unauthenticated socket."""
+    f = _recv(sock, NOBLOCK, False)
+    try:
+        user: str | None = f.get("User-Id")
+    except ZMQError:
+        user = None
+    parts = [f.bytes]
+    while f.more:
+        f = _recv(sock, NOBLOCK, False)
+        parts.append(f.bytes)
+    return parts, user

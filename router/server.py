@@ -19,22 +19,22 @@ from typing import Any
 import zmq
 
 from mesh import codec, telemetry
-from mesh.errors import Error, ErrorCode, Unauthenticated
+from mesh.errors import Error, ErrorCode, TooLarge, Unauthenticated
 from mesh.wire import (
     DISCONNECT_FRAME,
     HEARTBEAT_FRAME,
     MAX_ADDRESS_BYTES,
-    MAX_FRAMES,
     MAX_HEADER_BYTES,
     MAX_TIMEOUT_MS,
     PROTOCOL_VERSION,
     ROUTE,
     Cmd,
     Flag,
+    check_sizes,
     error_frames,
     pack_route,
 )
-from mesh.zmqio import recv_frames, send_frames
+from mesh.zmqio import recv_frames, recv_frames_with_user, send_frames
 from proto import agp_pb2
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
@@ -152,14 +152,7 @@ class Router:
         for _ in range(self.config.drain_batch):
             try:
                 if secure:
-                    first = sock.recv(zmq.NOBLOCK, copy=False)
-                    msg = [first.bytes]
-                    if first.more:
-                        msg.extend(recv_frames(sock))
-                    try:
-                        identity = first.get("User-Id")
-                    except zmq.ZMQError:
-                        identity = None
+                    msg, identity = recv_frames_with_user(sock)
                 else:
                     msg = recv_frames(sock)
                     identity = None
@@ -191,15 +184,11 @@ class Router:
                 self._error(rid, ErrorCode.UNKNOWN_SESSION, "say HELLO first", ident)
             return
         peer.last_seen = self.now
-        size = 0
-        for f in msg:
-            size += len(f)
-        self.stats.bytes_in += size
-        if size > self.config.max_message_bytes or n > MAX_FRAMES:
+        try:
+            self.stats.bytes_in += check_sizes(msg, self.config.max_message_bytes)
+        except TooLarge as exc:
             self.stats.drop("too_large")
-            self._error(rid, ErrorCode.TOO_LARGE,
-                        f"message of {size} bytes in {n} frames; the limit is "
-                        f"{self.config.max_message_bytes} bytes", ident)
+            self._error(rid, ErrorCode.TOO_LARGE, exc.message, ident)
             return
         if cmd == _REQUEST or cmd == _SEND or cmd == _STREAM_OPEN:
             self._on_request(peer, msg, cmd, flags, value, ident)

@@ -82,9 +82,8 @@ class SecureAccess:
             return hit
         text = name.decode(errors="replace")
         decision = self._decide(s.principal, action, text)
-        if not decision.allowed and self.policy.maybe_reload():
+        if not decision.allowed and self._policy_reloaded():
             # a binding written since the last periodic look: decide on the fresh policy
-            self._generation += 1
             s.cache.clear()
             s.generation = self._generation
             decision = self._decide(s.principal, action, text)
@@ -106,8 +105,7 @@ class SecureAccess:
             return False
         if self.policy.policy.check_subscribe_prefix(principal, prefix).allowed:
             return True
-        if self.policy.maybe_reload():
-            self._generation += 1
+        if self._policy_reloaded():
             return self.policy.policy.check_subscribe_prefix(principal, prefix).allowed
         return False
 
@@ -121,8 +119,15 @@ class SecureAccess:
 
     def refresh(self) -> None:
         self.trust.refresh()
-        if self.policy.maybe_reload():
-            self._generation += 1
+        self._policy_reloaded()
+
+    def _policy_reloaded(self) -> bool:
+        """Reload the policy file if it changed; a new policy invalidates every session's
+        decision cache (they compare generations)."""
+        if not self.policy.maybe_reload():
+            return False
+        self._generation += 1
+        return True
 
     # ------------------------------------------------------------------ the auth service
     def issue_for_key(self, identity: str) -> dict[str, Any]:
