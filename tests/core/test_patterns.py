@@ -219,3 +219,25 @@ def test_a_bad_agent_config_file_is_refused_clearly(tmp_path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "unknown settings ['colour']" in out.stderr
+
+
+def test_flush_wait_returns_once_the_router_has_every_publish(router) -> None:
+    with Mesh.connect(router.ready_info["router"]) as m:
+        before = m.request("agp/router", "stats")["published_messages"]
+        for i in range(20_000):
+            m.publish("flushed.t", i)
+        m.flush(wait=True)
+        # no subscriber needed: the router counted all of them before the barrier's reply
+        assert m.request("agp/router", "stats")["published_messages"] - before == 20_000
+
+
+def test_any_client_may_ping_the_router_but_only_admins_read_its_stats(router, mesh_home
+                                                                       ) -> None:
+    from mesh import Forbidden
+    from security.home import enroll_identity
+
+    enroll_identity(mesh_home, "plain", roles=("client",))
+    with Mesh.connect(router.ready_info["router"], identity="plain") as m:
+        assert m.request("agp/router", "ping") == "pong"
+        with pytest.raises(Forbidden):
+            m.request("agp/router", "stats")

@@ -99,3 +99,11 @@ def test_a_sealed_send_crosses_the_router_as_ciphertext(sealed_mesh) -> None:
              message="the sealed send was opened and recorded by the agent")
     forwarded = b"".join(b"".join(frames) for frames in captured)
     assert SECRET.encode() not in forwarded
+
+
+def test_send_nowait_on_a_sealing_client_is_refused_clearly(sealed_mesh) -> None:
+    from mesh import ConfigError
+
+    m, _, _ = sealed_mesh
+    with pytest.raises(ConfigError, match="use `await send"):
+        m._amesh.send_nowait("test/e2e/echo", "record", {"secret": SECRET})
