@@ -34,10 +34,11 @@ import logging
 import os
 import socket
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from agents.stream_in import StreamIn, accept
 from mesh import codec, metrics, telemetry
 from mesh.core import Core
 from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode, Unauthenticated
@@ -116,57 +117,6 @@ class Context:
         self.agent._send_threadsafe(frames)
 
 
-class StreamIn:
-    """The chunks of an incoming stream, as an async iterator that grants credit back."""
-
-    def __init__(self, agent: Agent, crid: bytes, ident: int, window: int) -> None:
-        self.agent = agent
-        self.crid = crid
-        self.ident = ident
-        self.window = window
-        self._chunks: deque[list[bytes]] = deque()
-        self._ended = False
-        self._event = asyncio.Event()
-        self._consumed = 0
-        self.received = 0
-        self.overrun = False
-
-    def push(self, frames: list[bytes]) -> None:
-        if len(self._chunks) >= self.window:
-            self.overrun = True  # the sender ignored its credit: end the stream with an error
-            self._ended = True
-        else:
-            self._chunks.append(frames)
-            self.received += 1
-        self._event.set()
-
-    def end(self) -> None:
-        self._ended = True
-        self._event.set()
-
-    def __aiter__(self) -> StreamIn:
-        return self
-
-    async def __anext__(self) -> Any:
-        while not self._chunks:
-            if self.overrun:
-                raise Error("stream sender ignored flow control")
-            if self._ended:
-                raise StopAsyncIteration
-            self._event.clear()
-            await self._event.wait()
-        frames = self._chunks.popleft()
-        self._consumed += 1
-        if self._consumed >= max(1, self.window // 2):
-            self.agent._grant(self.crid, self.ident, self._consumed)
-            self._consumed = 0
-        route_flags = frames[0][2]
-        payload = frames[3:]
-        if route_flags & Flag.RAW:
-            return payload[0] if payload else b""
-        return codec.decode(payload)
-
-
 class Agent:
     """Subclass, set ``name`` and mark handlers with ``@action``."""
 
@@ -180,6 +130,7 @@ class Agent:
     register_with_registry: bool = True  # lease in agp/system/registry when one runs
     require_e2e: bool = False  # refuse payloads that are not sealed end to end
     plain_actions: frozenset[str] = frozenset()  # actions served without sealing anyway
+    direct_streams: bool = True  # offer streams a peer-to-peer path (AGP_DIRECT_STREAMS=0: no)
 
     _actions: dict[str, tuple[Callable[..., Any], bool, bool]]
 
@@ -232,6 +183,7 @@ class Agent:
         self.instance_name = ""
         self._registry_task: asyncio.Task[None] | None = None
         self.boxes: Any = None  # security.payload.PayloadBoxes on a secure mesh
+        self.direct: Any = None  # mesh.direct.DirectServer when streams may go peer to peer
         self.registered = False
         self._mesh: Any = None
 
@@ -252,8 +204,22 @@ class Agent:
 
             self.boxes = PayloadBoxes(KeyPair(self.security.public, self.security.secret))
         await core.start(timeout)
+        self._start_direct()
         self.instance_name = await asyncio.wait_for(self._ready, timeout)
         await self.on_start()
+
+    def _start_direct(self) -> None:
+        if not self.direct_streams or os.environ.get("AGP_DIRECT_STREAMS", "1") in ("0", ""):
+            return
+        from mesh.direct import DirectServer
+
+        assert self.loop is not None
+        sec = self.security
+        try:
+            self.direct = DirectServer(self.loop, self.endpoint,
+                                       keypair=(sec.public, sec.secret) if sec else None)
+        except Exception as exc:  # streams still work through the router
+            log.warning("no direct stream path (%s); streams go through the router", exc)
 
     async def on_start(self) -> None:
         """Hook: runs once the agent is registered."""
@@ -388,6 +354,9 @@ class Agent:
         if tasks:
             await asyncio.wait(tasks, timeout=drain_timeout)
         await self.on_stop()
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
         await core.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -414,6 +383,7 @@ class Agent:
             st = self._streams.pop((crid, ident), None)
             if st is not None:
                 st.end()
+                st.close()
             return
         reply = cmd != Cmd.SEND
         if self.metrics is not None:
@@ -469,10 +439,14 @@ class Agent:
                 self._error(crid, ident, exc.code, exc.message)
             return
         if is_stream:
-            st = StreamIn(self, crid, ident, STREAM_WINDOW)
+            try:
+                st = accept(self, crid, ident, flags, env, STREAM_WINDOW)
+            except Error as exc:
+                self._count_drop(f"refused_{exc.code.name.lower()}")
+                self._error(crid, ident, exc.code, exc.message)
+                return
             self._streams[(crid, ident)] = st
             ctx.params = data
-            self._grant(crid, ident, STREAM_WINDOW)
             task = self.loop.create_task(self._run_async(fn(self, st, ctx), ctx, reply))
             self._tasks[(crid, ident)] = (task, ctx)
             return
@@ -548,7 +522,9 @@ class Agent:
     def _finish(self, ctx: Context, reply: bool, result: Any, exc: BaseException | None) -> None:
         key = (ctx.crid, ctx.ident)
         self._tasks.pop(key, None)
-        self._streams.pop(key, None)
+        st = self._streams.pop(key, None)
+        if st is not None:
+            st.close()
         if ctx.span is not None:
             telemetry.end_span(ctx.span, exc)
         if self.metrics is not None:
@@ -601,8 +577,10 @@ class Agent:
                       ) -> list[bytes]:
         if self.boxes is None:
             raise Unauthenticated("sealed payload, but this agent has no key (insecure mode)")
+        # a stream's session key is bound in: nobody on the path can swap it
         return self.boxes.open(env.sender_key, env.nonce, payload,
-                               env.action.encode() + b"\0" + ident.to_bytes(8, "little"))
+                               env.action.encode() + b"\0" + ident.to_bytes(8, "little")
+                               + env.ephemeral_key)
 
     # ------------------------------------------------------------------ outbound
     def _send(self, frames: list[Any]) -> None:
@@ -634,9 +612,6 @@ class Agent:
             detail.details.update(details)
             frames[2] = detail.SerializeToString()
         self._send(frames)
-
-    def _grant(self, crid: bytes, ident: int, n: int) -> None:
-        self._send([pack_route(Cmd.STREAM_CREDIT, 0, 0, n, ident), crid])
 
     def _count_drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1

@@ -66,7 +66,8 @@ class Echo(Agent):
         async for chunk in chunks:
             count += 1
             size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else 1
-        return {"chunks": count, "bytes": size, "instance": self.instance_name}
+        return {"chunks": count, "bytes": size, "instance": self.instance_name,
+                "direct": chunks.direct}
 
 
 if __name__ == "__main__":

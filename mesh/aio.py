@@ -395,10 +395,19 @@ class AsyncMesh:
         """Subscribe to topics starting with ``prefix``; returns once the router confirmed."""
         if self.core.closed:
             raise Closed("client closed")
-        return await self.core.subs.subscribe(prefix.encode(), callback, raw, timeout)
+        sub = await self.core.subs.subscribe(prefix.encode(), callback, raw, timeout)
+        if self.core.subs.crypto is not None:  # an exact topic: its key before its messages
+            await self.core.subs.crypto.prefetch(prefix)
+        return sub
 
     # ------------------------------------------------------------------ streaming
     def stream(self, dest: str, action: str, params: Any = None, *,
-               timeout: float = 600.0) -> AsyncStream:
-        """Open a credit-controlled stream to a service: ``async with m.stream(...) as s``."""
-        return AsyncStream(self.core, self._address(dest), self._header(action), params, timeout)
+               timeout: float = 600.0, direct: bool | None = None) -> AsyncStream:
+        """Open a credit-controlled stream to a service: ``async with m.stream(...) as s``.
+
+        ``direct`` (default: on unless ``AGP_DIRECT_STREAMS=0``) lets the chunks go peer to
+        peer when the agent offers it; the open, result and errors still go via the router.
+        """
+        if direct is None:
+            direct = os.environ.get("AGP_DIRECT_STREAMS", "1") not in ("0", "")
+        return AsyncStream(self, dest, action, params, timeout, direct=direct)

@@ -158,7 +158,8 @@ class Core:
         self._drain_scheduled = False
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
         self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
-        self.stream_acks: dict[int, Callable[[int], None]] = {}
+        self.stream_acks: dict[int, Callable[[int, list[bytes]], None]] = {}
+        self._direct: Any = None  # mesh.direct.DirectLinks, made by the first direct stream
         self.subs = SubscriberSide(self)
         self.counters: dict[str, int] = {"late_replies": 0, "malformed": 0, "send_errors": 0}
 
@@ -298,6 +299,9 @@ class Core:
             _fail(p.waiter, Closed("client closed"))
         self.pending.clear()
         self.subs.close()
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._monitor is not None and self.loop is not None:
             try:
                 self.loop.remove_reader(self._monitor.getsockopt(zmq.FD))
@@ -321,6 +325,16 @@ class Core:
             self.sock.close(linger=int(linger * 1000))
             self.sock = None
         self.connected = False
+
+    def direct_links(self) -> Any:
+        """This client's peer-to-peer stream connections (mesh.direct.DirectLinks)."""
+        if self._direct is None:
+            from mesh.direct import DirectLinks
+
+            assert self.loop is not None
+            sec = self.security
+            self._direct = DirectLinks(self.loop, (sec.public, sec.secret) if sec else None)
+        return self._direct
 
     # ------------------------------------------------------------------ sending
     def next_id(self) -> int:
@@ -444,7 +458,7 @@ class Core:
                 p = self.pending.get(ident)
                 if p is not None and len(msg) > 1:
                     p.instance = msg[1]
-                ack(value)
+                ack(value, msg)
         elif cmd == Cmd.PROGRESS:
             p = self.pending.get(ident)
             if p is not None:

@@ -3,29 +3,74 @@
 The receiving agent grants credits (chunks it is ready to take); ``write`` waits when none
 are left, so a fast producer can never overrun a slow consumer and memory on both sides
 stays bounded by the window whatever the stream's length.
+
+Two paths for the chunks: through the router, or peer to peer when the agent offers it
+(``mesh.direct``: the open, the result, errors and cancellation still go through the router).
+On a client that seals end to end, the open is sealed like a request and every chunk is
+sealed under a key only this stream's two ends derive (``security.stream_keys``), whatever
+the path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from mesh import codec
-from mesh.errors import Closed, Error
-from mesh.wire import Cmd, Flag, pack_route
+from mesh.errors import (
+    Closed,
+    Error,
+    Malformed,
+    Overloaded,
+    Unauthenticated,
+    Unavailable,
+    error_from_code,
+)
+from mesh.wire import Cmd, Flag, pack_route, parse_error, parse_route
+from proto import agp_pb2
 
 if TYPE_CHECKING:
-    from mesh.core import Core
+    import zmq
+
+    from mesh.aio import AsyncMesh
+
+log = logging.getLogger("agp.stream")
+
+BIND_TIMEOUT = 5.0  # how long a direct path may take to start before the router path is used
+MAX_ANSWER = 4096
+
+
+def parse_answer(msg: list[bytes]) -> dict[str, bytes]:
+    """The agent's first credit may carry an answer: its key, the stream's session key and
+    proof (end to end), a ticket and endpoint (direct). Bytes values only, capped."""
+    if len(msg) < 4 or not msg[3]:
+        return {}
+    if len(msg[3]) > MAX_ANSWER:
+        raise Malformed("stream answer too large")
+    try:
+        answer = msgpack.unpackb(msg[3], max_map_len=8, max_bin_len=1024, max_str_len=1024)
+    except Exception:
+        raise Malformed("undecodable stream answer") from None
+    if not isinstance(answer, dict) or not all(
+            isinstance(k, str) and isinstance(v, bytes) for k, v in answer.items()):
+        raise Malformed("stream answer is not a map of bytes")
+    return answer
 
 
 class AsyncStream:
-    def __init__(self, core: Core, address: bytes, header: bytes, params: Any,
-                 timeout: float) -> None:
-        self.core = core
-        self.address = address
-        self.header = header
+    def __init__(self, mesh: AsyncMesh, dest: str, action: str, params: Any,
+                 timeout: float, *, direct: bool = True) -> None:
+        self.mesh = mesh
+        self.core = mesh.core
+        self.dest = dest
+        self.action = action
         self.params = params
         self.timeout = timeout
+        self.want_direct = direct
+        self.direct = False  # True once chunks flow peer to peer
         self.ident = 0
         self.credits = 0
         self.sent = 0
@@ -35,52 +80,176 @@ class AsyncStream:
         self._credit_event = asyncio.Event()
         self._ended = False
         self._result: Any = None
+        self._answer: dict[str, bytes] | None = None
+        self._recipients: list[bytes] = []
+        self._sealer: Any = None
+        self._sock: zmq.Socket[Any] | None = None
+        self._ticket = b""
 
-    def _on_credit(self, n: int) -> None:
+    # ------------------------------------------------------------------ credit
+    def _on_credit(self, n: int, msg: list[bytes]) -> None:
+        if self._answer is None:
+            try:
+                self._answer = parse_answer(msg)
+            except Error as exc:
+                self._fail(exc)
+                return
         self.credits += n
         self._credit_event.set()
 
-    async def open(self) -> AsyncStream:
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        self.ident = self.core.next_id()
-        self.core.stream_acks[self.ident] = self._on_credit
-        self.core.start_request(Cmd.STREAM_OPEN, self.address, self.header,
-                                codec.encode(self.params), self._waiter,
-                                timeout=self.timeout, ident=self.ident)
-        await self._wait_credit()
-        p = self.core.pending.get(self.ident)
-        self.instance = p.instance if p is not None else b""
-        return self
+    def _on_direct_credit(self, n: int) -> None:
+        self.credits += n
+        self._credit_event.set()
 
-    async def _wait_credit(self) -> None:
+    def _on_direct_error(self, msg: list[bytes]) -> None:
+        code, message, details = parse_error(parse_route(msg[0]), msg)
+        self._fail(error_from_code(code, f"direct stream: {message}", details))
+
+    def _fail(self, exc: BaseException) -> None:
+        p = self.core.pending.pop(self.ident, None)
+        if p is not None and not p.waiter.done():
+            p.waiter.set_exception(exc)
+        self._credit_event.set()
+
+    async def _wait_for(self, ready: Any, timeout: float | None = None) -> bool:
+        """Wait until ``ready()`` or the stream ended (raising its error) or ``timeout``."""
         assert self._waiter is not None
-        while self.credits <= 0:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not ready():
+            if self._sock is not None:
+                self.core.direct_links().poll(self._sock)
+                if ready():
+                    break
             if self._waiter.done():
                 self._finish()
                 self._waiter.result()  # raises the stream's error
                 raise Closed("stream ended by the service")
             self._credit_event.clear()
             credit = asyncio.ensure_future(self._credit_event.wait())
-            done, _ = await asyncio.wait({credit, self._waiter},
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                credit.cancel()
+                return False
+            done, _ = await asyncio.wait({credit, self._waiter}, timeout=left,
                                          return_when=asyncio.FIRST_COMPLETED)
             if credit not in done:
                 credit.cancel()
+        return True
 
+    # ------------------------------------------------------------------ open
+    async def open(self) -> AsyncStream:
+        direct = self.want_direct
+        while True:
+            await self._open(direct)
+            if not self._ticket:
+                return self
+            if await self._bind():
+                return self
+            log.warning("direct stream path to %s did not start within %.0fs: using the "
+                        "router", self.instance.decode(errors="replace"), BIND_TIMEOUT)
+            self.abort()
+            self._ended = False
+            direct = False
+
+    async def _open(self, direct: bool) -> None:
+        loop = asyncio.get_running_loop()
+        mesh, core = self.mesh, self.core
+        self._waiter = loop.create_future()
+        self._answer, self._sealer, self._sock, self._ticket = None, None, None, b""
+        self.credits = 0
+        self.ident = ident = core.next_id()
+        payload: list[Any] = codec.encode(self.params)
+        flags = 0
+        exchange = None
+        if mesh.e2e is not None:
+            from security.stream_keys import ClientExchange
+
+            exchange = ClientExchange(ident)
+            self._recipients = await mesh._recipients(self.dest)
+            aad = self.action.encode() + b"\0" + ident.to_bytes(8, "little") + exchange.public
+            blob, payload = mesh.e2e.seal(self._recipients, payload, aad)
+            header = agp_pb2.Envelope(action=self.action, nonce=blob,
+                                      sender_key=mesh.e2e.public,
+                                      ephemeral_key=exchange.public).SerializeToString()
+            flags |= Flag.ENCRYPTED
+        elif direct and core.security is not None:  # the router checks it is ours
+            header = agp_pb2.Envelope(action=self.action,
+                                      sender_key=core.security.public).SerializeToString()
+        else:
+            header = mesh._header(self.action)
+        if direct:
+            flags |= Flag.DIRECT
+        core.stream_acks[ident] = self._on_credit
+        core.start_request(Cmd.STREAM_OPEN, mesh._address(self.dest), header, payload,
+                           self._waiter, flags=flags, timeout=self.timeout, ident=ident)
+        await self._wait_for(lambda: self._answer is not None)
+        p = core.pending.get(ident)
+        self.instance = p.instance if p is not None else b""
+        answer = self._answer or {}
+        if exchange is not None:
+            key = answer.get("k", b"")
+            if key not in self._recipients or "e" not in answer or "p" not in answer:
+                self.abort()
+                raise Unauthenticated("the agent did not answer the stream's key exchange "
+                                      "with a key the stream was sealed to")
+            from security.keys import raw_key
+            from security.stream_keys import ChunkSealer
+
+            try:
+                stream_key = exchange.finish(raw_key(key), answer["e"], answer["p"])
+            except Error:
+                self.abort()
+                raise
+            self._sealer = ChunkSealer(stream_key, ident)
+        if direct and "t" in answer:
+            self._ticket = answer["t"]
+            links = core.direct_links()
+            self._sock = links.link(answer.get("ep", b"").decode(), answer.get("k", b""))
+            links.on_credit[ident] = self._on_direct_credit
+            links.on_error[ident] = self._on_direct_error
+            links.send(self._sock, [pack_route(Cmd.STREAM_OPEN, 0, 0, 0, ident), self._ticket])
+        elif self.credits <= 0:
+            await self._wait_for(lambda: self.credits > 0)
+
+    async def _bind(self) -> bool:
+        """Wait for the agent's credits on the direct connection."""
+        if await self._wait_for(lambda: self.credits > 0, BIND_TIMEOUT):
+            self.direct = True
+            return True
+        return False
+
+    # ------------------------------------------------------------------ data
     async def write(self, data: Any, *, raw: bool = False) -> None:
         """Send one chunk, waiting for credit first."""
         if self._ended:
             raise Closed("stream already ended")
         if self.credits <= 0:
-            await self._wait_credit()
+            await self._wait_for(lambda: self.credits > 0)
         self.credits -= 1
-        payload = [data] if raw else codec.encode(data)
-        frames = [pack_route(Cmd.STREAM_DATA, Flag.RAW if raw else 0, 0, 0, self.ident), b"",
-                  b"", *payload]
-        self.core.send_frames(frames)
+        payload: list[Any] = [data] if raw else codec.encode(data)
+        flags = Flag.RAW if raw else 0
+        if self._sealer is not None:
+            payload = self._sealer.seal(payload)
+            flags |= Flag.ENCRYPTED
+        route = pack_route(Cmd.STREAM_DATA, flags, 0, 0, self.ident)
+        self._send_chunk(route, payload)
         self.sent += 1
         if raw:
             self.bytes_sent += len(data)
+
+    def _send_chunk(self, route: bytes, payload: list[Any]) -> None:
+        if self._sock is None:
+            self.core.send_frames([route, b"", b"", *payload])
+            return
+        import zmq
+
+        try:
+            self.core.direct_links().send(self._sock, [route, self._ticket, *payload])
+        except zmq.Again:
+            raise Overloaded("direct stream connection is full") from None
+        except zmq.ZMQError as exc:
+            raise Unavailable(f"direct stream connection failed: {exc}") from None
 
     async def close(self) -> Any:
         """End the stream and return the service's result."""
@@ -89,13 +258,16 @@ class AsyncStream:
         self._ended = True
         assert self._waiter is not None
         try:
-            self.core.send_frames([pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), b"", b""])
+            self._send_chunk(pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), [])
             msg = await self._waiter
         finally:
             self._finish()
-        from mesh.aio import decode_reply
+        if self.mesh.e2e is not None:
+            self._result = self.mesh._open_reply(msg, self._recipients, self.ident)
+        else:
+            from mesh.aio import decode_reply
 
-        self._result = decode_reply(msg)
+            self._result = decode_reply(msg)
         return self._result
 
     def abort(self) -> None:
@@ -112,6 +284,8 @@ class AsyncStream:
 
     def _finish(self) -> None:
         self.core.stream_acks.pop(self.ident, None)
+        if self._sock is not None:
+            self.core.direct_links().forget(self.ident)
 
     async def __aenter__(self) -> AsyncStream:
         return await self.open()

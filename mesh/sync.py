@@ -182,10 +182,11 @@ class Mesh:
                              timeout + 5)
 
     def stream(self, dest: str, action: str, params: Any = None, *,
-               timeout: float = 600.0) -> SyncStream:
+               timeout: float = 600.0, direct: bool | None = None) -> SyncStream:
         """Open a stream: ``with m.stream(svc, action) as s: s.write(chunk)``; then s.result."""
         self._check()
-        return SyncStream(self._io, self._amesh.stream(dest, action, params, timeout=timeout))
+        return SyncStream(self._io, self._amesh.stream(dest, action, params, timeout=timeout,
+                                                       direct=direct))
 
 
 class SyncStream:

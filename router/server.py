@@ -49,6 +49,7 @@ _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLIS
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
+_DIRECT = int(Flag.DIRECT)
 _TRACED = telemetry.TRACED_FLAG
 ROUTER_SERVICE = b"agp/router"
 AUTH_SERVICE = b"agp/system/auth"
@@ -199,7 +200,7 @@ class Router:
         elif cmd == _STREAM_DATA or cmd == _STREAM_END:
             self._on_stream_data(peer, msg, ident)
         elif cmd == _STREAM_CREDIT or cmd == Cmd.PROGRESS:
-            self._on_to_client(peer, msg)
+            self._on_to_client(peer, msg, ident)
         elif cmd == Cmd.CANCEL:
             self._on_cancel(peer, msg, ident)
         elif cmd == _HEARTBEAT:
@@ -225,6 +226,11 @@ class Router:
             if not self.access.allowed(peer.session, action, dest):
                 self._deny(peer, action, dest, ident)
                 return
+        if (cmd == _STREAM_OPEN and flags & _DIRECT and self.secure
+                and not self._direct_key_is_own(peer, msg)):
+            self._deny(peer, "stream", b"(a direct stream under a key not the connection's)",
+                       ident)
+            return
         if self.secure and dest == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
             self._deny(peer, "register", b"(registration outside its namespace or key)", ident)
             return
@@ -379,13 +385,28 @@ class Router:
             return
         self._send([inst.peer.rid, msg[1], peer.rid, b""])
 
-    def _on_to_client(self, peer: Peer, msg: list[bytes]) -> None:
-        """Forward a STREAM_CREDIT or PROGRESS from an instance to its client."""
+    @staticmethod
+    def _direct_key_is_own(peer: Peer, msg: list[bytes]) -> bool:
+        """A direct stream's agent lets in the key named in the open's envelope: it must be
+        the key this connection authenticated with (one protobuf parse per stream open)."""
+        try:
+            key = agp_pb2.Envelope.FromString(msg[3]).sender_key
+        except Exception:
+            return False
+        return bool(key) and key.decode(errors="replace") == peer.identity
+
+    def _on_to_client(self, peer: Peer, msg: list[bytes], ident: int) -> None:
+        """Forward a STREAM_CREDIT or PROGRESS from an instance to its client: only for a
+        call that instance is working on (a stream's first credit may hand the client a
+        direct path, so no instance may speak for another's stream)."""
         inst = peer.instance
         if inst is None or len(msg) < 3:
             self._malformed(msg, "credit or progress from a peer that serves nothing")
             return
         crid = msg[2]
+        if (crid, ident) not in inst.inflight:
+            self.stats.drop("credit_not_its_call")
+            return
         msg[0] = crid
         msg[2] = inst.name
         if not self._send(msg):

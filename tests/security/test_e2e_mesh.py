@@ -1,72 +1,16 @@
 """End-to-end sealing across a real mesh: a tap on the router finds no plaintext, and a
-tampered ciphertext is refused by the agent. The router runs in this process so the test
-can wrap the function it sends every frame with; the agent and registry are processes."""
+tampered ciphertext is refused by the agent (fixtures in tests/security/sealed_mesh.py)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-import router.server as router_server
-from agents.procs import agent_process
-from mesh import Mesh, Unauthenticated
-from router.config import RouterConfig
-from router.server import Router
-from security.server import secure_router
+from mesh import Unauthenticated
 from tests.helpers import wait_for
+from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
 
 SECRET = "TOP-SECRET-7f3a"
 RAW_SECRET = b"RAW-SECRET-91c2"
-
-
-@pytest.fixture
-def tapped_router(mesh_home, monkeypatch):
-    captured: list[list[bytes]] = []
-    tamper = {"on": False}
-    real_send = router_server.send_frames
-
-    def tap(sock, frames):
-        frames = list(frames)
-        if len(captured) < 10_000:
-            captured.append([bytes(f) for f in frames])
-        # a sealed REQUEST (command 4, flag ENCRYPTED) on its way to an agent
-        if tamper["on"] and len(frames) > 4 and frames[1][1] == 4 and frames[1][2] & 2:
-            last = bytearray(frames[-1])
-            last[-1] ^= 0x01
-            frames[-1] = bytes(last)
-        real_send(sock, frames)
-
-    monkeypatch.setattr(router_server, "send_frames", tap)
-    parts = secure_router(auth_port=0)
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
-               access=parts.access, server_keypair=parts.server_keypair)
-    r.start()
-    t = threading.Thread(target=r.run, daemon=True)
-    t.start()
-    try:
-        yield r, captured, tamper
-    finally:
-        r.stop()
-        t.join(5)
-        parts.stop()
-
-
-@pytest.fixture
-def sealed_mesh(tapped_router, spawn, enroll):
-    r, captured, tamper = tapped_router
-    enroll("registry", "agp/system")
-    spawn(agent_process("discovery.service", r.endpoint, name="registry",
-                        extra=["--identity", "registry"]))
-    enroll("echo-e2e", "test/e2e")
-    spawn(agent_process("agents.echo", r.endpoint, name="echo-e2e",
-                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e",
-                               "--instance", "one"]))
-    with Mesh.connect(r.endpoint, e2e=True) as m:
-        wait_for(lambda: m.request("agp/system/registry", "lookup",
-                                   {"name": "test/e2e/echo"}, _plain=True),
-                 message="agent registered")
-        yield m, captured, tamper
 
 
 def test_the_router_forwards_no_plaintext_payload(sealed_mesh) -> None:

@@ -1,0 +1,134 @@
+"""Direct streams between real processes: the open goes through the router, the chunks go
+peer to peer over CURVE to the agent's own socket (mesh/direct.py). The router sees no chunk;
+a key that is not the connection's cannot open one; a stolen ticket does not get in; a
+dead agent still ends the stream with an error through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from mesh import AsyncMesh, Forbidden, Mesh, Unavailable
+from mesh.wire import Cmd, Flag, pack_route
+from proto import agp_pb2
+from security.home import client_security
+from tests.helpers import wait_for
+
+SVC = "test/ns/echo"
+CHUNK = bytes(256 * 1024)
+
+
+def _router_chunks(m: Mesh) -> int:
+    return m.request("agp/router", "stats")["stream_chunks"]
+
+
+def test_chunks_go_peer_to_peer_and_the_router_sees_none(router, start_echo) -> None:
+    start_echo()
+    with Mesh.connect(router.ready_info["router"]) as m:
+        before = _router_chunks(m)
+        with m.stream(SVC, "ingest", {"note": "params still go via the router"}) as s:
+            for _ in range(100):  # many windows: credit comes back on the direct path
+                s.write(CHUNK, raw=True)
+        assert s.result["direct"] is True
+        assert (s.result["chunks"], s.result["bytes"]) == (100, 100 * len(CHUNK))
+        assert _router_chunks(m) == before
+        with m.stream(SVC, "ingest", direct=False) as s:  # asked not to: via the router
+            for _ in range(10):
+                s.write(CHUNK, raw=True)
+        assert s.result["direct"] is False
+        assert _router_chunks(m) == before + 11  # ten chunks and the end
+
+
+def test_streams_share_one_direct_connection_and_run_concurrently(router, start_echo) -> None:
+    start_echo()
+
+    async def main() -> list[dict]:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            async def one(n: int) -> dict:
+                async with m.stream(SVC, "ingest") as s:
+                    for _ in range(n):
+                        await s.write(CHUNK, raw=True)
+                return s.result
+
+            results = await asyncio.gather(*(one(n) for n in (5, 40, 17)))
+            assert len(m.core.direct_links().socks) == 1
+            return results
+
+    results = asyncio.run(main())
+    assert [r["chunks"] for r in results] == [5, 40, 17]
+    assert all(r["direct"] for r in results)
+
+
+def test_a_direct_open_naming_another_key_is_forbidden(router, start_echo, enroll) -> None:
+    start_echo()
+    enroll("someone-else", "test/other")
+    other = client_security("someone-else")
+
+    async def main() -> None:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            waiter = asyncio.get_running_loop().create_future()
+            header = agp_pb2.Envelope(action="ingest", sender_key=other.public)
+            m.core.start_request(Cmd.STREAM_OPEN, SVC.encode(), header.SerializeToString(),
+                                 [b"\xc0"], waiter, flags=Flag.DIRECT, timeout=5)
+            with pytest.raises(Forbidden, match="not the connection's"):
+                await waiter
+
+    asyncio.run(main())
+
+
+def test_a_stolen_ticket_does_not_get_in(router, start_echo, enroll) -> None:
+    start_echo()
+    enroll("thief", "test/thief")
+    thief = client_security("thief")
+
+    async def main() -> None:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            async with m.stream(SVC, "ingest") as s:
+                await s.write(CHUNK, raw=True)
+                endpoint = next(iter(m.core.direct_links().socks))[0]
+                agent_key = next(iter(m.core.direct_links().socks))[1]
+                ctx = zmq.Context()
+                sock = ctx.socket(zmq.DEALER)
+                mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                              | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                sock.curve_publickey, sock.curve_secretkey = thief.public, thief.secret
+                sock.curve_serverkey = agent_key
+                sock.connect(endpoint)
+                sock.send_multipart([pack_route(Cmd.STREAM_OPEN, 0, 0, 0, s.ident), s._ticket])
+                assert mon.poll(5000), "no handshake outcome within 5 s"
+                event = recv_monitor_message(mon)["event"]
+                sock.disable_monitor()
+                mon.close(0)
+                sock.close(0)
+                ctx.term()
+                assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH  # ZAP: this key holds no offer
+                await s.write(CHUNK, raw=True)  # the owner's stream goes on
+            assert s.result["chunks"] == 2 and s.result["direct"]
+
+    asyncio.run(main())
+
+
+def test_a_dead_agent_ends_a_direct_stream_with_an_error(router, start_echo) -> None:
+    agent = start_echo()
+
+    async def main() -> None:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            s = await m.stream(SVC, "ingest").open()
+            await s.write(CHUNK, raw=True)
+            assert s.direct
+            os.kill(agent.pid, signal.SIGKILL)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            with pytest.raises(Unavailable):  # the router noticed, and said so
+                while loop.time() < deadline:
+                    await asyncio.wait_for(s.write(CHUNK, raw=True), 10)
+                    await asyncio.sleep(0.01)  # paces the bounded loop; not a sync point
+            s.abort()
+
+    asyncio.run(main())
+    wait_for(lambda: agent.proc.poll() is not None, message="agent exited")

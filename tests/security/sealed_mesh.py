@@ -1,0 +1,67 @@
+"""A secure mesh whose router runs in the test process with a tap on the function it sends
+every frame with (so a test can capture or tamper with what it forwards); the registry and
+an e2e echo agent are real processes. Used by the end-to-end tests of requests and streams."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import router.server as router_server
+from agents.procs import agent_process
+from mesh import Mesh
+from router.config import RouterConfig
+from router.server import Router
+from security.server import secure_router
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+def tapped_router(mesh_home, monkeypatch):
+    captured: list[list[bytes]] = []
+    tamper = {"on": False, "cmd": 4}  # tamper with sealed messages of this command
+    real_send = router_server.send_frames
+
+    def tap(sock, frames):
+        frames = list(frames)
+        if len(captured) < 10_000:
+            captured.append([bytes(f) for f in frames])
+        # a sealed message (flag ENCRYPTED) of the chosen command on its way to an agent
+        if (tamper["on"] and len(frames) > 3 and frames[1][1] == tamper["cmd"]
+                and frames[1][2] & 2):
+            last = bytearray(frames[-1])
+            last[-1] ^= 0x01
+            frames[-1] = bytes(last)
+        real_send(sock, frames)
+
+    monkeypatch.setattr(router_server, "send_frames", tap)
+    parts = secure_router(auth_port=0)
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
+               access=parts.access, server_keypair=parts.server_keypair)
+    r.start()
+    t = threading.Thread(target=r.run, daemon=True)
+    t.start()
+    try:
+        yield r, captured, tamper
+    finally:
+        r.stop()
+        t.join(5)
+        parts.stop()
+
+
+@pytest.fixture
+def sealed_mesh(tapped_router, spawn, enroll):
+    r, captured, tamper = tapped_router
+    enroll("registry", "agp/system")
+    spawn(agent_process("discovery.service", r.endpoint, name="registry",
+                        extra=["--identity", "registry"]))
+    enroll("echo-e2e", "test/e2e")
+    spawn(agent_process("agents.echo", r.endpoint, name="echo-e2e",
+                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e",
+                               "--instance", "one"]))
+    with Mesh.connect(r.endpoint, e2e=True) as m:
+        wait_for(lambda: m.request("agp/system/registry", "lookup",
+                                   {"name": "test/e2e/echo"}, _plain=True),
+                 message="agent registered")
+        yield m, captured, tamper
