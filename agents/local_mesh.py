@@ -53,6 +53,7 @@ class LocalMesh:
         ensure_router(self.home)
         enroll_identity(self.home, self.client, roles=("client",))
         enroll_identity(self.home, "registry", roles=("agent",), namespace="agp/system")
+        enroll_identity(self.home, "keys", roles=("agent",), namespace="agp/system")
         self.env["AGP_HOME"] = str(self.home.root)
         os.environ["AGP_HOME"] = str(self.home.root)
         os.environ["AGP_IDENTITY"] = self.client
@@ -80,6 +81,10 @@ class LocalMesh:
                                            log_dir=self.log_dir,
                                            extra=self._flags("registry", "agp/system"),
                                            env=self.env))
+                if self.secure:  # pub/sub e2e: topic keys held by neither router nor proxy
+                    procs.append(agent_process("security.key_service", self.endpoint,
+                                               name="keys", log_dir=self.log_dir,
+                                               extra=["--identity", "keys"], env=self.env))
             for agent, count in self.counts.items():
                 for i in range(count):
                     procs.append(self.agent(agent, f"{agent}-{i}"))

@@ -127,7 +127,12 @@ class AsyncMesh:
             from security.payload import PayloadBoxes
 
             boxes = PayloadBoxes(KeyPair(security.public, security.secret))
-        return cls(core, breakers=breakers, e2e=boxes)
+        mesh = cls(core, breakers=breakers, e2e=boxes)
+        if boxes is not None:  # pub/sub too: batches sealed with per-topic keys
+            from security.key_service import TopicKeyClient
+
+            core.subs.crypto = TopicKeyClient(mesh)
+        return mesh
 
     async def __aenter__(self) -> AsyncMesh:
         return self
@@ -381,8 +386,12 @@ class AsyncMesh:
         """Send every publish made so far; with ``wait``, return once the router has taken
         them all (a ping on the same ordered connection acts as a barrier)."""
         self.core.subs.flush()
-        if wait:
-            await self._request("agp/router", "ping", timeout=timeout)
+        crypto = self.core.subs.crypto
+        if crypto is not None:  # batches waiting for their topic key leave (or are counted)
+            await crypto.settle(timeout)
+            self.core.subs.flush()
+        if wait:  # the router's own ping carries no payload: never sealed
+            await self._request("agp/router", "ping", timeout=timeout, _plain=True)
 
     async def subscribe(
         self,

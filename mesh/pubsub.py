@@ -11,6 +11,11 @@ router confirmed the subscription (SUBACK), so a publish made after it is delive
 batch carries the topic's sequence number; a gap means the router's high-water mark dropped
 messages for this subscriber, and the subscription learns how many (``gaps``), as it does
 when its own bounded queue overflows (``dropped``).
+
+End to end (``crypto`` set by ``AsyncMesh.connect(e2e=True)``, see security/key_service.py):
+each batch frame leaves sealed with its topic's key (flag ENCRYPTED), one seal per batch;
+sealed frames are opened before unbatching, and one that cannot be opened is counted in
+``unopened`` by reason (and in the subscription's ``refused``), never silently dropped.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class Subscription:
         self.received = 0
         self.dropped = 0  # dropped from our own queue because the consumer was slow
         self.gaps = 0  # messages the router dropped for us (sequence gaps)
+        self.refused: dict[str, int] = {}  # sealed messages we could not open, by reason
         self.closed = False
         self.error: Error | None = None
         self._cond = threading.Condition()
@@ -197,6 +203,8 @@ class SubscriberSide:
         self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
         self._expected: dict[bytes, int] = {}
         self.gaps = 0
+        self.crypto: Any = None  # security.key_service.TopicKeyClient when e2e is on
+        self.unopened: dict[str, int] = {}  # sealed messages not opened, by reason
         self._drain_scheduled = False
         # publisher side
         self._batch_topic: bytes | None = None
@@ -209,6 +217,8 @@ class SubscriberSide:
     # ------------------------------------------------------------------ publishing
     def publish(self, topic: bytes, frame: bytes, raw: bool) -> None:
         """Queue one encoded message; it leaves on the next loop turn (or sooner if full)."""
+        if self.crypto is not None:
+            self.crypto.check_publish(topic)  # its key was refused lately: say so now
         if self._batch_topic != topic or self._batch_raw != raw:
             self._close_batch()
             self._batch_topic = topic
@@ -225,7 +235,13 @@ class SubscriberSide:
     def publish_frames(self, topic: bytes, frames: list[Any], flags: int) -> None:
         """A message of several frames (arrays) goes alone, in order with the batches."""
         self._close_batch()
-        self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, 1, 0), topic, b"", *frames])
+        if self.crypto is not None:  # sealed as one frame: a msgpack array of the frames
+            self.crypto.check_publish(topic)
+            sealed = self.crypto.outgoing(topic, flags, 1, msgpack.packb(frames))
+            if sealed is not None:
+                self._queued.append(sealed)
+        else:
+            self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, 1, 0), topic, b"", *frames])
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self.core.loop is not None
@@ -238,10 +254,26 @@ class SubscriberSide:
             # one frame per batch: raw messages as a msgpack array of bins; msgpack values
             # back to back (each is one complete msgpack object)
             body = msgpack.packb(self._batch) if self._batch_raw else b"".join(self._batch)
-            self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, len(self._batch), 0),
-                                 self._batch_topic, b"", body])
+            if self.crypto is not None:  # one seal per batch; None: it waits for its key
+                sealed = self.crypto.outgoing(self._batch_topic, flags, len(self._batch), body)
+                if sealed is not None:
+                    self._queued.append(sealed)
+            else:
+                self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, len(self._batch), 0),
+                                     self._batch_topic, b"", body])
             self._batch = []
             self._batch_bytes = 0
+
+    def enqueue(self, frames: list[Any]) -> None:
+        """A sealed batch whose key just arrived: out on the next flush, in order."""
+        self._queued.append(frames)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self.core.loop is not None
+            self.core.loop.call_soon(self.flush)
+
+    def count(self, name: str, n: int) -> None:
+        self.core.counters[name] = self.core.counters.get(name, 0) + n
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -380,8 +412,36 @@ class SubscriberSide:
         if expected is not None and seq > expected:
             self._count_gap(topic, seq - expected)
         self._expected[topic] = seq + count
-        payload = msg[3:]
+        if flags & Flag.ENCRYPTED:
+            if self.crypto is None:
+                self.refuse(topic, count, "no_topic_key", None)
+            elif len(msg) != 4:
+                self.refuse(topic, count, "malformed", None)
+            else:
+                self.crypto.incoming(topic, flags, count, msg[3])
+            return
+        self.fanout(topic, flags, count, msg[3:])
+
+    def refuse(self, topic: bytes, count: int, reason: str, exc: Error | None) -> None:
+        """Sealed messages that could not be opened: counted by reason, here, in the core's
+        counters and on each matching subscription; a refused key fails the subscription."""
+        self.unopened[reason] = self.unopened.get(reason, 0) + count
+        self.count(f"pubsub_refused_{reason}", count)
+        for prefix, subs in self.subs.items():
+            if topic.startswith(prefix):
+                for s in subs:
+                    s.refused[reason] = s.refused.get(reason, 0) + count
+                    if reason == "forbidden" and exc is not None:
+                        s.fail(exc)
+
+    def fanout(self, topic: bytes, flags: int, count: int, payload: list[bytes]) -> None:
+        """Unbatch (or decode) one PUBLISH and hand its messages to matching subscriptions."""
         raw = flags & Flag.RAW
+        if flags & Flag.ENCRYPTED and not flags & Flag.BATCH:  # frames sealed as one
+            frames = msgpack.unpackb(payload[0], max_array_len=512)
+            if not isinstance(frames, list) or not all(type(f) is bytes for f in frames):
+                raise Malformed("a sealed message is an array of frames")
+            payload = frames
         if flags & Flag.BATCH:
             items = _unbatch(payload, count, bool(raw))
         else:

@@ -123,3 +123,123 @@ def make_pair(zctx: zmq.Context) -> Iterator[Callable[..., Pair]]:
     finally:
         for p in pairs:
             p.close()
+
+
+# ---- pub/sub end to end: a tapped proxy, the registry and the topic key service ----------
+
+TOPIC_READERS = ("alice", "bob")
+
+
+def topic_policy() -> dict[str, Any]:
+    """The default roles, plus: ``pub`` publishes on ``news.>``, ``alice``/``bob`` read it,
+    ``eve`` reads only ``other.>``; everyone may ask the system services."""
+    import copy
+
+    from security.home import DEFAULT_POLICY
+
+    doc = copy.deepcopy(DEFAULT_POLICY)
+    doc["roles"].update({
+        "caller": {"allow": [{"actions": ["request"], "names": ["agp/**"]},
+                             {"actions": ["subscribe"], "topics": ["agp.system.>"]}]},
+        "newsdesk": {"allow": [{"actions": ["publish"], "topics": ["news.>"]}]},
+        "reader": {"allow": [{"actions": ["subscribe"], "topics": ["news.>"]}]},
+        "outsider": {"allow": [{"actions": ["subscribe"], "topics": ["other.>"]}]},
+    })
+    doc["bindings"] = [
+        {"subject": "pub", "roles": ["caller", "newsdesk"]},
+        *({"subject": r, "roles": ["caller", "reader"]} for r in TOPIC_READERS),
+        {"subject": "eve", "roles": ["caller", "outsider"]},
+    ]
+    return doc
+
+
+class TopicMesh:
+    """What the ``topic_mesh`` fixture gives a test."""
+
+    def __init__(self, router: Any, captured: list[bytes], mode: dict[str, bool],
+                 home: Any) -> None:
+        self.router, self.captured, self.mode, self.home = router, captured, mode, home
+        self.endpoint: str = router.endpoint
+        self.clients: list[Any] = []
+
+    def connect(self, identity: str, *, e2e: bool = True) -> Any:
+        from mesh import Mesh
+
+        m = Mesh.connect(self.endpoint, identity=identity, e2e=e2e)
+        self.clients.append(m)
+        return m
+
+    def edit_policy(self, edit: Callable[[dict[str, Any]], None]) -> None:
+        """Rewrite the policy file in one atomic step (the router and key service reload)."""
+        import json
+        import os
+
+        doc = json.loads(self.home.policy.read_text())
+        edit(doc)
+        tmp = self.home.policy.with_suffix(".edit")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.home.policy)
+
+
+@pytest.fixture
+def topic_mesh(mesh_home: Any, spawn: Any, enroll: Any,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[TopicMesh]:
+    """A secure router in this process whose XPUB sends go through a tap (capture, and on
+    demand tamper with or replay sealed PUBLISH frames), with the registry and the topic key
+    service as real processes, and identities pub, alice, bob, eve (see topic_policy)."""
+    import json
+
+    import router.proxy as proxy_mod
+    from agents.procs import agent_process
+    from mesh import Mesh
+    from router.config import RouterConfig
+    from router.server import Router
+    from security.home import enroll_identity
+    from security.key_service import KEY_SERVICE
+    from security.server import secure_router
+    from tests.helpers import wait_for
+
+    captured: list[bytes] = []
+    mode = {"tamper": False, "replay": False}
+    real_send = proxy_mod.send_frames
+
+    def tap(sock: Any, frames: list[Any]) -> None:
+        frames = [bytes(f) for f in frames]
+        if len(captured) < 100_000:
+            captured.append(b"".join(frames))
+        sealed = len(frames) == 4 and frames[1][1] == 7 and frames[1][2] & 2
+        if sealed and mode["tamper"]:
+            frames[3] = frames[3][:-1] + bytes([frames[3][-1] ^ 1])
+        real_send(sock, frames)
+        if sealed and mode["replay"]:
+            real_send(sock, frames)
+
+    monkeypatch.setattr(proxy_mod, "send_frames", tap)
+    mesh_home.policy.write_text(json.dumps(topic_policy()))
+    for name in ("pub", "eve", *TOPIC_READERS):
+        enroll_identity(mesh_home, name, roles=())
+    enroll("registry", "agp/system")
+    enroll("keys", "agp/system")
+    parts = secure_router(auth_port=0)
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
+               access=parts.access, server_keypair=parts.server_keypair)
+    r.start()
+    t = threading.Thread(target=r.run, daemon=True)
+    t.start()
+    tm = TopicMesh(r, captured, mode, mesh_home)
+    try:
+        spawn(agent_process("discovery.service", r.endpoint, name="registry",
+                            extra=["--identity", "registry"]))
+        spawn(agent_process("security.key_service", r.endpoint, name="keys",
+                            extra=["--identity", "keys"]))
+        with Mesh.connect(r.endpoint) as admin:
+            wait_for(lambda: admin.request("agp/system/registry", "lookup",
+                                           {"name": KEY_SERVICE}), timeout=DEADLINE,
+                     message="the key service registered")
+        yield tm
+    finally:
+        for m in tm.clients:
+            m.close()
+        r.stop()
+        t.join(5)
+        parts.stop()

@@ -1,0 +1,402 @@
+"""Pub/sub end to end: the topic key service (``agp/system/keys``) and its client side.
+
+The router and proxy must hold no key that opens a payload, so topic keys live in a system
+agent of their own with its own enrolled identity. ``topic_key {topic, role}`` answers only
+a request sealed end to end (the Box sender proof is what names the caller: no claimed
+field), checks the caller's ``publish``/``subscribe`` right on that topic under the same
+RBAC files the router reads (policy, trust store, OAuth2 client roles), and returns the
+topic's current generation granted to the caller's key (:class:`~security.topic_keys.
+TopicOwner`): the public key to a publisher, the keypair to a subscriber. It remembers who
+holds what; when the policy, the trust store or the client roles change so that a holder
+loses the subscribe right (or its key is revoked) it rotates that topic and publishes a
+notice on ``agp.system.topickeys``; holders fetch the new generation and the departed one is
+refused it. Publishers also re-fetch within a lease (60 s), should a notice be missed.
+
+One instance per mesh: keys live in memory. A restarted service announces itself (a notice
+with its key), and members drop what the old one granted and fetch again.
+
+:class:`TopicKeyClient` is the client half that ``AsyncMesh.connect(e2e=True)`` attaches
+to the pub/sub side: one seal per batch frame, keys fetched on first use and on unknown
+generations or notices, batches held (bounded) while a key is on its way, and every frame
+that cannot be opened counted by reason (and a refused key raised on the subscription).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from agents.base import Agent, Context, action
+from mesh.errors import Error, Forbidden, Malformed, Replayed, Unauthenticated
+from security.clients import ClientRegistry
+from security.e2e import OpenError
+from security.keys import KeyPair, normalize_key
+from security.rbac import PolicyStore, Principal
+from security.topic_keys import ROLES, NoTopicKey, TopicMember, TopicOwner
+
+log = logging.getLogger("agp.topic_keys")
+
+KEY_SERVICE: Final = "agp/system/keys"
+NOTICE_TOPIC: Final = "agp.system.topickeys"
+LEASE_SECONDS: Final = 60.0
+WATCH_SECONDS: Final = 0.5
+MAX_HELD_BATCHES: Final = 1024  # per topic, while its key is on the way
+DENIED_SECONDS: Final = 5.0  # a refused key is not asked for again sooner
+RETRY_SECONDS: Final = 1.0  # nor a key the service could not be reached for
+
+
+class TopicKeyService(Agent):
+    """Grants topic keys to those RBAC allows; rotates a topic when a reader loses the right."""
+
+    name = "keys"
+    namespace = "agp/system"
+    capacity = 64
+    require_e2e = True
+    plain_actions = frozenset({"stats"})
+
+    def __init__(self, *, home: str | Path | None = None, rbac: str | Path | None = None,
+                 lease: float = LEASE_SECONDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from security.home import open_home
+
+        self.home = open_home(home)
+        self.rbac = PolicyStore(rbac or os.environ.get("AGP_RBAC_POLICY") or self.home.policy)
+        self.trust = self.home.trust()
+        self.lease = lease
+        self._clients: dict[bytes, Any] = {}
+        self._clients_sig: Any = None
+        self._reload_clients()
+        self.owner: TopicOwner | None = None
+        self.holders: dict[str, dict[bytes, set[str]]] = {}  # topic -> key -> roles
+        self.rotations = 0
+        self.refused: dict[str, int] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        assert self.security is not None, "the key service needs an identity (a secure mesh)"
+        self.owner = TopicOwner(KeyPair(self.security.public, self.security.secret))
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self.mesh.publish(NOTICE_TOPIC, {"reset": True, "owner": self.public_key})
+
+    async def on_stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    # ---- who asks, and may they ------------------------------------------------------------
+
+    def _reload_clients(self) -> bool:
+        path = self.home.clients
+        try:
+            st = path.stat()
+            sig: Any = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        if sig == self._clients_sig:
+            return False
+        self._clients_sig = sig
+        try:
+            reg = ClientRegistry.load(path) if sig is not None else ClientRegistry()
+        except (Error, OSError, ValueError) as exc:
+            log.error("keeping the previous OAuth2 clients: %s", exc)
+            return False
+        self._clients = {c.curve_public: c for c in reg._clients.values()}
+        return True
+
+    def _principal(self, key: bytes) -> Principal | None:
+        """The RBAC principal the router would build for this key's token, or None when
+        the key is not enrolled, revoked, or bound to no OAuth2 client."""
+        try:
+            z85 = normalize_key(key)
+        except Error:
+            return None
+        client = self._clients.get(z85)
+        if client is None or not self.trust.is_trusted(z85):
+            return None
+        return Principal(sub=client.client_id, key=z85.decode(), roles=client.roles)
+
+    def _refuse(self, reason: str, exc: Error) -> Error:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return exc
+
+    @action(name="topic_key", inline=True)
+    def topic_key(self, data: Any, ctx: Context) -> Any:
+        caller = bytes(ctx.reply_to)
+        if not caller:  # require_e2e refuses these before; kept as a second lock
+            raise self._refuse("unsealed", Unauthenticated("ask for topic keys with e2e on"))
+        if not isinstance(data, dict) or data.get("role") not in ROLES \
+                or not isinstance(data.get("topic"), str):
+            raise self._refuse("malformed", Malformed("want {topic: str, role: publish|subscribe}"))
+        topic, role = data["topic"], data["role"]
+        self._review()  # decide on the files as they are now
+        principal = self._principal(caller)
+        if principal is None:
+            raise self._refuse("unknown_key", Unauthenticated("key not enrolled or revoked"))
+        decision = self.rbac.check(principal, role, topic)
+        if not decision.allowed:
+            log.info("topic key refused: %s %s %r: %s", principal.sub, role, topic,
+                     decision.reason)
+            raise self._refuse("forbidden", Forbidden(f"no {role} right on {topic!r}: "
+                                                      f"{decision.reason}"))
+        assert self.owner is not None
+        if self.owner.current(topic) is None:
+            self.owner.rotate(topic)
+        self.holders.setdefault(topic, {}).setdefault(normalize_key(caller), set()).add(role)
+        return {"owner": self.public_key, "generation": self.owner.current(topic),
+                "grant": self.owner.grant(topic, caller, role), "lease": self.lease}
+
+    @action(inline=True)
+    def stats(self, data: Any, ctx: Context) -> Any:
+        return {"topics": len(self.holders), "rotations": self.rotations,
+                "holders": sum(len(h) for h in self.holders.values()), "refused": self.refused}
+
+    # ---- rotation ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                self._review()
+            except Exception:
+                log.exception("topic key review failed")
+
+    def _review(self) -> None:
+        """When the policy, trust store or clients changed: drop rights holders lost, and
+        rotate every topic a reader left, so it cannot open what follows."""
+        changed = self.rbac.maybe_reload()
+        changed = bool(self.trust.refresh()) or changed
+        changed = self._reload_clients() or changed
+        if not changed or self.owner is None:
+            return
+        for topic, holders in list(self.holders.items()):
+            reader_left = False
+            for key, roles in list(holders.items()):
+                p = self._principal(key)
+                kept = {r for r in roles if p is not None and self.rbac.check(p, r, topic)}
+                reader_left |= "subscribe" in roles and "subscribe" not in kept
+                if kept:
+                    holders[key] = kept
+                else:
+                    del holders[key]
+            if reader_left:
+                generation = self.owner.rotate(topic)
+                self.rotations += 1
+                log.info("topic %r rotated to generation %d: a reader lost the right",
+                         topic, generation)
+                self.mesh.publish(NOTICE_TOPIC, {"topic": topic, "generation": generation,
+                                                 "owner": self.public_key})
+            if not holders:
+                del self.holders[topic]
+
+
+class TopicKeyClient:
+    """The e2e half of one client's pub/sub (runs on the core's loop; see the module doc)."""
+
+    def __init__(self, amesh: Any) -> None:
+        self.amesh = amesh
+        self.subs = amesh.core.subs
+        self.member = TopicMember(amesh.e2e.keypair)
+        self.owner: bytes | None = None
+        self.roles: dict[str, set[str]] = {}
+        self._refresh_at: dict[str, float] = {}  # publisher leases: fetch again after
+        self._fetching: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._denied: dict[tuple[str, str], tuple[float, Error]] = {}
+        self._held_out: dict[str, list[tuple[int, int, bytes]]] = {}
+        self._held_in: dict[str, list[tuple[int, int, bytes]]] = {}
+        self._notices: asyncio.Task[Any] | None = None
+        self.notices_seen = 0
+
+    # ---- fetching ---------------------------------------------------------------------------
+
+    def _loop_time(self) -> float:
+        return self.subs.core.loop.time()  # type: ignore[no-any-return]
+
+    def fetch(self, topic: str, role: str) -> asyncio.Task[Any]:
+        """The in-flight fetch of ``topic``'s key for ``role`` (one at a time per pair)."""
+        task = self._fetching.get((topic, role))
+        if task is None:
+            task = self.subs.core.loop.create_task(self._fetch(topic, role))
+            self._fetching[(topic, role)] = task
+        return task
+
+    async def _fetch(self, topic: str, role: str) -> None:
+        try:
+            reply = await self.amesh.request(KEY_SERVICE, "topic_key",
+                                             {"topic": topic, "role": role}, timeout=5.0)
+            owner = str(reply["owner"]).encode()
+            if self.owner is not None and owner != self.owner:
+                self.member.forget()  # a new key service: what the old one gave is void
+            self.owner = owner
+            self.member.accept(owner, reply["grant"])
+            self.roles.setdefault(topic, set()).add(role)
+            self._refresh_at[topic] = self._loop_time() + 0.8 * float(reply.get("lease", 60))
+            self._denied.pop((topic, role), None)
+            self._ensure_notices()
+        except Error as exc:
+            wait = DENIED_SECONDS if isinstance(exc, (Forbidden, Unauthenticated)) \
+                else RETRY_SECONDS
+            self._denied[(topic, role)] = (self._loop_time() + wait, exc)
+            log.warning("no %s key for %r: %s", role, topic, exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._denied[(topic, role)] = (self._loop_time() + DENIED_SECONDS,
+                                           Malformed(f"bad topic key reply: {exc}"))
+        finally:
+            self._fetching.pop((topic, role), None)
+            self._release(topic)
+
+    def denied(self, topic: str, role: str) -> Error | None:
+        hit = self._denied.get((topic, role))
+        if hit is None or hit[0] < self._loop_time():
+            return None
+        return hit[1]
+
+    async def settle(self, timeout: float) -> None:
+        """Wait until no key is on its way (held batches have left or were counted)."""
+        deadline = self._loop_time() + timeout
+        while self._fetching and self._loop_time() < deadline:
+            await asyncio.wait(list(self._fetching.values()),
+                               timeout=max(0.0, deadline - self._loop_time()))
+
+    async def prefetch(self, topic: str) -> None:
+        """Fetch the subscribe key of an exact topic now, so its first message opens at once."""
+        if topic.startswith("agp.") or topic.endswith(".") or not topic:
+            return
+        await asyncio.wait([self.fetch(topic, "subscribe")], timeout=5.0)
+
+    def _ensure_notices(self) -> None:
+        if self._notices is None:
+            self._notices = self.subs.core.loop.create_task(self._subscribe_notices())
+
+    async def _subscribe_notices(self) -> None:
+        try:
+            await self.amesh.subscribe(NOTICE_TOPIC, self._on_notice)
+        except Error as exc:  # without notices the publishers' lease still bounds staleness
+            self.subs.count("e2e_notices_unavailable", 1)
+            log.warning("rotation notices unavailable (leases only): %s", exc)
+
+    def _on_notice(self, msg: Any) -> None:
+        data = msg.data
+        if not isinstance(data, dict):
+            return
+        self.notices_seen += 1
+        owner = str(data.get("owner", "")).encode()
+        if data.get("reset"):
+            if self.owner is not None and owner != self.owner:
+                self.member.forget()
+                self._refresh_at.clear()
+            return
+        topic = data.get("topic")
+        if not isinstance(topic, str) or topic not in self.roles:
+            return
+        if self.member.generation(topic) == data.get("generation"):
+            return
+        self.member.publishing.pop(topic, None)  # nothing more under the old public key
+        for role in self.roles[topic]:
+            self._denied.pop((topic, role), None)
+            self.fetch(topic, role)
+
+    # ---- publishing -------------------------------------------------------------------------
+
+    def check_publish(self, topic: bytes) -> None:
+        """Raise why publishing to ``topic`` is refused, if its key was lately."""
+        exc = self.denied(topic.decode(errors="replace"), "publish")
+        if exc is not None:
+            raise exc
+
+    def outgoing(self, topic: bytes, flags: int, count: int, body: bytes) -> list[Any] | None:
+        """The sealed PUBLISH frames for a batch body, or None when it waits for its key."""
+        name = topic.decode(errors="replace")
+        held = self._held_out.get(name)
+        if held is None and name in self.member.publishing:
+            if self._loop_time() >= self._refresh_at.get(name, 0.0):
+                self.fetch(name, "publish")  # lease: fetch again, go on meanwhile
+            return self._sealed(name, topic, flags, count, body)
+        if held is None:
+            held = self._held_out[name] = []
+            self.fetch(name, "publish")
+        if len(held) >= MAX_HELD_BATCHES:
+            self.subs.count("publish_dropped", count)
+            self.subs.count("publish_dropped_e2e_held_full", count)
+            return None
+        held.append((flags, count, body))
+        return None
+
+    def _sealed(self, name: str, topic: bytes, flags: int, count: int, body: bytes) -> list[Any]:
+        from mesh.wire import Cmd, Flag, pack_route
+
+        return [pack_route(Cmd.PUBLISH, flags | Flag.ENCRYPTED, 0, count, 0), topic, b"",
+                self.member.seal(name, body)]
+
+    def _release(self, name: str) -> None:
+        """A fetch ended: send (or count as dropped) the batches that waited for it, in
+        order, and try again the frames that waited for a key."""
+        held = None if (name, "publish") in self._fetching else self._held_out.pop(name, None)
+        if held:
+            ok = name in self.member.publishing
+            for flags, count, body in held:
+                if ok:
+                    self.subs.enqueue(self._sealed(name, name.encode(), flags, count, body))
+                else:
+                    self.subs.count("publish_dropped", count)
+                    self.subs.count("publish_dropped_e2e_no_key", count)
+            if not ok:
+                log.warning("%d publish batches to %r dropped: %s", len(held), name,
+                            self.denied(name, "publish"))
+        waiting = None if (name, "subscribe") in self._fetching else self._held_in.pop(name, None)
+        for flags, count, blob in waiting or ():
+            self.incoming(name.encode(), flags, count, blob, retry=True)
+
+    # ---- subscribing ------------------------------------------------------------------------
+
+    def incoming(self, topic: bytes, flags: int, count: int, blob: bytes, *,
+                 retry: bool = False) -> None:
+        """Open a sealed frame and hand it on; hold it while its key is fetched; count it
+        with its reason when it cannot be opened (``retry``: its fetch already ended)."""
+        name = topic.decode(errors="replace")
+        held = self._held_in.get(name)
+        if held is not None:  # keep the order behind those already waiting
+            self._hold(topic, count, blob, flags, held)
+            return
+        try:
+            body = self.member.open(name, blob)
+        except NoTopicKey as exc:
+            denied = self.denied(name, "subscribe")
+            if denied is not None:
+                self.subs.refuse(topic, count, "forbidden" if isinstance(denied, Forbidden)
+                                 else "key_unavailable", denied)
+            elif retry:  # fetched, and that generation is still not ours: gone or not yet
+                self.subs.refuse(topic, count, "stale_generation", exc)
+            else:
+                self.fetch(name, "subscribe")
+                self._hold(topic, count, blob, flags, self._held_in.setdefault(name, []))
+            return
+        except Replayed as exc:
+            self.subs.refuse(topic, count, "replayed", exc)
+            return
+        except OpenError as exc:
+            self.subs.refuse(topic, count, "tampered", exc)
+            return
+        except Malformed as exc:
+            self.subs.refuse(topic, count, "malformed", exc)
+            return
+        try:
+            self.subs.fanout(topic, flags, count, [body])
+        except Exception as exc:  # authentic but badly framed: the publisher's bug, counted
+            self.subs.refuse(topic, count, "malformed", Malformed(str(exc)))
+
+    def _hold(self, topic: bytes, count: int, blob: bytes, flags: int,
+              held: list[tuple[int, int, bytes]]) -> None:
+        if len(held) >= MAX_HELD_BATCHES:
+            self.subs.refuse(topic, count, "held_full", Malformed("too much waits for a key"))
+        else:
+            held.append((flags, count, blob))
+
+
+def main() -> int:
+    return TopicKeyService.main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
