@@ -78,6 +78,9 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
                    if os.environ.get("AGP_METRICS_PORT") else None,
                    help="serve Prometheus /metrics on 127.0.0.1 here (0 picks a port)")
     p.add_argument("--log-level", default=env("AGP_LOG_LEVEL", "INFO"))
+    p.add_argument("--no-mdns", action="store_true",
+                   help="neither find the router nor announce this agent over mDNS "
+                        "(also AGP_MDNS=0)")
     return p
 
 
@@ -97,6 +100,11 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
         from security.home import client_security
 
         security = client_security(args.identity or args.name)
+    from discovery.presence import AgentPresence, lan_router
+
+    # no endpoint anywhere: a router on the LAN whose key is the pinned one (mDNS)
+    args.endpoint = args.endpoint or lan_router(security, enabled=not args.no_mdns)
+    presence = AgentPresence(enabled=not args.no_mdns)
     agent = cls(endpoint=args.endpoint, namespace=args.namespace, name=args.name,
                 instance=args.instance, capacity=args.capacity, weight=args.weight,
                 policy=args.policy, security=security)
@@ -117,6 +125,8 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
             print(json.dumps({"event": "ready", "service": a.service,
                               "instance": a.instance_name, "pid": os.getpid(),
                               "metrics_port": metrics_port}), flush=True)
+            presence.start(service=a.service, instance=a.instance, public_key=a.public_key,
+                           version=a.version)
 
         await agent.run(announce)
 
@@ -126,4 +136,6 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
         uvloop.run(amain())
     except ImportError:  # pragma: no cover
         asyncio.run(amain())
+    finally:
+        presence.close()  # mDNS goodbyes
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from discovery.records import check_name, check_z85_key
+from discovery.records import check_instance, check_name, check_z85_key
 from mesh.errors import ConfigError, Malformed, TooLarge
 
 SERVICE_TYPE: Final = "_agp._tcp.local."
@@ -52,9 +52,10 @@ class Announcement:
     mesh: str = "default"
     pub_port: int | None = None
     sub_port: int | None = None
+    instance_id: str = ""  # an agent's instance id (TXT ``inst``); reach it as name/instance_id
 
     def _endpoint(self, port: int | None) -> str | None:
-        if port is None or not self.addresses:
+        if not port or not self.addresses:
             return None
         host = _preferred_address(self.addresses)
         return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
@@ -64,7 +65,7 @@ class Announcement:
         """``tcp://host:port`` of the main socket (the ROUTER socket for a router)."""
         ep = self._endpoint(self.port)
         if ep is None:
-            raise Malformed(f"announcement {self.instance!r} has no address")
+            raise Malformed(f"announcement {self.instance!r} has no address or no port")
         return ep
 
     @property
@@ -155,12 +156,15 @@ def decode_txt(data: bytes) -> dict[str, bytes | None]:
 
 def announcement_txt(*, role: str, name: str, server_key: str, version: str = "0",
                      mesh: str = "default", port: int | None = None,
-                     pub_port: int | None = None, sub_port: int | None = None) -> bytes:
+                     pub_port: int | None = None, sub_port: int | None = None,
+                     instance_id: str | None = None) -> bytes:
     """The TXT record for an announcement, validated as :func:`parse_announcement` will."""
     try:
         if role not in ROLES:
             raise Malformed(f"role must be one of {sorted(ROLES)}")
         check_name(name)
+        if instance_id is not None:
+            check_instance(instance_id, "inst")
         check_z85_key(server_key, "server_key")
         _check_text(version, _VERSION_RE, "ver")
         _check_text(mesh, _MESH_RE, "mesh")
@@ -173,6 +177,8 @@ def announcement_txt(*, role: str, name: str, server_key: str, version: str = "0
         "txtvers": TXT_VERSION, "role": role, "name": name, "key": server_key,
         "ver": version, "mesh": mesh,
     }
+    if instance_id is not None:
+        items["inst"] = instance_id
     for key, p in (("router", port), ("pub", pub_port), ("sub", sub_port)):
         if p is not None:
             items[key] = str(p)
@@ -193,8 +199,11 @@ def parse_announcement(instance: str, txt: bytes, *, port: int | None,
     version = _check_text(_text(items, "ver", "0"), _VERSION_RE, "ver")
     mesh = _check_text(_text(items, "mesh", "default"), _MESH_RE, "mesh")
     main_port = _check_port(_text(items, "router"), "router") if "router" in items else port
-    if main_port is None or not 1 <= main_port <= 65535:
+    # an agent listens on nothing (it is reached through the router): SRV port 0 is allowed
+    low = 0 if role == "agent" else 1
+    if main_port is None or not low <= main_port <= 65535:
         raise Malformed("no usable port", details={"field": "port"})
+    instance_id = check_instance(_text(items, "inst"), "inst") if "inst" in items else ""
     if len(addresses) > MAX_ADDRESSES:
         raise TooLarge(f"more than {MAX_ADDRESSES} addresses", details={"field": "addresses"})
     try:
@@ -206,6 +215,7 @@ def parse_announcement(instance: str, txt: bytes, *, port: int | None,
         addresses=addrs, version=version, mesh=mesh,
         pub_port=_check_port(_text(items, "pub"), "pub") if "pub" in items else None,
         sub_port=_check_port(_text(items, "sub"), "sub") if "sub" in items else None,
+        instance_id=instance_id,
     )
 
 

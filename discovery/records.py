@@ -138,6 +138,11 @@ def check_name(value: object, fname: str = "name") -> str:
     return text
 
 
+def check_instance(value: object, fname: str = "instance") -> str:
+    """Validate an instance id: 1..64 of ``[A-Za-z0-9_.-]`` (no '/': it ends a name)."""
+    return _matching(value, fname, MAX_INSTANCE_LEN, _INSTANCE_RE)
+
+
 def check_z85_key(value: object, fname: str = "public_key") -> str:
     """Validate a Curve25519 public key in Z85 text form (40 characters, 32 bytes)."""
     text = _string(value, fname, Z85_KEY_LEN)
@@ -214,7 +219,7 @@ def parse_registration(obj: object) -> Registration:
         return obj[fname]
 
     name = check_name(need("name"))
-    instance = _matching(need("instance"), "instance", MAX_INSTANCE_LEN, _INSTANCE_RE)
+    instance = check_instance(need("instance"))
     public_key = check_z85_key(need("public_key"))
     endpoints = tuple(check_endpoint(e) for e in _list(obj.get("endpoints", []), "endpoints",
                                                         MAX_ENDPOINTS))
