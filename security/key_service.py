@@ -283,9 +283,10 @@ class TopicKeyClient:
         self.notices_seen += 1
         owner = str(data.get("owner", "")).encode()
         if data.get("reset"):
-            if self.owner is not None and owner != self.owner:
-                self.member.forget()
+            if self.owner is not None and owner != self.owner:  # a new service (or a
+                self.member.forget()  # forged notice: then we merely fetch again)
                 self._refresh_at.clear()
+                self.owner = None
             return
         topic = data.get("topic")
         if not isinstance(topic, str) or topic not in self.roles:

@@ -83,3 +83,24 @@ def test_a_reader_that_keeps_the_right_sees_no_rotation(topic_mesh):
     with pytest.raises(DeadlineExceeded):
         sub.get(timeout=0.2)
     assert crypto(pub).member.generation(TOPIC) == gen
+
+
+def test_revoking_a_readers_key_rotates_the_topic_key(topic_mesh):
+    pub, alice, bob = (topic_mesh.connect(n) for n in ("pub", "alice", "bob"))
+    notices = topic_mesh.connect("tester", e2e=False).subscribe(NOTICE_TOPIC)
+    sub = alice.subscribe(TOPIC)
+    bob.subscribe(TOPIC)
+    pub.publish(TOPIC, "before")
+    pub.flush(wait=True)
+    assert sub.get(timeout=10).data == "before"
+    old = crypto(pub).member.generation(TOPIC)
+    topic_mesh.home.trust().revoke("bob", reason="test")
+    notice = notices.get(timeout=15).data
+    while notice.get("topic") != TOPIC:
+        notice = notices.get(timeout=15).data
+    assert notice["generation"] != old
+    wait_for(lambda: crypto(pub).member.generation(TOPIC) == notice["generation"],
+             timeout=15, message="the publisher took the new generation")
+    pub.publish(TOPIC, "after")
+    pub.flush(wait=True)
+    assert sub.get(timeout=10).data == "after"
