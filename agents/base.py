@@ -52,6 +52,10 @@ _POLICIES = {"round_robin": 0, "weighted_round_robin": 1, "least_outstanding": 2
 _EMPTY_ENVELOPE = agp_pb2.Envelope()
 IDEMPOTENCY_CACHE = 10_000
 STREAM_WINDOW = 16
+# plain ints on the per-message path: IntFlag arithmetic builds an enum per operation
+_ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
+_STREAM_DATA, _STREAM_END, _STREAM_OPEN = int(Cmd.STREAM_DATA), int(Cmd.STREAM_END), int(
+    Cmd.STREAM_OPEN)
 
 
 def action(name: str | None = None, *, stream: bool = False, inline: bool = False
@@ -363,12 +367,12 @@ class Agent:
     # ------------------------------------------------------------------ inbound
     def _on_inbound(self, cmd: int, flags: int, value: int, ident: int, msg: list[bytes]) -> None:
         crid = msg[1]
-        if cmd == Cmd.STREAM_DATA:
+        if cmd == _STREAM_DATA:
             st = self._streams.get((crid, ident))
             if st is not None:
                 st.push(msg)
             return
-        if cmd == Cmd.STREAM_END:
+        if cmd == _STREAM_END:
             st = self._streams.get((crid, ident))
             if st is not None:
                 st.end()
@@ -396,7 +400,7 @@ class Agent:
         env = self._envelopes.get(header)
         if env is None:
             env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
-            if not flags & Flag.ENCRYPTED and len(self._envelopes) < 4096:
+            if not flags & _ENCRYPTED and len(self._envelopes) < 4096:
                 self._envelopes[header] = env  # the same action from the same client repeats
         spec = self._actions.get(env.action)
         if spec is None:
@@ -406,7 +410,7 @@ class Agent:
                             f"{self.service} has no action {env.action!r}")
             return
         fn, is_stream, inline = spec
-        if cmd == Cmd.STREAM_OPEN and not is_stream or cmd != Cmd.STREAM_OPEN and is_stream:
+        if cmd == _STREAM_OPEN and not is_stream or cmd != _STREAM_OPEN and is_stream:
             if reply:
                 self._error(crid, ident, ErrorCode.NO_SUCH_ACTION,
                             f"action {env.action!r} is {'' if is_stream else 'not '}a stream")
@@ -421,7 +425,7 @@ class Agent:
             ctx.started = self.loop.time()
         try:
             payload = msg[3:]
-            if flags & Flag.ENCRYPTED:
+            if flags & _ENCRYPTED:
                 payload = self._open_payload(env, ident, payload)
                 ctx.reply_to = env.sender_key
             elif self.require_e2e and env.action not in self.plain_actions:
@@ -431,7 +435,7 @@ class Agent:
                 if cached is not None:
                     self._reply(ctx, cached[0], cached[1:])
                     return
-            data = (payload[0] if payload else b"") if flags & Flag.RAW else (
+            data = (payload[0] if payload else b"") if flags & _RAW else (
                 codec.decode(payload) if payload and payload != [b""] else None)
         except Error as exc:
             self._count_drop(f"refused_{exc.code.name.lower()}")
@@ -546,7 +550,7 @@ class Agent:
         if not reply:
             return
         if type(result) is bytes:
-            flags, payload = int(Flag.RAW), [result]
+            flags, payload = _RAW, [result]
         else:
             try:
                 flags, payload = 0, codec.encode(result)
@@ -570,7 +574,7 @@ class Agent:
                                             b"reply\0" + ctx.ident.to_bytes(8, "little"))
             header = agp_pb2.Envelope(nonce=blob,
                                       sender_key=self.boxes.public).SerializeToString()
-            flags |= Flag.ENCRYPTED
+            flags |= _ENCRYPTED
         self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, header, *payload])
 
     def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes]

@@ -901,6 +901,9 @@ def run_suite(
                      label=report.baseline_label, progress=progress)
 
 
+SECURITY_MODES: Final[dict[str, Any]] = {"off": False, "on": True, "e2e": "e2e"}
+
+
 def run_steps(report: Any, steps: list[tuple[str, Any, Any]], *, security: tuple[str, ...],
               label: str, progress: Any = None) -> dict[str, Any]:
     """Run ``(name, run(secure) -> dict, emit(report, result, security))`` steps, each with
@@ -912,7 +915,7 @@ def run_steps(report: Any, steps: list[tuple[str, Any, Any]], *, security: tuple
             if progress is not None:
                 progress(f"{label}: {key}")
             try:
-                r = run(sec == "on")
+                r = run(SECURITY_MODES[sec])
             except Exception as e:  # one broken scenario must not hide the others
                 results[key] = {"error": f"{type(e).__name__}: {e}"}
                 report.message(f"{label} {key} failed: {type(e).__name__}: {e}")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, Literal, Union
 
 from bench.latency import OpenLoop, Recorder, summarize
 from bench.procs import Control, Group
 
 _START = 30.0
+# security of a run: False (off), True (CURVE + ZAP + token + RBAC), or "e2e" (all that, and
+# clients seal payloads end to end)
+Mode = Union[bool, Literal["e2e"]]
 _MARGIN = 10.0
 MiB = 1024 * 1024
 SERVICE = "bench/mesh/echo"
@@ -32,7 +35,7 @@ def _uv_run(coro: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- sides
-def _router_side(ctl: Control, secure: bool) -> dict[str, Any]:
+def _router_side(ctl: Control, secure: Mode) -> dict[str, Any]:
     from router.config import RouterConfig
     from router.server import Router
 
@@ -54,7 +57,9 @@ def _router_side(ctl: Control, secure: bool) -> dict[str, Any]:
     return r.stats.as_dict()
 
 
-def _agent_side(ctl: Control, endpoint: str, secure: bool) -> dict[str, Any]:
+def _agent_side(ctl: Control, endpoint: str, secure: Mode) -> dict[str, Any]:
+    import os
+
     from agents.echo import Echo
 
     async def main() -> dict[str, Any]:
@@ -66,6 +71,8 @@ def _agent_side(ctl: Control, endpoint: str, secure: bool) -> dict[str, Any]:
         agent = BenchEcho(endpoint=endpoint, namespace="bench/mesh", capacity=1024,
                           security=security)
         await agent.start()
+        if os.environ.get("AGP_E2E"):  # clients seal for the key the registry knows
+            await _registered(agent)
         ctl.ready(agent.instance_name)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ctl.wait_stop, ctl.remaining())
@@ -91,6 +98,42 @@ def _agent_side(ctl: Control, endpoint: str, secure: bool) -> dict[str, Any]:
     return _uv_run(main())
 
 
+async def _registered(agent: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not agent.registered and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # the lease is the agent's own task: poll it, bounded
+    if not agent.registered:
+        raise RuntimeError(f"{agent.service} not registered within {timeout:g}s")
+
+
+def _system_side(ctl: Control, endpoint: str) -> dict[str, Any]:
+    """The registry (whose keys e2e clients seal for) and the topic key service."""
+    async def main() -> dict[str, Any]:
+        from discovery.service import Registry
+        from security.home import client_security
+        from security.key_service import TopicKeyService
+
+        registry = Registry(endpoint=endpoint, security=client_security(REGISTRY_ID))
+        await registry.start()
+        keys = TopicKeyService(endpoint=endpoint, security=client_security(KEYS_ID))
+        await keys.start()
+        await _registered(keys)
+        ctl.ready()
+        await asyncio.get_running_loop().run_in_executor(None, ctl.wait_stop, ctl.remaining())
+        await keys._shutdown(drain_timeout=1.0)
+        await registry._shutdown(drain_timeout=1.0)
+        return {}
+
+    return _uv_run(main())
+
+
+def _system(g: Group, run: float, secure: Mode, endpoint: str) -> None:
+    """Start the system agents end-to-end clients need (only in "e2e" runs)."""
+    if secure == "e2e":
+        g.spawn("system", _system_side, endpoint, max_run=run + _MARGIN,
+                env=secure_env(secure)).wait_ready()
+
+
 async def _client(endpoint: str) -> Any:
     import os
 
@@ -103,13 +146,16 @@ async def _client(endpoint: str) -> Any:
 
 AGENT_ID = "bench-agent"
 CLIENT_ID = "bench-client"
+REGISTRY_ID = "bench-registry"
+KEYS_ID = "bench-keys"
 _HOME: dict[str, str] = {}
 
 
-def secure_env(secure: bool) -> dict[str, str | None]:
-    """The environment of every side: a temporary AGP_HOME with the bench identities."""
+def secure_env(secure: Mode) -> dict[str, str | None]:
+    """The environment of every side: a temporary AGP_HOME with the bench identities, and
+    AGP_E2E when clients seal payloads end to end."""
     if not secure:
-        return {"AGP_IDENTITY": None}
+        return {"AGP_IDENTITY": None, "AGP_E2E": None}
     if not _HOME:
         import tempfile
 
@@ -120,8 +166,11 @@ def secure_env(secure: bool) -> dict[str, str | None]:
         ensure_router(home)
         enroll_identity(home, AGENT_ID, roles=("agent",), namespace="bench/mesh")
         enroll_identity(home, CLIENT_ID, roles=("client",))
+        enroll_identity(home, REGISTRY_ID, roles=("agent",), namespace="agp/system")
+        enroll_identity(home, KEYS_ID, roles=("agent",), namespace="agp/system")
         _HOME["root"] = root
-    return {"AGP_HOME": _HOME["root"], "AGP_IDENTITY": CLIENT_ID}
+    return {"AGP_HOME": _HOME["root"], "AGP_IDENTITY": CLIENT_ID,
+            "AGP_E2E": "1" if secure == "e2e" else None}
 
 
 def _client_sequential(ctl: Control, endpoint: str, count: int, size: int) -> dict[str, Any]:
@@ -301,35 +350,38 @@ def _subscriber(ctl: Control, endpoint: str) -> dict[str, Any]:
     return _uv_run(main())
 
 
-def _streamer(ctl: Control, endpoint: str, duration: float, frame: int) -> dict[str, Any]:
+def _streamer(ctl: Control, endpoint: str, duration: float, frame: int, direct: bool
+              ) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         m = await _client(endpoint)
         chunk = bytes(frame)
         ctl.ready()
         sent = 0
         t0 = time.perf_counter()
-        async with m.stream(SERVICE, "ingest") as s:
+        async with m.stream(SERVICE, "ingest", direct=direct) as s:
             while time.perf_counter() - t0 < duration:
                 await s.write(chunk, raw=True)
                 sent += 1
         dt = time.perf_counter() - t0
         await m.close()
-        return {"chunks": s.result["chunks"], "gb_per_s": sent * frame / dt / 1e9}
+        return {"chunks": s.result["chunks"], "direct": s.result["direct"],
+                "gb_per_s": sent * frame / dt / 1e9}
 
     return _uv_run(main())
 
 
 # --------------------------------------------------------------------------- scenarios
-def _mesh(g: Group, run: float, secure: bool, env: dict[str, Any] | None = None) -> str:
+def _mesh(g: Group, run: float, secure: Mode, env: dict[str, Any] | None = None) -> str:
     env = {**secure_env(secure), **(env or {})}
     router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
     endpoint, _ = router.wait_ready()
+    _system(g, run, secure, endpoint)
     agent = g.spawn("agent", _agent_side, endpoint, secure, max_run=run + _MARGIN, env=env)
     agent.wait_ready()
     return str(endpoint)
 
 
-def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: bool = False
+def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: Mode = False
                       ) -> dict[str, Any]:
     run = count / 500 + _START
     with Group() as g:
@@ -341,7 +393,7 @@ def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: bool = False
 
 
 def reqrep_inflight(*, duration: float = 2.0, inflight: int = 100, size: int = 64,
-                    secure: bool = False) -> dict[str, Any]:
+                    secure: Mode = False) -> dict[str, Any]:
     run = duration + _START
     with Group() as g:
         ep = _mesh(g, run, secure)
@@ -351,7 +403,7 @@ def reqrep_inflight(*, duration: float = 2.0, inflight: int = 100, size: int = 6
         return dict(c.result(run))
 
 
-def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0, secure: bool = False
+def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0, secure: Mode = False
                      ) -> dict[str, Any]:
     run = duration + _START
     with Group() as g:
@@ -362,13 +414,14 @@ def reqrep_open_loop(*, rate: float = 5000.0, duration: float = 2.0, secure: boo
         return dict(c.result(run))
 
 
-def fire_and_forget(*, duration: float = 2.0, size: int = 64, secure: bool = False
+def fire_and_forget(*, duration: float = 2.0, size: int = 64, secure: Mode = False
                     ) -> dict[str, Any]:
     run = duration + _START
     env = secure_env(secure)
     with Group() as g:
         router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
         endpoint, _ = router.wait_ready()
+        _system(g, run, secure, endpoint)
         agent = g.spawn("agent", _agent_side, endpoint, secure, max_run=run + _MARGIN,
                         env=env)
         agent.wait_ready()
@@ -384,12 +437,13 @@ def fire_and_forget(*, duration: float = 2.0, size: int = 64, secure: bool = Fal
 
 
 def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
-           secure: bool = False) -> dict[str, Any]:
+           secure: Mode = False) -> dict[str, Any]:
     run = duration + _START
     env = secure_env(secure)
     with Group() as g:
         router = g.spawn("router", _router_side, secure, max_run=run + _MARGIN, env=env)
         endpoint, _ = router.wait_ready()
+        _system(g, run, secure, endpoint)
         subs = [g.spawn(f"sub{i}", _subscriber, endpoint, max_run=run + _MARGIN, env=env)
                 for i in range(subscribers)]
         for s in subs:
@@ -415,14 +469,15 @@ def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
 
 
 def stream(*, duration: float = 2.0, frame: int = MiB, malloc_tuned: bool = True,
-           secure: bool = False) -> dict[str, Any]:
+           secure: Mode = False, direct: bool = False) -> dict[str, Any]:
+    """1 MiB chunks through the router (``direct=False``) or peer to peer."""
     from bench.baselines import MALLOC_DEFAULT, MALLOC_TUNED
 
     env: dict[str, Any] = dict(MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT)
     run = duration + _START
     with Group() as g:
         ep = _mesh(g, run, secure, env=env)
-        c = g.spawn("client", _streamer, ep, duration, frame, max_run=run,
+        c = g.spawn("client", _streamer, ep, duration, frame, direct, max_run=run,
                     env={**env, **secure_env(secure)})
         c.wait_ready()
         return dict(c.result(run))

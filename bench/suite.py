@@ -38,37 +38,66 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
                         rep.add(PS, f"{label}, delivered", r["delivered_per_s"], "msg/s",
                                 security=sec, note=f"unaccounted {r['unaccounted']}"),
                         rep.add(PS, f"{label}, dropped", r["drop_pct"], "%", security=sec))))
-    for tuned in ((True, False) if p.malloc_variants else (True,)):
-        name = "relay 1 MiB" + ("" if tuned else ", default malloc")
+    variants = [(True, True), (False, True)]  # (direct, malloc tuned)
+    if p.malloc_variants:
+        variants.append((False, False))
+    for direct, tuned in variants:
+        name = ("direct" if direct else "relay") + " 1 MiB" + ("" if tuned else
+                                                               ", default malloc")
         out.append((f"stream {name}",
-                    lambda s, tuned=tuned: ms.stream(duration=d, malloc_tuned=tuned, secure=s),
-                    lambda rep, r, sec, name=name: rep.add(ST, name, r["gb_per_s"], "GB/s",
-                                                           security=sec,
-                                                           note="through the router")))
+                    lambda s, direct=direct, tuned=tuned: ms.stream(
+                        duration=d, malloc_tuned=tuned, secure=s, direct=direct),
+                    lambda rep, r, sec, name=name, direct=direct: rep.add(
+                        ST, name, r["gb_per_s"], "GB/s", security=sec,
+                        note=_path_note(direct, r))))
     return out
 
 
-def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = ("off", "on"),
+def _path_note(asked_direct: bool, r: dict[str, Any]) -> str:
+    if not asked_direct:
+        return "through the router"
+    return "peer to peer, opened via the router" if r.get("direct") else "FELL BACK to router"
+
+
+MESH_SECURITY = ("off", "on", "e2e")
+
+
+def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = MESH_SECURITY,
         progress: Any = None) -> dict[str, Any]:
     return run_steps(report, steps(PROFILES[profile]), security=security, label="agp-mesh",
                      progress=progress)
 
 TARGETS = [
-    # (pattern, scenario, unit, comparison, figure, what the issue asks)
-    (RR, "100 in flight", "req/s", ">=", 25_000, "request-response with requests in flight"),
-    (RR, "sequential p50", "ms", "<", 0.5, "sequential p50"),
-    (RR, "sequential p99", "ms", "<", 1.0, "sequential p99"),
-    (RR, "open loop 10000/s p99", "ms", "<", 2.0, "p99 at an offered 10,000 req/s"),
-    (PS, "1 subscriber, delivered", "msg/s", ">=", 500_000, "pub/sub to one subscriber"),
-    (ST, "relay 1 MiB", "GB/s", ">=", 1.5, "streaming"),
+    # (pattern, scenario, unit, comparison, figure, what the issue asks, security modes)
+    (RR, "100 in flight", "req/s", ">=", 25_000, "request-response with requests in flight",
+     ("on", "e2e")),
+    (RR, "sequential p50", "ms", "<", 0.5, "sequential p50", ("on", "e2e")),
+    (RR, "sequential p99", "ms", "<", 1.0, "sequential p99", ("on", "e2e")),
+    (RR, "open loop 10000/s p99", "ms", "<", 2.0, "p99 at an offered 10,000 req/s",
+     ("on", "e2e")),
+    (PS, "1 subscriber, delivered", "msg/s", ">=", 500_000, "pub/sub to one subscriber",
+     ("on", "e2e")),
+    (ST, "direct 1 MiB", "GB/s", ">=", 1.5, "streaming without end-to-end sealing", ("on",)),
+    (ST, "direct 1 MiB", "GB/s", ">=", 1.0, "streaming with end-to-end sealing", ("e2e",)),
 ]
+
+
+def share_baselines(report: Any) -> None:
+    """Raw pyzmq has no end-to-end sealing: an "e2e" row's limit is the CURVE baseline."""
+    on = {(r.pattern, r.scenario, r.unit): r.baseline for r in report.rows
+          if r.security == "on" and r.baseline is not None}
+    for r in report.rows:
+        if r.security == "e2e" and r.baseline is None:
+            r.baseline = on.get((r.pattern, r.scenario, r.unit))
 
 
 def check_targets(report: Any, security: str = "on") -> list[str]:
     """One line per figure the benchmark issue names: met or missed, and by how much."""
     lines = []
     rows = {(r.pattern, r.scenario, r.unit, r.security): r for r in report.rows}
-    for pattern, scenario, unit, op, figure, what in TARGETS:
+    for pattern, scenario, unit, op, figure, what, modes in TARGETS:
+        if security not in modes:
+            continue
         row = rows.get((pattern, scenario, unit, security))
         if row is None or row.value is None:
             lines.append(f"  ?    {what} (security {security}): not measured")
@@ -89,8 +118,8 @@ def peers_hook(report: Any, p: Any) -> None:
     label = f"unary {p.inflight} in flight"
     report.add(RR, label, inflight["req_per_s"], "req/s")
     report.add_latency(RR, label, summary=inflight)
-    report.add(ST, "server stream 1 MiB", ms.stream(duration=p.duration, secure=True)["gb_per_s"],
-               "GB/s")
+    report.add(ST, "server stream 1 MiB",
+               ms.stream(duration=p.duration, secure=True, direct=True)["gb_per_s"], "GB/s")
     ps = ms.pubsub(subscribers=1, duration=p.duration, secure=True)
     report.add(PS, "1 subscriber, delivered", ps["delivered_per_s"], "msg/s")
     report.add(PS, "1 subscriber, dropped", ps["drop_pct"], "%")

@@ -15,18 +15,23 @@ def test_every_mesh_scenario_runs_and_lands_beside_its_baseline(tmp_path) -> Non
     report = Report()
     results = suite.run(report, profile="tiny")
     assert not [k for k, v in results.items() if "error" in v], results
-    for sec in ("off", "on"):
+    for sec in ("off", "on", "e2e"):
         assert results[f"sequential [security {sec}]"]["p50_ms"] > 0
         assert results[f"20 in flight [security {sec}]"]["req_per_s"] > 0
         assert results[f"fire-and-forget [security {sec}]"]["lost"] == 0
         assert results[f"pub/sub 2 subscribers [security {sec}]"]["delivered"] > 0
         assert results[f"stream relay 1 MiB [security {sec}]"]["gb_per_s"] > 0
-    run_suite(report, profile="tiny", security=("off",))
-    rows = {(r.pattern, r.scenario) for r in report.rows if r.value and r.baseline}
-    assert ("request-response", "sequential p50") in rows
-    assert ("streaming", "relay 1 MiB") in rows
-    lines = suite.check_targets(report, "off")
-    assert len(lines) == len(suite.TARGETS)
+        assert results[f"stream relay 1 MiB [security {sec}]"]["direct"] is False
+        assert results[f"stream direct 1 MiB [security {sec}]"]["direct"] is True
+    run_suite(report, profile="tiny", security=("off", "on"))
+    suite.share_baselines(report)
+    rows = {(r.pattern, r.scenario, r.security) for r in report.rows if r.value and r.baseline}
+    assert ("request-response", "sequential p50", "off") in rows
+    assert ("streaming", "relay 1 MiB", "on") in rows
+    assert ("streaming", "direct 1 MiB", "e2e") in rows  # the CURVE baseline, shared
+    for sec in ("on", "e2e"):
+        lines = suite.check_targets(report, sec)
+        assert len(lines) == sum(sec in t[-1] for t in suite.TARGETS)
     written = report.write(tmp_path)
     assert written["json"].exists()
     assert written["md"].read_text().count("|") > 10
