@@ -161,14 +161,23 @@ class ClientStats:
                                      "2 open", labels=["destination"])
         late = CounterMetricFamily("agp_client_late_replies_total",
                                    "Replies that came after their caller gave up")
+        unopened = CounterMetricFamily("agp_client_pubsub_unopened_total",
+                                       "Sealed pub/sub messages a subscriber could not open, "
+                                       "by reason", labels=["reason"])
+        unsent = CounterMetricFamily("agp_client_publish_dropped_total",
+                                     "Publishes dropped before leaving the client, by reason",
+                                     labels=["reason"])
         n_pending = 0
         n_late = 0
         states: dict[str, int] = {}
+        by_reason: dict[tuple[str, str], int] = {}
         for m in list(self.clients):
             core = getattr(m, "core", None)
             if core is not None:
                 n_pending += len(core.pending)
                 n_late += int(core.counters.get("late_replies", 0))
+                for key, n in _drop_reasons(core.counters).items():
+                    by_reason[key] = by_reason.get(key, 0) + n
             for key, b in list((getattr(m, "_breakers", None) or {}).items()):
                 dest = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
                 states[dest] = max(states.get(dest, 0), breaker_value(b))
@@ -176,9 +185,31 @@ class ClientStats:
         late.add_metric([], n_late)
         for dest, v in sorted(states.items()):
             breakers.add_metric([dest], v)
+        for (kind, reason), n in sorted(by_reason.items()):
+            (unopened if kind == "unopened" else unsent).add_metric([reason], n)
         yield pending
         yield late
         yield breakers
+        yield unopened
+        yield unsent
+
+
+def _drop_reasons(counters: dict[str, int]) -> dict[tuple[str, str], int]:
+    """Core.counters' pub/sub drops by reason: ``pubsub_refused_<reason>`` (sealed messages
+    not opened) and ``publish_dropped`` (all publishes dropped in the client), of which
+    ``publish_dropped_e2e_<reason>`` waited for a topic key; the rest met a full queue."""
+    out: dict[tuple[str, str], int] = {}
+    e2e = 0
+    for name, n in list(counters.items()):
+        if name.startswith("pubsub_refused_"):
+            out[("unopened", name[15:])] = int(n)
+        elif name.startswith("publish_dropped_e2e_"):
+            out[("unsent", name[20:])] = int(n)
+            e2e += int(n)
+    rest = int(counters.get("publish_dropped", 0)) - e2e
+    if rest > 0:
+        out[("unsent", "queue_full")] = rest
+    return out
 
 
 def breaker_value(breaker: Any) -> int:

@@ -26,7 +26,11 @@ log = logging.getLogger("agp.access")
 
 AUTH_SERVICE = b"agp/system/auth"
 REGISTRY_SERVICE = b"agp/system/registry"
-_SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE})
+KEYS_SERVICE = b"agp/system/keys"
+_SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE, KEYS_SERVICE})
+# the topic key service's rotation notices: every session may hear them (a publisher must
+# learn at once that a reader lost the right), only who may register the key service may say
+KEY_NOTICES = b"agp.system.topickeys"
 
 
 @dataclass(eq=False)
@@ -72,7 +76,12 @@ class SecureAccess:
         if s.principal is None:
             return action == "request" and name == AUTH_SERVICE
         if name in _SYSTEM and action == "request":
-            return True  # every authenticated session may get tokens and use discovery
+            return True  # every authenticated session may get tokens, keys, discovery
+        if name == KEY_NOTICES:
+            if action == "subscribe":
+                return True
+            if action == "publish":
+                name, action = KEYS_SERVICE, "register"
         if s.generation != self._generation:
             s.cache.clear()
             s.generation = self._generation
@@ -103,6 +112,8 @@ class SecureAccess:
         principal = self._by_identity.get(identity or "")
         if principal is None:
             return False
+        if prefix.startswith(KEY_NOTICES):
+            return True
         if self.policy.policy.check_subscribe_prefix(principal, prefix).allowed:
             return True
         if self._policy_reloaded():

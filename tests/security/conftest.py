@@ -13,6 +13,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from security import keys
+from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
 
 DEADLINE = 15.0  # generous: the machine is shared and slow under load
 

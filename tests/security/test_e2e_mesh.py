@@ -1,5 +1,6 @@
 """End-to-end sealing across a real mesh: a tap on the router finds no plaintext, and a
-tampered ciphertext is refused by the agent (fixtures in tests/security/sealed_mesh.py)."""
+tampered ciphertext is refused by the agent (fixture ``sealed_mesh``:
+tests/security/sealed_mesh.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 
 from mesh import Unauthenticated
 from tests.helpers import wait_for
-from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
 
 SECRET = "TOP-SECRET-7f3a"
 RAW_SECRET = b"RAW-SECRET-91c2"

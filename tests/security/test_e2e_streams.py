@@ -9,7 +9,6 @@ import pytest
 
 from mesh import Unauthenticated
 from mesh.wire import Cmd
-from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
 
 SECRET = b"STREAM-SECRET-5d1e"
 SVC = "test/e2e/echo"

@@ -23,7 +23,7 @@ from nacl.signing import SigningKey
 
 from agents.echo import Echo
 from agents.procs import ManagedProcess, agent_process, router_process
-from mesh import Forbidden, Mesh, Unauthenticated, codec
+from mesh import Forbidden, Mesh, NoSuchService, Unauthenticated, codec
 from mesh.core import Security
 from mesh.wire import PROTOCOL_VERSION, ROUTE, Cmd, pack_route, parse_error, parse_route
 from proto import agp_pb2
@@ -58,7 +58,7 @@ POLICY["roles"]["tenant"] = {"allow": [
     {"actions": ["publish", "subscribe"], "topics": ["tenants.{tenant}.>"]},
 ]}
 TICKERS = ("ticker-req", "ticker-pub", "ticker-sub", "ticker-empty", "ticker-partial",
-           "ticker-tenant")
+           "ticker-tenant", "ticker-notice")
 
 
 @dataclass
@@ -520,6 +520,22 @@ class TestMeshRefusals:
                 m.subscribe("news.", timeout=DEADLINE)
             assert m.subscribe("stocks.", timeout=DEADLINE) is not None  # allowed one works
         secure_mesh.assert_still_serves()
+
+    def test_key_notices_are_heard_by_all_and_said_by_the_key_service_only(
+            self, secure_mesh: SecureMesh, ticker: Callable[[str], Security]) -> None:
+        before = secure_mesh.stats()["denials"].get("publish", 0)
+        with secure_mesh.connect(ticker("ticker-notice")) as m:
+            notices = m.subscribe("agp.system.topickeys", timeout=DEADLINE)  # no rule needed
+            with pytest.raises(Forbidden):  # ... but no wider: that would catch other topics
+                m.subscribe("agp.system.", timeout=DEADLINE)
+            with pytest.raises(NoSuchService):  # past RBAC: nobody serves keys in this mesh
+                m.request("agp/system/keys", "topic_key", {"topic": "stocks.X"})
+            stocks = m.subscribe("stocks.", timeout=DEADLINE)
+            m.publish("agp.system.topickeys", {"reset": True})  # a forged rotation notice
+            m.publish("stocks.AAPL", "after")  # same connection, forwarded in order
+            assert stocks.get(timeout=DEADLINE).data == "after"
+            assert notices.received == 0
+        assert secure_mesh.stats()["denials"].get("publish", 0) >= before + 1
 
     def test_subscribe_empty_prefix_refused(self, secure_mesh: SecureMesh,
                                             ticker: Callable[[str], Security]) -> None:

@@ -3,6 +3,10 @@ the subscriber and counted with their reason; the subscription goes on."""
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mesh import metrics
 from tests.helpers import wait_for
 
 TOPIC = "news.world"
@@ -35,6 +39,15 @@ def test_tampered_and_replayed_batches_are_refused_and_counted(topic_mesh):
     counters = alice._amesh.core.counters
     assert counters["pubsub_refused_tampered"] == 1
     assert counters["pubsub_refused_replayed"] == 1
+    # and on /metrics, one counter with the reason as a label
+    registry, stats = CollectorRegistry(), metrics.ClientStats()
+    registry.register(metrics.StatsCollector([stats]))
+    stats.track(alice._amesh)
+    samples = {(s.name, s.labels.get("reason")): s.value
+               for fam in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in fam.samples}
+    assert samples[("agp_client_pubsub_unopened_total", "tampered")] == 1
+    assert samples[("agp_client_pubsub_unopened_total", "replayed")] == 1
 
 
 def test_a_plain_subscriber_counts_sealed_messages_it_cannot_open(topic_mesh):
