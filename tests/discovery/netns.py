@@ -10,7 +10,8 @@ switch port down or up: a cable pulled and plugged back, with no FIN or RST on a
 :class:`NsProcess` runs ``python ARGS`` inside a namespace (``ip netns exec`` execs, so the
 pid we hold is the Python process), reads its JSON lines, and answers a line protocol on
 stdin (see ``netns_probe``). :meth:`NetLab.close` kills every process it started (by pid)
-and deletes every namespace, whatever happened before.
+and deletes every namespace, whatever happened before; a run that was itself killed -9
+leaves namespaces that the next lab deletes (only ``agpt-<pid>-*`` whose pid is gone).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -166,7 +168,23 @@ class NetLab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @staticmethod
+    def _sweep_stale() -> None:
+        """Delete namespaces a killed earlier run left (``agpt-<pid>-*`` whose pid is gone)."""
+        listed = _ip("netns", "list", check=False).stdout.split("\n")
+        for line in listed[:256]:
+            m = re.match(r"agpt-(\d+)-[a-z]+", line)
+            if m is None or int(m.group(1)) == os.getpid():
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                _ip("netns", "del", m.group(0), check=False)
+            except PermissionError:
+                pass  # alive, someone else's
+
     def _build(self) -> None:
+        self._sweep_stale()
         switch = self.hosts[0]
         for h in self.hosts:
             _ip("netns", "add", self.ns[h])

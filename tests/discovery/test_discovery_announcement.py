@@ -111,3 +111,29 @@ def test_labels_fit_dns() -> None:
     assert dns_label("\x01") == "agp"
     assert host_label("Ünïcode host.name") == "n-code-host-name"
     assert len(host_label("h" * 100)) == 63
+
+
+def test_an_agent_announces_its_instance_and_no_port(key: str) -> None:
+    data = announcement_txt(role="agent", name="acme/ml/trainer", server_key=key,
+                            version="1.2", instance_id="host-42")
+    ann = parse_announcement("acme-ml-trainer-host-42", data, port=0, addresses=["10.0.0.2"])
+    assert (ann.role, ann.name, ann.instance_id, ann.port, ann.version) == (
+        "agent", "acme/ml/trainer", "host-42", 0, "1.2")
+    with pytest.raises(Malformed):  # an agent is reached through the router, not directly
+        _ = ann.endpoint
+    router = announcement_txt(role="router", name="acme/routers/main", server_key=key)
+    with pytest.raises(Malformed):  # port 0 is an agent's only: a router must have a port
+        parse_announcement("r", router, port=0, addresses=["10.0.0.1"])
+    assert parse_announcement("r", router, port=7, addresses=["10.0.0.1"]).instance_id == ""
+
+
+@pytest.mark.parametrize("inst", [b"inst=a/b", b"inst=" + b"i" * 65, b"inst=", b"inst"])
+def test_a_bad_agent_instance_is_refused(inst: bytes) -> None:
+    entries = (b"txtvers=1", b"role=agent", b"name=a/b/c", b"key=" + b"0" * 40, inst)
+    with pytest.raises((Malformed, TooLarge)):
+        parse_announcement("x", txt(*entries), port=0, addresses=["127.0.0.1"])
+
+
+def test_our_own_bad_instance_is_a_config_error(key: str) -> None:
+    with pytest.raises(ConfigError):
+        announcement_txt(role="agent", name="a/b/c", server_key=key, instance_id="no/slash")
