@@ -11,7 +11,8 @@ about twice a second (the stall detector reads it), and at the end writes its ac
   and a bitset of the sequence numbers answered (a second answer is a duplicate).
 - publisher: paced publishes of ``{"seq": i, "pad": ...}``; per message its publish time.
 - subscriber: a bitset of the sequence numbers delivered (a second one is a duplicate), and
-  where each counted drop was learnt (router sequence gaps, its own queue overflow).
+  where each counted drop was learnt (router sequence gaps, its own queue overflow, and
+  ``lost``: numbers its publisher skipped that no router counted, e.g. a killed router's).
 
 Every loop is bounded in time; SIGTERM ends a subscriber (it then writes its results).
 """
@@ -233,7 +234,7 @@ async def subscriber(a: argparse.Namespace) -> dict[str, Any]:
 
     def cb(msg: Any) -> None:
         sub = holder[0]
-        counted = sub.gaps + sub.dropped
+        counted = sub.gaps + sub.dropped + sub.lost
         s = msg.data.get("seq", -1) if isinstance(msg.data, dict) else -1
         if counted != last[0]:
             marks.append((s, counted - last[0]))
@@ -253,7 +254,7 @@ async def subscriber(a: argparse.Namespace) -> dict[str, Any]:
     holder.append(sub)
 
     def snap() -> dict[str, Any]:
-        return {**st, "gaps": sub.gaps, "dropped": sub.dropped}
+        return {**st, "gaps": sub.gaps, "dropped": sub.dropped, "lost": sub.lost}
 
     stop = asyncio.Event()
     prog = loop.create_task(_progress_task(Path(a.out) / f"{a.name}.progress.json", snap,
@@ -265,14 +266,14 @@ async def subscriber(a: argparse.Namespace) -> dict[str, Any]:
         pass
     stop.set()
     await prog
-    gaps, dropped = sub.gaps, sub.dropped
-    if gaps + dropped != last[0]:  # counted after the last delivered message
-        marks.append((capacity, gaps + dropped - last[0]))
+    gaps, dropped, lost = sub.gaps, sub.dropped, sub.lost
+    if gaps + dropped + lost != last[0]:  # counted after the last delivered message
+        marks.append((capacity, gaps + dropped + lost - last[0]))
     counters = dict(m.core.counters)
     await m.close()
     np.savez(Path(a.out) / f"{a.name}.npz", got=got,
              marks=np.array(marks, dtype=np.int64).reshape(-1, 2))
-    return {"side": "subscriber", **st, "gaps": gaps, "dropped": dropped,
+    return {"side": "subscriber", **st, "gaps": gaps, "dropped": dropped, "lost": lost,
             "unique": int(got.sum()), "client_counters": counters}
 
 

@@ -12,6 +12,12 @@ batch carries the topic's sequence number; a gap means the router's high-water m
 messages for this subscriber, and the subscription learns how many (``gaps``), as it does
 when its own bounded queue overflows (``dropped``).
 
+Messages can also die with a router (SIGKILL with batches inside it, or published to a
+restarted router before this subscriber's subscription was back): the router's numbering
+restarts with it, so it cannot tell. So every batch also carries its publisher's own
+numbering per topic (header frame: publisher id, first number), and a subscriber that sees
+a publisher skip numbers the router did not account for counts them in ``lost``.
+
 End to end (``crypto`` set by ``AsyncMesh.connect(e2e=True)``, see security/key_service.py):
 each batch frame leaves sealed with its topic's key (flag ENCRYPTED), one seal per batch;
 sealed frames are opened before unbatching, and one that cannot be opened is counted in
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,6 +53,8 @@ MAX_BATCH = 4096  # messages per PUBLISH batch (one frame: split in C by msgpack
 MAX_BATCH_BYTES = 256 * 1024
 _BATCH_RAW = int(Flag.BATCH | Flag.RAW)
 _BATCH = int(Flag.BATCH)
+_STAMP = struct.Struct("<8sQ")  # a batch's header frame: publisher id, its first number
+MAX_TRACKED = 100_000  # (topic, publisher) numberings kept; past it they restart unseen
 
 
 def _unbatch(payload: list[bytes], count: int, raw: bool) -> list[Any]:
@@ -93,6 +103,7 @@ class Subscription:
         self.received = 0
         self.dropped = 0  # dropped from our own queue because the consumer was slow
         self.gaps = 0  # messages the router dropped for us (sequence gaps)
+        self.lost = 0  # messages lost on the way that the router could not count (restarts)
         self.refused: dict[str, int] = {}  # sealed messages we could not open, by reason
         self.closed = False
         self.error: Error | None = None
@@ -203,6 +214,9 @@ class SubscriberSide:
         self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
         self._expected: dict[bytes, int] = {}
         self.gaps = 0
+        self.lost = 0
+        self._pub_next: dict[tuple[bytes, bytes], int] = {}  # (topic, publisher) -> number
+        self._explained: dict[bytes, int] = {}  # router-counted gaps publishers still show
         self.crypto: Any = None  # security.key_service.TopicKeyClient when e2e is on
         self.unopened: dict[str, int] = {}  # sealed messages not opened, by reason
         self._drain_scheduled = False
@@ -213,6 +227,8 @@ class SubscriberSide:
         self._batch_raw = False
         self._queued: list[list[Any]] = []
         self._flush_scheduled = False
+        self.publisher_id = os.urandom(8)
+        self._pub_seq: dict[bytes, int] = {}  # topic -> messages sent to it so far
 
     # ------------------------------------------------------------------ publishing
     def publish(self, topic: bytes, frame: bytes, raw: bool) -> None:
@@ -279,9 +295,16 @@ class SubscriberSide:
         self._flush_scheduled = False
         self._close_batch()
         queued, self._queued = self._queued, []
+        pub_seq = self._pub_seq
         for frames in queued:
+            topic = frames[1]
+            seq = pub_seq.get(topic, 0)
+            frames[2] = _STAMP.pack(self.publisher_id, seq + 1)
             try:
                 self.core.send_frames(frames)
+                if seq == 0 and len(pub_seq) >= MAX_TRACKED:
+                    pub_seq.clear()
+                pub_seq[topic] = seq + ROUTE.unpack(frames[0])[4]  # numbered once sent
             except Error as exc:
                 log.warning("publish of %d messages dropped: %s", ROUTE.unpack(frames[0])[4], exc)
                 self.core.counters["publish_dropped"] = (
@@ -412,6 +435,8 @@ class SubscriberSide:
         if expected is not None and seq > expected:
             self._count_gap(topic, seq - expected)
         self._expected[topic] = seq + count
+        if len(msg[2]) == _STAMP.size:
+            self._check_publisher(topic, msg[2], count)
         if flags & Flag.ENCRYPTED:
             if self.crypto is None:
                 self.refuse(topic, count, "no_topic_key", None)
@@ -454,10 +479,38 @@ class SubscriberSide:
 
     def _count_gap(self, topic: bytes, missed: int) -> None:
         self.gaps += missed
+        self._explained[topic] = self._explained.get(topic, 0) + missed
         for prefix, subs in self.subs.items():
             if topic.startswith(prefix):
                 for s in subs:
                     s.gaps += missed
+
+    def _check_publisher(self, topic: bytes, stamp: bytes, count: int) -> None:
+        """A publisher's numbering skipped: what the router's gaps did not already count was
+        lost on the way (with a killed router, or before a restarted one had our
+        subscription) and is counted in ``lost``."""
+        publisher, first = _STAMP.unpack(stamp)
+        key = (topic, publisher)
+        nxt = self._pub_next.get(key)
+        if nxt is None and len(self._pub_next) >= MAX_TRACKED:
+            self._pub_next.clear()
+        if nxt is None or first + count > nxt:
+            self._pub_next[key] = first + count
+        if nxt is None or first <= nxt:
+            return
+        missing = first - nxt
+        known = self._explained.get(topic, 0)
+        if known:
+            used = min(known, missing)
+            self._explained[topic] = known - used
+            missing -= used
+        if missing:
+            self.lost += missing
+            self.count("pubsub_lost_in_transit", missing)
+            for prefix, subs in self.subs.items():
+                if topic.startswith(prefix):
+                    for s in subs:
+                        s.lost += missing
 
     def tick(self, now: float) -> None:
         self._schedule_drain()

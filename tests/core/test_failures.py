@@ -178,6 +178,50 @@ def test_client_and_agent_survive_a_router_restart(spawn, start_echo, router) ->
                  message="the old subscription gets messages again")
 
 
+def test_messages_that_die_with_the_router_are_counted(spawn, router) -> None:
+    """Publishing on through a router SIGKILL and restart: every message the subscriber did
+    not get is counted somewhere — a router gap, its own queue, or ``lost`` (the publisher's
+    numbering skipped numbers no router counted)."""
+    endpoint, pub = router.ready_info["router"], router.ready_info["pub"]
+    with Mesh.connect(endpoint) as publisher, Mesh.connect(endpoint) as subscriber:
+        sub = subscriber.subscribe("loss.")
+        sent = 0
+
+        def burst(n: int = 2000) -> None:
+            nonlocal sent
+            for _ in range(n):
+                publisher.publish("loss.t", sent)
+                sent += 1
+
+        burst()
+        publisher.flush(wait=True)
+        wait_for(lambda: sub.received == sent, message="the first burst arrived")
+        burst(20_000)  # some of it is inside the router when it dies
+        router.kill()
+        spawn(router_process(name="router2", bind=endpoint, pub_bind=pub,
+                             extra=["--auth-port", "0"]))
+        restarted_at = sent
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # publish on until the subscriber hears again
+            burst(200)
+            if sub.queue and sub.queue[-1].data >= restarted_at:
+                break
+            time.sleep(0.01)  # paces this bounded loop; the condition is the sync point
+        burst()
+        publisher.flush(wait=True)
+        dropped_at_publisher = publisher._amesh.core.counters.get("publish_dropped", 0)
+
+        def accounted() -> bool:  # (received includes what its own queue later dropped)
+            return sub.received + sub.gaps + sub.lost + dropped_at_publisher == sent
+
+        wait_for(accounted, timeout=15, message="every message delivered or counted "
+                 f"(sent {sent}, received {sub.received}, gaps {sub.gaps}, dropped "
+                 f"{sub.dropped}, lost {sub.lost}, publisher dropped {dropped_at_publisher})")
+        seen = [m.data for m in list(sub.queue)]
+        assert seen == sorted(set(seen))  # in order, no duplicate
+        assert sub.lost > 0  # the burst died with the router: counted by the publisher's numbers
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6), min_size=1,
                 max_size=10))
