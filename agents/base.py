@@ -267,12 +267,20 @@ class Agent:
 
     @property
     def mesh(self) -> Any:
-        """An AsyncMesh over this agent's own connection, to call other agents."""
+        """An AsyncMesh over this agent's own connection, to call other agents. With
+        ``AGP_E2E=1`` it seals like an e2e client (and opens sealed topics), except in the
+        system services (``agp/system``), whose own traffic bootstraps the keys."""
         if self._mesh is None:
             from mesh.aio import AsyncMesh
 
             assert self.core is not None
-            self._mesh = AsyncMesh(self.core, breakers=True)
+            e2e = self.boxes if (os.environ.get("AGP_E2E", "") not in ("", "0")
+                                 and not self.service.startswith("agp/system/")) else None
+            self._mesh = AsyncMesh(self.core, breakers=True, e2e=e2e)
+            if e2e is not None:
+                from security.key_service import TopicKeyClient
+
+                self.core.subs.crypto = TopicKeyClient(self._mesh)
         return self._mesh
 
     @property
@@ -358,6 +366,8 @@ class Agent:
         if tasks:
             await asyncio.wait(tasks, timeout=drain_timeout)
         await self.on_stop()
+        if core.subs.crypto is not None:
+            core.subs.crypto.close()
         if self.direct is not None:
             self.direct.close()
             self.direct = None

@@ -141,6 +141,9 @@ class AsyncMesh:
         await self.close()
 
     async def close(self) -> None:
+        crypto = self.core.subs.crypto
+        if crypto is not None:
+            crypto.close()
         await self.core.close()
 
     # ------------------------------------------------------------------ helpers

@@ -265,6 +265,13 @@ class TopicKeyClient:
             return
         await asyncio.wait([self.fetch(topic, "subscribe")], timeout=5.0)
 
+    def close(self) -> None:
+        """The client is closing: stop what is still on its way."""
+        for task in [*self._fetching.values(), self._notices]:
+            if task is not None and not task.done():
+                task.cancel()
+        self._fetching.clear()
+
     def _ensure_notices(self) -> None:
         if self._notices is None:
             self._notices = self.subs.core.loop.create_task(self._subscribe_notices())
