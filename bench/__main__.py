@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     security = ("off",) if profile == "tiny" else ("off", "on")
     mesh_security = security if profile == "tiny" else suite.MESH_SECURITY
     report = Report()
-    from bench.baselines import PROFILES
+    from bench.baselines import PROFILES, step_modes
 
     total = (len(scenario_names(profile)) * len(security)
-             + len(suite.steps(PROFILES[profile])) * len(mesh_security))
+             + sum(len(step_modes(st, mesh_security)) for st in suite.steps(PROFILES[profile])))
     progress = Progress(total=total)
     suite.run(report, profile=profile, security=mesh_security, progress=progress.step)
     run_suite(report, profile=profile, security=security, progress=progress.step)

@@ -904,13 +904,20 @@ def run_suite(
 SECURITY_MODES: Final[dict[str, Any]] = {"off": False, "on": True, "e2e": "e2e"}
 
 
-def run_steps(report: Any, steps: list[tuple[str, Any, Any]], *, security: tuple[str, ...],
+def step_modes(step: tuple[Any, ...], security: tuple[str, ...]) -> tuple[str, ...]:
+    """The security modes a step runs in: all asked for, or those it names (4th item)."""
+    return security if len(step) < 4 else tuple(s for s in security if s in step[3])
+
+
+def run_steps(report: Any, steps: list[tuple[Any, ...]], *, security: tuple[str, ...],
               label: str, progress: Any = None) -> dict[str, Any]:
-    """Run ``(name, run(secure) -> dict, emit(report, result, security))`` steps, each with
-    security off and on side by side; a step that fails is noted and the rest go on."""
+    """Run ``(name, run(secure) -> dict, emit(report, result, security)[, modes])`` steps,
+    each in every security mode (off, on, e2e) side by side, or in the ``modes`` it names; a
+    step that fails is noted and the rest go on."""
     results: dict[str, Any] = {}
-    for name, run, emit in steps:
-        for sec in security:
+    for step in steps:
+        name, run, emit = step[:3]
+        for sec in step_modes(step, security):
             key = f"{name} [security {sec}]"
             if progress is not None:
                 progress(f"{label}: {key}")

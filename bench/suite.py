@@ -7,6 +7,8 @@ from typing import Any
 from bench import mesh_scenarios as ms
 from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile, run_steps
 
+MESH_SECURITY = ALL_MODES = ("off", "on", "e2e")  # e2e: on, and payloads sealed end to end
+
 
 def steps(p: Profile) -> list[tuple[str, Any, Any]]:
     """(name, run(secure) -> dict, emit(report, result, security)) for every scenario."""
@@ -25,7 +27,8 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
                     lambda s, rate=rate: ms.reqrep_open_loop(rate=rate, duration=d, secure=s),
                     lambda rep, r, sec, rate=rate: rep.add_latency(
                         RR, f"open loop {rate:.0f}/s", summary=r["corrected"], security=sec,
-                        note=f"lost {r['lost']}" if r["lost"] else "")))
+                        note=f"lost {r['lost']}" if r["lost"] else ""),
+                    ALL_MODES if rate == max(p.rates) else ("off", "on")))
     out.append(("fire-and-forget", lambda s: ms.fire_and_forget(duration=d, secure=s),
                 lambda rep, r, sec: rep.add(FAF, "throughput", r["delivered_per_s"], "msg/s",
                                             security=sec,
@@ -49,7 +52,8 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
                         duration=d, malloc_tuned=tuned, secure=s, direct=direct),
                     lambda rep, r, sec, name=name, direct=direct: rep.add(
                         ST, name, r["gb_per_s"], "GB/s", security=sec,
-                        note=_path_note(direct, r))))
+                        note=_path_note(direct, r)),
+                    ALL_MODES if tuned else ("off",)))  # malloc's effect: once is enough
     return out
 
 
@@ -59,7 +63,6 @@ def _path_note(asked_direct: bool, r: dict[str, Any]) -> str:
     return "peer to peer, opened via the router" if r.get("direct") else "FELL BACK to router"
 
 
-MESH_SECURITY = ("off", "on", "e2e")
 
 
 def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = MESH_SECURITY,
