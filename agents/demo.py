@@ -100,7 +100,8 @@ def run_patterns(log_dir: Path) -> None:
                     s.write(chunk, raw=True)
             dt = time.perf_counter() - t0
             print(f"streamed {s.result['chunks']} x 1 MiB to {s.result['instance']} "
-                  f"in {dt * 1000:.0f} ms ({64 / 1024 / dt:.2f} GiB/s, credit-controlled)")
+                  f"in {dt * 1000:.0f} ms ({64 / 1024 / dt:.2f} GiB/s, credit-controlled, "
+                  f"{'peer to peer over CURVE' if s.result.get('direct') else 'via the router'})")
     finally:
         _line("shutdown")
         for p in reversed(procs):
