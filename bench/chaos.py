@@ -3,7 +3,9 @@
 ``python -m bench.chaos [--short]`` (or ``run_chaos(...)``) starts a secure router, N echo
 agents serving ``chaos/mesh/echo``, two subscribers (one steady, one that gets paused), a
 publisher and a requester (``bench.chaos_sides``), all separate processes on 127.0.0.1.
-Traffic is paced open loop; every payload carries a sequence number.
+Traffic is paced open loop; every payload carries a sequence number. The echo calls are
+marked idempotent (as a read would be), so the client retries them, up to three times
+within their 5 s timeout, after an UNAVAILABLE from a killed agent or router.
 
 The monkey (seeded) runs one fault at a time, every ``fault_interval`` seconds, cycling
 through a shuffled order of: SIGKILL a random agent (measure detection: until
@@ -13,11 +15,11 @@ request succeeds again), SIGSTOP the slow subscriber then SIGCONT it.
 
 Accounting (as in nats-server's chaos tests): bitsets of sequence numbers at the receivers
 prove nothing is answered or delivered twice; ``sent == ok + errors`` for requests;
-``published == delivered + counted drops + lost with a killed router`` per subscriber, where
-each missing run of sequence numbers must be explained by a drop counted where it happened
-(a router sequence gap or own-queue overflow the subscriber learnt of) or lie across a
-router restart window (the router held those messages when it was killed). Anything else is
-unaccounted. A stall detector fails the run when no progress is made for 10 s.
+``published == delivered + counted drops`` per subscriber, where each missing run of
+sequence numbers must be explained by a drop the subscriber's mesh client counted: a router
+sequence gap, its own queue's overflow, or ``lost`` (numbers its publisher skipped that no
+router counted: messages that died with a killed router). Anything else is unaccounted.
+A stall detector fails the run when no progress is made for 10 s.
 """
 
 from __future__ import annotations
@@ -240,7 +242,8 @@ def run_chaos(duration: float = 60.0, req_rate: float = 10_000.0, pub_rate: floa
                                                 str(duration), "--payload", str(payload)])
         c.start_side("requester", "requester", ["--rate", str(req_rate), "--duration",
                                                 str(duration), "--payload", "16",
-                                                "--timeout", str(req_timeout)])
+                                                "--timeout", str(req_timeout),
+                                                "--idempotent"])
         t_traffic = time.monotonic()
         stall = StallDetector(c.out, {"requester": "ok", "publisher": "published",
                                       "sub-steady": "received", "sub-slow": "received"},

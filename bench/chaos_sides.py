@@ -101,7 +101,8 @@ async def requester(a: argparse.Namespace) -> dict[str, Any]:
 
     async def one(i: int) -> None:
         try:
-            r = await m.request(SERVICE, "echo", {"seq": i, "pad": pad}, timeout=a.timeout)
+            r = await m.request(SERVICE, "echo", {"seq": i, "pad": pad}, timeout=a.timeout,
+                                idempotent=a.idempotent, retries=3 if a.idempotent else 0)
         except Error as exc:
             outcome[i] = 2
             errors[type(exc).__name__] += 1
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--payload", type=int, default=16)
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--idempotent", action="store_true",
+                   help="requester: mark the echo calls idempotent, so the client (and the "
+                        "router, when an instance dies) may retry them within their timeout")
     p.add_argument("--expect", type=int, default=1_000_000, help="subscriber: bitset size")
     p.add_argument("--hwm", type=int, default=100_000, help="subscriber: socket/queue bound")
     p.add_argument("--no-shim", action="store_true",
