@@ -1,15 +1,18 @@
 """``make bench-peers``: the same work over the systems agp-mesh is compared with.
 
-- gRPC (grpcio, asyncio API, no TLS): unary echo, sequential latency and throughput with
-  100 calls in flight; server streaming of 1 MiB chunks (GB/s = 1e9 B/s). Server and client
-  run in separate processes, like the mesh's.
+- gRPC (grpcio, asyncio API): unary echo, sequential latency and throughput with 100 calls
+  in flight; server streaming of 1 MiB chunks (GB/s = 1e9 B/s). Server and client run in
+  separate processes, like the mesh's. Security "off" rows: gRPC without TLS beside
+  agp-mesh with security off; "on" rows: gRPC over TLS (a self-signed certificate made with
+  ``openssl`` for the run; skipped, and said so, without it) beside agp-mesh with CURVE,
+  tokens and RBAC.
 - Redis pub/sub (redis-py), when ``redis-server`` is on PATH and redis-py is installed: one
   publisher, one subscriber, delivered msg/s. The server is started on a free loopback port
   and stopped by its pid; when absent the run says it was skipped and why.
 
 The baseline column holds the peer's figure; :func:`run` takes a ``mesh`` hook that puts the
 agp-mesh figure of the same rows (same pattern, scenario, unit, security) into the value
-column, so one run prints both side by side. Rows (security "off"):
+column, so one run prints both side by side. Rows (security "off" and "on"):
 ``request-response``: ``unary sequential p50..p99.9`` (ms), ``unary 100 in flight`` (req/s);
 ``streaming``: ``server stream 1 MiB`` (GB/s); ``pub/sub``: ``1 subscriber, delivered``
 (msg/s), ``1 subscriber, dropped`` (%).
@@ -66,12 +69,35 @@ MESH_HOOK: str | None = "bench.suite:peers_hook"
 
 
 # --------------------------------------------------------------------------- gRPC sides
-def _grpc_server(ctl: Control) -> dict[str, int]:
+def tls_pair() -> tuple[bytes, bytes] | None:
+    """(key, certificate) PEM for 127.0.0.1, self-signed with ``openssl``; None without it."""
+    if not _TLS:
+        exe = shutil.which("openssl")
+        if exe is None:
+            return None
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="agp-peers-tls-") as d:
+            key, cert = Path(d) / "key.pem", Path(d) / "cert.pem"
+            subprocess.run([exe, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                            "-keyout", str(key), "-out", str(cert)],
+                           check=True, capture_output=True, timeout=30)
+            _TLS.append((key.read_bytes(), cert.read_bytes()))
+    return _TLS[0]
+
+
+_TLS: list[tuple[bytes, bytes]] = []
+
+
+def _grpc_server(ctl: Control, tls: tuple[bytes, bytes] | None = None) -> dict[str, int]:
     """An asyncio gRPC server on a free loopback port, until the parent says stop."""
-    return asyncio.run(_serve(ctl))
+    return asyncio.run(_serve(ctl, tls))
 
 
-async def _serve(ctl: Control) -> dict[str, int]:
+async def _serve(ctl: Control, tls: tuple[bytes, bytes] | None = None) -> dict[str, int]:
     import grpc
 
     from bench.grpc_peer import bench_peer_pb2 as pb
@@ -95,7 +121,10 @@ async def _serve(ctl: Control) -> dict[str, int]:
 
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     pbg.add_PeerServicer_to_server(Peer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
     await server.start()
     ctl.ready(f"127.0.0.1:{port}")
     await asyncio.get_running_loop().run_in_executor(None, ctl.wait_stop, ctl.remaining())
@@ -103,18 +132,23 @@ async def _serve(ctl: Control) -> dict[str, int]:
     return calls
 
 
-def _grpc_client(ctl: Control, target: str, mode: str, p: PeerProfile) -> dict[str, Any]:
+def _grpc_client(ctl: Control, target: str, mode: str, p: PeerProfile,
+                 ca: bytes | None = None) -> dict[str, Any]:
     """Run one client scenario (``sequential``, ``inflight`` or ``stream``)."""
-    return asyncio.run(_client(ctl, target, mode, p))
+    return asyncio.run(_client(ctl, target, mode, p, ca))
 
 
-async def _client(ctl: Control, target: str, mode: str, p: PeerProfile) -> dict[str, Any]:
+async def _client(ctl: Control, target: str, mode: str, p: PeerProfile,
+                  ca: bytes | None = None) -> dict[str, Any]:
     import grpc
 
     from bench.grpc_peer import bench_peer_pb2 as pb
     from bench.grpc_peer import bench_peer_pb2_grpc as pbg
 
-    async with grpc.aio.insecure_channel(target, options=_GRPC_OPTIONS) as channel:
+    channel = grpc.aio.insecure_channel(target, options=_GRPC_OPTIONS) if ca is None else \
+        grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca),
+                                options=_GRPC_OPTIONS)
+    async with channel:
         stub = pbg.PeerStub(channel)
         msg = pb.Blob(data=bytes(64))
         await asyncio.wait_for(channel.channel_ready(), _START)
@@ -168,13 +202,16 @@ async def _client(ctl: Control, target: str, mode: str, p: PeerProfile) -> dict[
         }
 
 
-def grpc_scenario(mode: str, p: PeerProfile) -> dict[str, Any]:
-    """One gRPC scenario with server and client in their own processes."""
+def grpc_scenario(mode: str, p: PeerProfile, tls: tuple[bytes, bytes] | None = None
+                  ) -> dict[str, Any]:
+    """One gRPC scenario with server and client in their own processes (over TLS when
+    ``tls`` is a (key, certificate) pair)."""
     run = p.duration + p.count / 200 + _START + _MARGIN
     with Group() as g:
-        server = g.spawn("grpc-server", _grpc_server, max_run=run + _MARGIN)
+        server = g.spawn("grpc-server", _grpc_server, tls, max_run=run + _MARGIN)
         target = server.wait_ready()
-        client = g.spawn("grpc-client", _grpc_client, target, mode, p, max_run=run)
+        client = g.spawn("grpc-client", _grpc_client, target, mode, p,
+                         tls[1] if tls else None, max_run=run)
         out: dict[str, Any] = client.result(run)
     return out
 
@@ -359,24 +396,36 @@ def run(
     rep = report or Report(
         title="agp-mesh vs gRPC / Redis", value_label="agp-mesh", baseline_label="peer"
     )
-    prog = progress or Progress(total=4 + (mesh is not None))
-    g_note = f"grpcio {_version('grpcio')} asyncio, no TLS"
-    for mode in ("sequential", "inflight", "stream"):
-        prog.step(f"gRPC {mode}")
-        try:
-            r = grpc_scenario(mode, p)
-        except Exception as e:  # one broken peer must not hide the others
-            rep.message(f"gRPC {mode} failed: {type(e).__name__}: {e}")
+    prog = progress or Progress(total=7 + (mesh is not None))
+    try:
+        tls = tls_pair()
+    except (OSError, subprocess.SubprocessError) as e:
+        tls = None
+        rep.message(f"gRPC over TLS skipped: no certificate ({type(e).__name__}: {e})")
+    if tls is None:
+        rep.message("gRPC over TLS skipped: openssl is not installed")
+    for sec, pair in (("off", None), ("on", tls)):
+        if sec == "on" and pair is None:
             continue
-        rep.add_raw(f"grpc/{mode}", r)
-        if mode == "sequential":
-            rep.add_latency(RR, "unary sequential", baseline=r, note=g_note)
-        elif mode == "inflight":
-            label = f"unary {p.inflight} in flight"
-            rep.add_baseline(RR, label, r["req_per_s"], "req/s", note=g_note)
-            rep.add_latency(RR, label, baseline=r, note=g_note)
-        else:
-            rep.add_baseline(ST, "server stream 1 MiB", r["gb_per_s"], "GB/s", note=g_note)
+        g_note = f"grpcio {_version('grpcio')} asyncio, {'TLS' if pair else 'no TLS'}"
+        for mode in ("sequential", "inflight", "stream"):
+            prog.step(f"gRPC {mode} ({g_note})")
+            try:
+                r = grpc_scenario(mode, p, pair)
+            except Exception as e:  # one broken peer must not hide the others
+                rep.message(f"gRPC {mode} ({g_note}) failed: {type(e).__name__}: {e}")
+                continue
+            rep.add_raw(f"grpc/{mode}/{sec}", r)
+            if mode == "sequential":
+                rep.add_latency(RR, "unary sequential", baseline=r, note=g_note, security=sec)
+            elif mode == "inflight":
+                label = f"unary {p.inflight} in flight"
+                rep.add_baseline(RR, label, r["req_per_s"], "req/s", note=g_note,
+                                 security=sec)
+                rep.add_latency(RR, label, baseline=r, note=g_note, security=sec)
+            else:
+                rep.add_baseline(ST, "server stream 1 MiB", r["gb_per_s"], "GB/s",
+                                 note=g_note, security=sec)
     prog.step("Redis pub/sub")
     why = redis_missing()
     if why is not None:

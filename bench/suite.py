@@ -113,16 +113,19 @@ def check_targets(report: Any, security: str = "on") -> list[str]:
 
 
 def peers_hook(report: Any, p: Any) -> None:
-    """agp-mesh's figures for ``make bench-peers``, under the rows gRPC and Redis fill
-    (security on: agp-mesh authenticates and authorizes; the gRPC peer runs without TLS)."""
-    seq = ms.reqrep_sequential(count=p.count, secure=True)
-    report.add_latency(RR, "unary sequential", summary=seq, note="agp-mesh: security on")
-    inflight = ms.reqrep_inflight(duration=p.duration, inflight=p.inflight, secure=True)
-    label = f"unary {p.inflight} in flight"
-    report.add(RR, label, inflight["req_per_s"], "req/s")
-    report.add_latency(RR, label, summary=inflight)
-    report.add(ST, "server stream 1 MiB",
-               ms.stream(duration=p.duration, secure=True, direct=True)["gb_per_s"], "GB/s")
+    """agp-mesh's figures for ``make bench-peers``, under the rows gRPC and Redis fill:
+    security off beside gRPC without TLS, on (CURVE, tokens, RBAC) beside gRPC over TLS."""
+    for sec, secure in (("off", False), ("on", True)):
+        seq = ms.reqrep_sequential(count=p.count, secure=secure)
+        report.add_latency(RR, "unary sequential", summary=seq, security=sec)
+        inflight = ms.reqrep_inflight(duration=p.duration, inflight=p.inflight, secure=secure)
+        label = f"unary {p.inflight} in flight"
+        report.add(RR, label, inflight["req_per_s"], "req/s", security=sec)
+        report.add_latency(RR, label, summary=inflight, security=sec)
+        report.add(ST, "server stream 1 MiB",
+                   ms.stream(duration=p.duration, secure=secure, direct=True)["gb_per_s"],
+                   "GB/s", security=sec, note="agp-mesh: peer to peer")
     ps = ms.pubsub(subscribers=1, duration=p.duration, secure=True)
-    report.add(PS, "1 subscriber, delivered", ps["delivered_per_s"], "msg/s")
+    report.add(PS, "1 subscriber, delivered", ps["delivered_per_s"], "msg/s",
+               note="agp-mesh: security on; Redis: no TLS, no ACL")
     report.add(PS, "1 subscriber, dropped", ps["drop_pct"], "%")

@@ -26,6 +26,18 @@ def test_grpc_server_stream() -> None:
     assert r["bytes"] == r["chunks"] * peers.MiB
 
 
+def test_grpc_over_tls_runs_or_says_why_not() -> None:
+    pair = peers.tls_pair()
+    if pair is None:  # no openssl: the suite says the TLS rows were skipped (see below)
+        assert peers.shutil.which("openssl") is None
+        return
+    key, cert = pair
+    assert b"PRIVATE KEY" in key
+    assert b"CERTIFICATE" in cert
+    r = peers.grpc_scenario("sequential", TINY, pair)
+    assert r["req_per_s"] > 0
+
+
 def test_redis_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peers.shutil, "which", lambda name: None)
     assert peers.redis_missing() == "redis-server is not on PATH"
@@ -49,16 +61,25 @@ def test_run_with_mesh_hook_writes_side_by_side(tmp_path: Path) -> None:
     def mesh(rep: Report, p: peers.PeerProfile) -> None:
         seen.append(p)
         rep.add(peers.ST, "server stream 1 MiB", 1.5, "GB/s")
+        rep.add(peers.ST, "server stream 1 MiB", 0.9, "GB/s", security="on")
 
-    rep = peers.run("tiny", mesh=mesh, progress=Progress(total=5, stream=_Sink()))
+    rep = peers.run("tiny", mesh=mesh, progress=Progress(total=8, stream=_Sink()))
     assert seen == [TINY]
-    row = next(r for r in rep.rows if r.scenario == "server stream 1 MiB")
-    assert row.value == 1.5
-    assert row.baseline is not None
-    assert row.ratio is not None
+    for sec, value in (("off", 1.5), ("on", 0.9)):  # gRPC without TLS, and over TLS
+        if sec == "on" and peers.tls_pair() is None:
+            continue
+        row = next(r for r in rep.rows
+                   if r.scenario == "server stream 1 MiB" and r.security == sec)
+        assert row.value == value
+        assert row.baseline is not None
+        assert row.ratio is not None
     paths = rep.write(tmp_path, stem="peers", plot="peers-latency.png")
     data = json.loads(paths["json"].read_text())
-    assert {"grpc/sequential", "grpc/inflight", "grpc/stream"} <= set(data["raw"])
+    tls = ("off", "on") if peers.tls_pair() is not None else ("off",)
+    assert {f"grpc/{m}/{sec}" for m in ("sequential", "inflight", "stream")
+            for sec in tls} <= set(data["raw"])
+    if len(tls) == 1:
+        assert any("gRPC over TLS skipped" in m for m in data["messages"])
     if peers.redis_missing() is not None:
         assert any("Redis pub/sub skipped" in m for m in data["messages"])
     else:
