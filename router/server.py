@@ -18,13 +18,12 @@ from typing import Any
 
 import zmq
 
-from mesh import codec, telemetry
-from mesh.errors import Error, ErrorCode, TooLarge, Unauthenticated
+from mesh import telemetry
+from mesh.errors import ErrorCode, TooLarge
 from mesh.wire import (
     DISCONNECT_FRAME,
     HEARTBEAT_FRAME,
     MAX_ADDRESS_BYTES,
-    MAX_HEADER_BYTES,
     MAX_TIMEOUT_MS,
     PROTOCOL_VERSION,
     ROUTE,
@@ -35,11 +34,12 @@ from mesh.wire import (
     pack_route,
 )
 from mesh.zmqio import recv_frames, recv_frames_with_user, send_frames
-from proto import agp_pb2
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
 from router.proxy import PubSubProxy
+from router.sessions import Sessions
 from router.stats import RouterStats
+from router.system import AUTH_SERVICE, REGISTRY_SERVICE, ROUTER_SERVICE, SystemServices
 from router.table import Instance, Peer, Queued, RoutingTable, Service
 
 log = logging.getLogger("agp.router")
@@ -51,13 +51,10 @@ _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 _DIRECT = int(Flag.DIRECT)
 _TRACED = telemetry.TRACED_FLAG
-ROUTER_SERVICE = b"agp/router"
-AUTH_SERVICE = b"agp/system/auth"
-REGISTRY_SERVICE = b"agp/system/registry"
 SUB_REFUSED = b"\x01"  # address-frame marker: this FORBIDDEN refuses a subscription
 
 
-class Router:
+class Router(Sessions, SystemServices):
     """The data plane. ``start()`` binds; ``run()`` loops until ``stop()``."""
 
     def __init__(
@@ -385,16 +382,6 @@ class Router:
             return
         self._send([inst.peer.rid, msg[1], peer.rid, b""])
 
-    @staticmethod
-    def _direct_key_is_own(peer: Peer, msg: list[bytes]) -> bool:
-        """A direct stream's agent lets in the key named in the open's envelope: it must be
-        the key this connection authenticated with (one protobuf parse per stream open)."""
-        try:
-            key = agp_pb2.Envelope.FromString(msg[3]).sender_key
-        except Exception:
-            return False
-        return bool(key) and key.decode(errors="replace") == peer.identity
-
     def _on_to_client(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         """Forward a STREAM_CREDIT or PROGRESS from an instance to its client: only for a
         call that instance is working on (a stream's first credit may hand the client a
@@ -421,174 +408,6 @@ class Router:
             self._deny(peer, "publish", topic, 0)
             return
         self.proxy.publish(topic, msg[1], msg[1:])
-
-    # ------------------------------------------------------------------ control
-    def _registry_allowed(self, peer: Peer, msg: list[bytes]) -> bool:
-        """At the registry's door: a lease may only be taken for a name the caller may
-        register, under the caller's own key (no one takes over another's service name)."""
-        try:
-            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
-            if action not in ("register", "heartbeat", "deregister"):
-                return True
-            record = codec.decode(msg[4:])
-            name = str(record["name"]).encode()
-            key = record.get("public_key")
-        except Exception:
-            return False
-        return key == peer.identity and self.access.allowed(peer.session, "register", name)
-
-    def _on_auth_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        """``agp/system/auth``: ``token`` for the key this connection authenticated with;
-        ``revoke`` (admins) refuses a token id from now on, on every connection."""
-        issue = getattr(self.access, "issue_for_key", None)
-        try:
-            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else "token"
-            if issue is None or peer.identity is None:
-                raise Unauthenticated("no token service on this router")
-            if action == "revoke":
-                if not self.access.allowed(peer.session, "admin", AUTH_SERVICE):
-                    self._deny(peer, "admin", AUTH_SERVICE, ident)
-                    return
-                jti = str(codec.decode(msg[4:])["jti"])
-                self.access.tokens.revoke(jti)  # type: ignore[attr-defined]
-                body: Any = {"revoked": jti}
-            else:
-                body = issue(peer.identity)
-        except (KeyError, TypeError) as exc:
-            self._error(peer.rid, ErrorCode.MALFORMED, f"bad revoke request: {exc}", ident)
-            return
-        except Error as exc:
-            self.stats.auth_failures["token"] += 1
-            self._error(peer.rid, exc.code, exc.message, ident)
-            return
-        self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), AUTH_SERVICE, b"",
-                    *codec.encode(body)])
-
-    def _on_router_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        """The router's own service, ``agp/router``: stats and services, for tools and tests."""
-        try:
-            action = agp_pb2.Envelope.FromString(msg[3]).action if msg[3] else ""
-        except Exception:
-            action = ""
-        if action == "ping":  # anyone: a barrier (everything sent before it has been taken)
-            self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
-                        *codec.encode("pong")])
-            return
-        if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
-            self._deny(peer, "admin", ROUTER_SERVICE, ident)
-            return
-        if action == "drain":  # admins: route nothing new to an instance; in-flight finishes
-            try:
-                name = str(codec.decode(msg[4:])["instance"]).encode()
-            except Exception:
-                self._error(peer.rid, ErrorCode.MALFORMED, "drain needs {instance: NAME}", ident)
-                return
-            inst = self.table.instances.get(name)
-            if inst is None:
-                self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE, f"no instance {name!r}", ident)
-                return
-            inst.accepting = False
-            log.warning("instance %s drained by %s", name.decode(errors="replace"), peer.name)
-            body: Any = {"instance": name.decode(errors="replace"), "accepting": False}
-        elif action == "stats":
-            body = {**self.stats.as_dict(), "peers": len(self.peers),
-                         "router_id": self.config.router_id,
-                         "uptime": time.time() - self.started_at}
-        elif action == "services":
-            body = self.table.snapshot()
-        else:
-            self._error(peer.rid, ErrorCode.NO_SUCH_ACTION, f"agp/router has no {action!r}", ident)
-            return
-        self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
-                    *codec.encode(body)])
-
-    def _on_hello(self, msg: list[bytes], identity: str | None, ident: int) -> None:
-        rid = msg[0]
-        self.stats.hellos += 1
-        if len(msg) < 4 or len(msg[3]) > MAX_HEADER_BYTES:
-            self._error(rid, ErrorCode.MALFORMED, "HELLO needs a header", ident)
-            return
-        try:
-            hello = agp_pb2.Hello.FromString(msg[3])
-        except Exception:
-            self._error(rid, ErrorCode.MALFORMED, "undecodable HELLO", ident)
-            return
-        if self.secure and identity is None:
-            self.stats.auth_failures["no_identity"] += 1
-            self._error(rid, ErrorCode.UNAUTHENTICATED, "connection is not authenticated", ident)
-            return
-        try:
-            session = self.access.hello(identity, hello.token, hello.peer_name)
-        except Error as exc:
-            self.stats.auth_failures[exc.code.name.lower()] += 1
-            log.warning("HELLO refused from %s: %s", identity, exc.message)
-            self._error(rid, exc.code, exc.message, ident)
-            return
-        peer = self.peers.get(rid)
-        if peer is not None and peer.identity == identity:
-            peer.session = session  # a token refresh on a live connection
-        else:
-            if peer is not None:
-                self._remove_peer(peer, "identity changed")
-            peer = Peer(rid, hello.peer_name[:128], int(hello.kind), identity, session)
-            self.peers[rid] = peer
-        peer.last_seen = self.now
-        welcome = agp_pb2.Welcome(
-            protocol_version=PROTOCOL_VERSION,
-            router_id=self.config.router_id,
-            heartbeat_ms=int(self.config.heartbeat_interval * 1000),
-            max_message_bytes=self.config.max_message_bytes,
-            pub_endpoint=self.pub_endpoint,
-            server_key=self.server_keypair[0] if self.server_keypair else b"",
-        )
-        self._send([rid, pack_route(Cmd.WELCOME, 0, 0, 0, ident), b"",
-                    welcome.SerializeToString()])
-
-    def _on_ready(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        if len(msg) < 4 or len(msg[3]) > MAX_HEADER_BYTES:
-            self._error(peer.rid, ErrorCode.MALFORMED, "READY needs a header", ident)
-            return
-        try:
-            ready = agp_pb2.Ready.FromString(msg[3])
-        except Exception:
-            self._error(peer.rid, ErrorCode.MALFORMED, "undecodable READY", ident)
-            return
-        service = ready.service.encode()
-        instance = ready.instance.encode()
-        if not _valid_name(service) or not instance or b"/" in instance or len(instance) > 64:
-            self._error(peer.rid, ErrorCode.MALFORMED,
-                        f"bad service or instance name {ready.service!r}/{ready.instance!r}", ident)
-            return
-        if self.secure and not self.access.allowed(peer.session, "register", service):
-            self._deny(peer, "register", service, ident)
-            return
-        full = service + b"/" + instance
-        existing = self.table.instances.get(full)
-        if existing is not None and existing.peer is not peer:
-            if self.secure and existing.peer.identity != peer.identity:
-                self._deny(peer, "register", full, ident)
-                return
-            self._remove_instance(existing, "replaced by a new connection")
-        if peer.instance is not None:
-            if peer.instance.name == full:
-                peer.instance.capacity = max(1, ready.capacity or 1)
-                peer.instance.weight = max(1, ready.weight or 1)
-                self._send([peer.rid, pack_route(Cmd.READY, 0, 0, 0, ident), full, b""])
-                return
-            self._error(peer.rid, ErrorCode.MALFORMED,
-                        "one connection serves one instance", ident)
-            return
-        inst = self.table.add_instance(
-            peer, service, instance,
-            capacity=ready.capacity or 1, weight=ready.weight or 1, policy=int(ready.policy),
-            actions=tuple(ready.actions), public_key=ready.public_key,
-            labels=dict(ready.labels), version=ready.version,
-        )
-        log.info("instance %s ready (capacity %d, weight %d)", full.decode(errors="replace"),
-                 inst.capacity, inst.weight)
-        self._send([peer.rid, pack_route(Cmd.READY, 0, 0, 0, ident), full, b""])
-        if inst.service.queue:
-            self._drain_queue(inst.service)
 
     def _on_disconnect(self, peer: Peer, code: int) -> None:
         if code == ErrorCode.DRAINING and peer.instance is not None:
@@ -713,15 +532,3 @@ class Router:
                 frames = error_frames(ErrorCode.FORBIDDEN, f"subscribe to {topic!r} is not allowed",
                                       0, SUB_REFUSED + topic)
                 self._send([peer.rid, *frames])
-
-
-def _valid_name(name: bytes) -> bool:
-    if not name or len(name) > MAX_ADDRESS_BYTES:
-        return False
-    for seg in name.split(b"/"):
-        if not seg or not all(c in _NAME_CHARS for c in seg):
-            return False
-    return True
-
-
-_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
