@@ -15,6 +15,7 @@ lets an agent re-announce itself through ``on_session``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -147,6 +148,8 @@ class Core:
         self._resend: list[int] = []
         self._hello_waiters: list[asyncio.Future[None]] = []
         self._hello_sent_at = -1e9
+        self._hello_ids: collections.deque[int] = collections.deque(maxlen=64)  # recent HELLOs
+        self._live_hellos: set[int] = set()  # HELLOs sent on a live session (token refresh)
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._sent = False
@@ -466,7 +469,7 @@ class Core:
                 if p.on_progress is not None:
                     p.on_progress(p.instance, msg)
         elif cmd == Cmd.WELCOME:
-            self._on_welcome(msg)
+            self._on_welcome(msg, ident)
         elif cmd == Cmd.READY:
             p = self.pending.pop(ident, None)
             if p is not None:
@@ -483,7 +486,7 @@ class Core:
             self.connected = False
             self._send_hello()
             return
-        if ident:
+        if ident and ident not in self._hello_ids:
             p = self.pending.pop(ident, None)
             if p is not None:
                 if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
@@ -522,9 +525,15 @@ class Core:
         self._hello_sent_at = self.loop.time()
         if self.sock is None:
             return
+        ident = next(self._ids)  # the request id space: an ERROR names what it answers
+        self._hello_ids.append(ident)
+        if self.connected:  # a token on a live session: its WELCOME must be taken
+            if len(self._live_hellos) > 16:
+                self._live_hellos.clear()
+            self._live_hellos.add(ident)
         try:
-            self.sock.send_multipart([pack_route(Cmd.HELLO), b"", hello.SerializeToString()],
-                                     zmq.NOBLOCK)
+            self.sock.send_multipart([pack_route(Cmd.HELLO, 0, 0, 0, ident), b"",
+                                      hello.SerializeToString()], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.counters["send_errors"] += 1
 
@@ -532,13 +541,19 @@ class Core:
         """Present a fresh token on the live connection (HELLO again)."""
         self._send_hello()
 
-    def _on_welcome(self, msg: list[bytes]) -> None:
+    def _on_welcome(self, msg: list[bytes], ident: int = 0) -> None:
         try:
             welcome = agp_pb2.Welcome.FromString(msg[2])
         except Exception:
             self.counters["malformed"] += 1
             return
         restarted = bool(self.router_id) and welcome.router_id != self.router_id
+        if self.connected and not restarted and ident not in self._live_hellos:
+            # the answer to a HELLO resent while the router was out of reach (a partition
+            # held them all): the session is already up, so it changes nothing
+            self.counters["stale_welcomes"] = self.counters.get("stale_welcomes", 0) + 1
+            return
+        self._live_hellos.discard(ident)
         self.welcome = welcome
         self.router_id = welcome.router_id
         self.connected = True

@@ -104,6 +104,11 @@ def test_partition_is_detected_within_5s_and_heals_without_a_duplicate(
                   if r["name"] == SERVICE]
         assert sorted(listed) == ["steady", "victim"]
         assert m.request(f"{SERVICE}/victim", "whoami", timeout=2)["pid"] == victim.pid
+        # HELLOs resent during the partition may all arrive at the heal: only the first
+        # answer re-announces the agent (once at start, once after the heal)
+        assert victim.log_dir is not None
+        log_text = (victim.log_dir / f"{victim.name}.log").read_text()
+        assert log_text.count(f"serving {SERVICE} as") == 2, log_text
         print(f"partition[{proxy.mode}]: router dropped the agent after {router_gone:.2f}s, "
               f"registry after {detected:.2f}s; healed in {healed:.2f}s "
               f"(connections reset at the heal: {resets})")
