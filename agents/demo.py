@@ -1,8 +1,9 @@
 """`make demo`: every pattern, then the product's two scenarios, on local processes.
 
-Part 1 (patterns): router, two processes serving one service with weights 3 and 1, and this
-script as the client: request-response (and the balancing it got), fire-and-forget, pub/sub
-and a credit-controlled stream.
+Part 1 (patterns): router, the registry and the topic key service, two processes serving one
+service with weights 3 and 1, and this script as the client: request-response (and the
+balancing it got), fire-and-forget, pub/sub, a credit-controlled stream, and the same
+patterns sealed end to end (the router sees none of it).
 
 Part 2 (scenarios): a router, the discovery registry and the four work agents (two
 ml_trainer instances) as processes. Scenario 1 runs the ML workflow durably and serves
@@ -43,6 +44,8 @@ def run_patterns(log_dir: Path) -> None:
         ensure_router(home)
         enroll_identity(home, "demo-client", roles=("client",))
         enroll_identity(home, "echo", roles=("agent",), namespace="demo/patterns")
+        for system in ("registry", "keys"):
+            enroll_identity(home, system, roles=("agent",), namespace="agp/system")
         os.environ["AGP_HOME"] = str(home.root)
         os.environ["AGP_IDENTITY"] = "demo-client"
         router = router_process(log_dir=log_dir, extra=["--auth-port", "0"])
@@ -51,6 +54,13 @@ def run_patterns(log_dir: Path) -> None:
         endpoint = info["router"]
         print(f"router   pid {router.pid} on {endpoint} (pub/sub on {info['pub']}); "
               f"CURVE + ZAP, tokens from {info['auth']}, RBAC from {home.policy}")
+        for module, name in (("discovery.service", "registry"), ("security.key_service",
+                                                                  "keys")):
+            p = agent_process(module, endpoint, name=name, log_dir=log_dir,
+                              extra=["--identity", name])
+            p.start()
+            procs.append(p)
+            print(f"{name:<8} pid {p.pid} serves agp/system/{name}")
         for i, weight in enumerate((3, 1)):
             a = agent_process("agents.echo", endpoint, name=f"echo-{i}", log_dir=log_dir,
                               extra=["--namespace", "demo/patterns", "--instance", f"w{weight}-{i}",
@@ -102,11 +112,38 @@ def run_patterns(log_dir: Path) -> None:
             print(f"streamed {s.result['chunks']} x 1 MiB to {s.result['instance']} "
                   f"in {dt * 1000:.0f} ms ({64 / 1024 / dt:.2f} GiB/s, credit-controlled, "
                   f"{'peer to peer over CURVE' if s.result.get('direct') else 'via the router'})")
+        run_sealed(endpoint)
     finally:
         _line("shutdown")
         for p in reversed(procs):
             code = p.stop()
             print(f"{p.name:<8} pid {p.pid} exited with {code}")
+
+
+def run_sealed(endpoint: str) -> None:
+    """The same patterns with every payload sealed end to end (keys from the registry and
+    the topic key service; the router and proxy hold none)."""
+    _line("end to end: sealed payloads")
+    with Mesh.connect(endpoint, e2e=True) as m:
+        deadline = time.monotonic() + 15
+        while not m.request("agp/system/registry", "lookup", {"name": SERVICE}):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the echo agents did not register within 15 s")
+            time.sleep(0.05)  # the agents' leases are their own: poll, bounded
+        reply = m.request(SERVICE, "echo", {"secret": "sealed for the echo agents' keys"})
+        print(f"request: {reply}  (sealed to the service's keys, opened by the instance)")
+        with m.stream(SERVICE, "ingest") as s:
+            for _ in range(16):
+                s.write(bytes(1024 * 1024), raw=True)
+        path = "peer to peer" if s.result["direct"] else "via the router"
+        print(f"stream: {s.result['chunks']} x 1 MiB, each chunk sealed with AEGIS-256 under "
+              f"a key from an ephemeral exchange, {path}")
+        sub = m.subscribe("ticks.SEALED")
+        for i in range(100):
+            m.publish("ticks.SEALED", {"seq": i})
+        got = [sub.get(timeout=10).data["seq"] for _ in range(100)]
+        print(f"pub/sub: 100 published, {len(got)} opened in order {got == list(range(100))}; "
+              f"batches sealed with the topic's key, refused {sub.refused or 0}")
 
 
 def run_scenarios(log_dir: Path) -> None:
