@@ -137,3 +137,18 @@ def test_a_dead_agent_ends_a_direct_stream_with_an_error(router, start_echo) -> 
 
     asyncio.run(main())
     wait_for(lambda: agent.proc.poll() is not None, message="agent exited")
+
+
+def test_an_unreachable_direct_path_falls_back_to_the_router(router, spawn, enroll) -> None:
+    from agents.procs import agent_process
+
+    identity = enroll("echo-unreachable", "test/ns")
+    spawn(agent_process("tests.core.unreachable_direct_echo", router.ready_info["router"],
+                        name="unreachable", extra=["--namespace", "test/ns", "--instance",
+                                                   "unreachable", "--identity", identity]))
+    with Mesh.connect(router.ready_info["router"]) as m:
+        with m.stream(SVC, "ingest") as s:  # waits BIND_TIMEOUT for the direct path
+            for _ in range(20):
+                s.write(CHUNK, raw=True)
+        assert s.result["chunks"] == 20
+        assert s.result["direct"] is False  # the chunks went through the router
