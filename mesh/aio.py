@@ -148,7 +148,7 @@ class AsyncMesh:
     async def close(self) -> None:
         crypto = self.core.subs.crypto
         if crypto is not None:
-            crypto.close()
+            await asyncio.gather(*crypto.close(), return_exceptions=True)
         await self.core.close()
 
     # ------------------------------------------------------------------ helpers

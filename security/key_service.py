@@ -265,12 +265,15 @@ class TopicKeyClient:
             return
         await asyncio.wait([self.fetch(topic, "subscribe")], timeout=5.0)
 
-    def close(self) -> None:
-        """The client is closing: stop what is still on its way."""
-        for task in [*self._fetching.values(), self._notices]:
-            if task is not None and not task.done():
-                task.cancel()
+    def close(self) -> list[asyncio.Task[Any]]:
+        """The client is closing: stop what is still on its way (returns the tasks, for the
+        caller to await their end)."""
+        tasks = [t for t in [*self._fetching.values(), self._notices]
+                 if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
         self._fetching.clear()
+        return tasks
 
     def _ensure_notices(self) -> None:
         if self._notices is None:
