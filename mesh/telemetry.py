@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -236,10 +236,10 @@ def end_span(span: Span | None, exc: BaseException | None = None) -> None:
 
 
 @contextmanager
-def client_span(dest: str, action: str, pattern: str = "request") -> Iterator[Span]:
-    """The caller's side of a call; inside it, :func:`inject` gives the header value."""
-    span = start_client_span(dest, action, pattern)
-    token = otel_context.attach(trace.set_span_in_context(span))
+def _spanning(span: Span, *, current: bool = True) -> Iterator[Span]:
+    """The body runs inside ``span`` (made current unless ``current`` is false); the span
+    ends when it does, recording the exception that ended it, if any."""
+    token = otel_context.attach(trace.set_span_in_context(span)) if current else None
     exc: BaseException | None = None
     try:
         yield span
@@ -247,8 +247,15 @@ def client_span(dest: str, action: str, pattern: str = "request") -> Iterator[Sp
         exc = e
         raise
     finally:
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
         _finish(span, exc)
+
+
+def client_span(dest: str, action: str, pattern: str = "request"
+                ) -> AbstractContextManager[Span]:
+    """The caller's side of a call; inside it, :func:`inject` gives the header value."""
+    return _spanning(start_client_span(dest, action, pattern))
 
 
 def start_server_span(service: str, action: str, traceparent: str | None,
@@ -264,22 +271,11 @@ def start_server_span(service: str, action: str, traceparent: str | None,
                                            "agp.instance": instance})
 
 
-@contextmanager
 def server_span(action: str, traceparent: str | None, service: str = "",
-                instance: str = "") -> Iterator[Span]:
+                instance: str = "") -> AbstractContextManager[Span]:
     """``with server_span(...)``: the handler runs with the span current (nested calls are
     its children)."""
-    span = start_server_span(service, action, traceparent, instance)
-    token = otel_context.attach(trace.set_span_in_context(span))
-    exc: BaseException | None = None
-    try:
-        yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        otel_context.detach(token)
-        _finish(span, exc)
+    return _spanning(start_server_span(service, action, traceparent, instance))
 
 
 def use_span(span: Span | None) -> object | None:
@@ -294,21 +290,14 @@ def release(token: object | None) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
-@contextmanager
-def router_span(dest: str, traceparent: str | None, **attributes: Any) -> Iterator[Span]:
+def router_span(dest: str, traceparent: str | None, **attributes: Any
+                ) -> AbstractContextManager[Span]:
     """A span for work the router does itself (its own service, a denial), child of the
     caller's span."""
-    span = tracer().start_span(f"route {dest}", context=extract(traceparent),
-                               kind=SpanKind.INTERNAL,
-                               attributes={"agp.destination": dest, **attributes})
-    exc: BaseException | None = None
-    try:
-        yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        _finish(span, exc)
+    return _spanning(tracer().start_span(f"route {dest}", context=extract(traceparent),
+                                         kind=SpanKind.INTERNAL,
+                                         attributes={"agp.destination": dest, **attributes}),
+                     current=False)
 
 
 def traceparent_of(header: bytes) -> str:
@@ -372,40 +361,21 @@ async def observed_request(amesh: Any, dest: str, action: str, data: Any,
 
 
 # ---------------------------------------------------------------------- workflows
-@contextmanager
-def run_span(run_id: str, workflow: str, traceparent: str | None = None) -> Iterator[Span]:
+def run_span(run_id: str, workflow: str, traceparent: str | None = None
+             ) -> AbstractContextManager[Span]:
     """One workflow run is one trace: its steps (:func:`step_span`) are children, and every
     agent call a step makes is a grandchild through the header."""
-    span = tracer().start_span(f"workflow {workflow}", context=extract(traceparent),
-                               kind=SpanKind.INTERNAL,
-                               attributes={"agp.run_id": run_id, "agp.workflow": workflow})
-    token = otel_context.attach(trace.set_span_in_context(span))
-    exc: BaseException | None = None
-    try:
-        yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        otel_context.detach(token)
-        _finish(span, exc)
+    return _spanning(tracer().start_span(
+        f"workflow {workflow}", context=extract(traceparent), kind=SpanKind.INTERNAL,
+        attributes={"agp.run_id": run_id, "agp.workflow": workflow}))
 
 
-@contextmanager
-def step_span(run_id: str, step: str, agent: str, attempt: int = 1) -> Iterator[Span]:
-    span = tracer().start_span(f"step {step}", kind=SpanKind.INTERNAL,
-                               attributes={"agp.run_id": run_id, "agp.step": step,
-                                           "agp.agent": agent, "agp.attempt": attempt})
-    token = otel_context.attach(trace.set_span_in_context(span))
-    exc: BaseException | None = None
-    try:
-        yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        otel_context.detach(token)
-        _finish(span, exc)
+def step_span(run_id: str, step: str, agent: str, attempt: int = 1
+              ) -> AbstractContextManager[Span]:
+    return _spanning(tracer().start_span(
+        f"step {step}", kind=SpanKind.INTERNAL,
+        attributes={"agp.run_id": run_id, "agp.step": step, "agp.agent": agent,
+                    "agp.attempt": attempt}))
 
 
 def read_trace_file(path: str) -> list[dict[str, Any]]:
