@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,12 +23,19 @@ from mesh.errors import DeadlineExceeded, Unavailable
 
 
 class ManagedProcess:
+    """``python ARGS`` as a child (after ``launcher``, e.g. ``ip netns exec NS``); ``env``
+    adds to this process's environment (None unsets a name); ``stdin`` keeps a pipe to it."""
+
     def __init__(self, name: str, args: list[str], *, log_dir: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: Mapping[str, str | None] | None = None, launcher: Sequence[str] = (),
+                 stdin: bool = False, cwd: Path | None = None) -> None:
         self.name = name
         self.args = args
         self.log_dir = log_dir
         self.env = env
+        self.launcher = list(launcher)
+        self.stdin = stdin
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_info: dict[str, Any] = {}
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -39,23 +47,32 @@ class ManagedProcess:
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else -1
 
-    def start(self, ready_timeout: float = 30.0) -> dict[str, Any]:
+    def start(self, ready_timeout: float | None = 30.0) -> dict[str, Any]:
+        """Start; wait for the ready line unless ``ready_timeout`` is None."""
         env = dict(os.environ)
-        env.update(self.env or {})
+        for key, value in (self.env or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_dir / f"{self.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, *self.args], stdout=subprocess.PIPE,
+            [*self.launcher, sys.executable, *self.args], stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE if self.stdin else None,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,
-            env=env, start_new_session=True,
+            env=env, cwd=self.cwd, start_new_session=True,
         )
         self.started_at = time.monotonic()
         self._reader = threading.Thread(target=self._read, name=f"read-{self.name}",
                                         daemon=True)
         self._reader.start()
-        self.ready_info = self.wait_event("ready", ready_timeout)
+        return self.wait_ready(ready_timeout) if ready_timeout is not None else {}
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        self.ready_info = self.wait_event("ready", timeout)
         return self.ready_info
 
     def _read(self) -> None:
@@ -72,7 +89,9 @@ class ManagedProcess:
                     pass
         self._events.put({"event": "exited"})
 
-    def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
+    def wait_event(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
+        """The next ``event`` line (whose fields equal ``match``); DeadlineExceeded after
+        ``timeout``, Unavailable once the process exited."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -82,9 +101,10 @@ class ManagedProcess:
                 ev = self._events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if ev.get("event") == event:
+            if ev.get("event") == event and all(ev.get(k) == v for k, v in match.items()):
                 return ev
             if ev.get("event") == "exited":
+                self._events.put(ev)  # every later wait learns it too
                 code = self.proc.wait() if self.proc else "?"
                 raise Unavailable(f"{self.name} exited with {code} before {event!r} (see its log)")
 
@@ -114,6 +134,11 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self._reader is not None:
             self._reader.join(5)
         if self.proc.stdout is not None:

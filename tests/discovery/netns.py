@@ -7,11 +7,12 @@ named ``v<host>`` and whose host-side end is ``eth0``. Every interface is up wit
 on and a 224.0.0.0/4 route, so mDNS crosses the bridge. :meth:`NetLab.link` sets a host's
 switch port down or up: a cable pulled and plugged back, with no FIN or RST on any socket.
 
-:class:`NsProcess` runs ``python ARGS`` inside a namespace (``ip netns exec`` execs, so the
-pid we hold is the Python process), reads its JSON lines, and answers a line protocol on
-stdin (see ``netns_probe``). :meth:`NetLab.close` kills every process it started (by pid)
-and deletes every namespace, whatever happened before; a run that was itself killed -9
-leaves namespaces that the next lab deletes (only ``agpt-<pid>-*`` whose pid is gone).
+:class:`NsProcess` is an :class:`~agents.procs.ManagedProcess` that runs ``python ARGS``
+inside a namespace (``ip netns exec`` execs, so the pid we hold is the Python process) and
+speaks a line protocol on its stdin (see ``netns_probe``). :meth:`NetLab.close` kills every
+process it started (by pid) and deletes every namespace, whatever happened before; a run
+that was itself killed -9 leaves namespaces that the next lab deletes (only
+``agpt-<pid>-*`` whose pid is gone).
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
+
+from agents.procs import ManagedProcess
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SUBNET: Final = "10.77.0"
@@ -60,62 +58,21 @@ def netns_unavailable() -> str | None:
     return None
 
 
-class NsProcess:
-    """A Python process inside a namespace; stop() by pid, SIGTERM then SIGKILL."""
+class NsProcess(ManagedProcess):
+    """A Python process inside a namespace that also answers a line protocol on stdin."""
 
-    def __init__(self, ns: str, name: str, args: list[str], env: dict[str, str],
+    def __init__(self, ns: str, name: str, args: list[str], env: dict[str, str | None],
                  log_dir: Path) -> None:
-        self.ns, self.name = ns, name
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.ready_info: dict[str, Any] = {}
+        super().__init__(name, args, log_dir=log_dir, env=env,
+                         launcher=["ip", "netns", "exec", ns], stdin=True, cwd=ROOT)
+        self.ns = ns
         self._ids = itertools.count(1)
-        self._log: IO[bytes] = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, *args], cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            start_new_session=True)
-        self._reader = threading.Thread(target=self._read, name=f"ns-read-{name}", daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            if line.startswith(b"{"):
-                try:
-                    self.events.put(json.loads(line))
-                except ValueError:
-                    pass
-        self.events.put({"event": "exited"})
-
-    def wait_event(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
-        """The next ``event`` line (with ``match`` fields); AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: no {event!r} within {timeout:g}s")
-            try:
-                ev = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if ev.get("event") == "exited":
-                self.events.put(ev)
-                raise AssertionError(f"{self.name} exited ({self.proc.poll()}); see its log")
-            if ev.get("event") == event and all(ev.get(k) == v for k, v in match.items()):
-                return ev
-
-    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        self.ready_info = self.wait_event("ready", timeout)
-        return self.ready_info
+        self.start(ready_timeout=None)
 
     def call(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
         """Ask a probe process to do ``op``; its value, or AssertionError with its error."""
         ident = next(self._ids)
+        assert self.proc is not None
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"id": ident, "op": op, **args}).encode() + b"\n")
         self.proc.stdin.flush()
@@ -123,26 +80,6 @@ class NsProcess:
         if not reply["ok"]:
             raise AssertionError(f"{self.name} {op}: {reply['error']}")
         return reply["value"]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        self._reader.join(5)
-        self._log.close()
 
 
 class NetLab:
@@ -210,7 +147,7 @@ class NetLab:
         """Unplug (or plug back) ``host``'s cable: its port on the switch goes down (up)."""
         _ip("-n", self.ns[self.hosts[0]], "link", "set", f"v{host}", "up" if up else "down")
 
-    def spawn(self, host: str, name: str, args: list[str], env: dict[str, str]
+    def spawn(self, host: str, name: str, args: list[str], env: dict[str, str | None]
               ) -> NsProcess:
         proc = NsProcess(self.ns[host], name, args, env, self.log_dir)
         self.procs.append(proc)

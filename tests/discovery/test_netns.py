@@ -12,7 +12,6 @@ exactly once.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -41,9 +40,10 @@ def lab(mesh_home: Home, log_dir: Path) -> Iterator[NetLab]:
         yield lab
 
 
-def ns_env(mesh: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"AGP_ROUTER", "AGP_MDNS_INTERFACES", "AGP_SERVER_KEY"}}
+def ns_env(mesh: str, **extra: str) -> dict[str, str | None]:
+    """Added to this process's environment; None unsets (no endpoint, interface or key)."""
+    env: dict[str, str | None] = dict.fromkeys(
+        ("AGP_ROUTER", "AGP_MDNS_INTERFACES", "AGP_SERVER_KEY"))
     env.update(AGP_MDNS="1", AGP_MESH=mesh, PYTHONUNBUFFERED="1", **extra)
     return env
 
