@@ -211,7 +211,6 @@ class AsyncMesh:
         raw: bool = False,
         traceparent: str | None = None,
         on_progress: Callable[[float, str], None] | None = None,
-        _plain: bool = False,
     ) -> Any:
         """Call ``action`` on a service (balanced) or an instance; return the decoded reply.
 
@@ -228,9 +227,7 @@ class AsyncMesh:
         if stats is not None:
             stats.sent("request", metrics.payload_bytes(payload))
         breaker = self.breaker(dest)
-        if self.e2e is not None and (_plain or dest in _NEVER_SEALED):
-            return await AsyncMesh(self.core, breakers=False).request(
-                dest, action, data, timeout=timeout)
+        boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         backoff = backoff or Backoff()
@@ -251,14 +248,14 @@ class AsyncMesh:
             ident = self.core.next_id()
             send_header, send_payload, send_flags = header, payload, flags
             recipients: list[bytes] = []
-            if self.e2e is not None:
+            if boxes is not None:
                 recipients = await self._recipients(dest)
                 aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-                blob, send_payload = self.e2e.seal(recipients, payload, aad)
+                blob, send_payload = boxes.seal(recipients, payload, aad)
                 send_header = agp_pb2.Envelope(
                     action=action, idempotency_key=idempotency_key or "",
                     traceparent=traceparent or "", nonce=blob,
-                    sender_key=self.e2e.public).SerializeToString()
+                    sender_key=boxes.public).SerializeToString()
                 send_flags = flags | Flag.ENCRYPTED
             self.core.start_request(Cmd.REQUEST, address, send_header, send_payload, waiter,
                                     flags=send_flags, timeout=remaining,
@@ -287,7 +284,7 @@ class AsyncMesh:
                 breaker.on_success()
             if stats is not None:
                 stats.bytes_received += metrics.payload_bytes(msg[3:])
-            if self.e2e is not None:
+            if boxes is not None:
                 return self._open_reply(msg, recipients, ident)
             return decode_reply(msg)
 
@@ -319,8 +316,7 @@ class AsyncMesh:
             raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
                               f"not {dest!r}")
         records = await self.request("agp/system/registry", "lookup",
-                                     {"name": "/".join(parts[:3])}, timeout=5.0,
-                                     _plain=True)
+                                     {"name": "/".join(parts[:3])}, timeout=5.0)
         keys = sorted({r["public_key"].encode() for r in records
                        if len(parts) == 3 or r["instance"] == parts[3]})
         if not keys:
@@ -399,7 +395,7 @@ class AsyncMesh:
             await crypto.settle(timeout)
             self.core.subs.flush()
         if wait:  # the router's own ping carries no payload: never sealed
-            await self._request("agp/router", "ping", timeout=timeout, _plain=True)
+            await self._request("agp/router", "ping", timeout=timeout)
 
     async def subscribe(
         self,

@@ -62,6 +62,6 @@ def sealed_mesh(tapped_router, spawn, enroll):
                                "--instance", "one"]))
     with Mesh.connect(r.endpoint, e2e=True) as m:
         wait_for(lambda: m.request("agp/system/registry", "lookup",
-                                   {"name": "test/e2e/echo"}, _plain=True),
+                                   {"name": "test/e2e/echo"}),
                  message="agent registered")
         yield m, captured, tamper
