@@ -13,7 +13,11 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from security import keys
-from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
+from tests.security.sealed_mesh import (  # noqa: F401 (fixtures)
+    sealed_mesh,
+    secure_router_thread,
+    tapped_router,
+)
 
 DEADLINE = 15.0  # generous: the machine is shared and slow under load
 
@@ -193,11 +197,8 @@ def topic_mesh(mesh_home: Any, spawn: Any, enroll: Any,
     import router.proxy as proxy_mod
     from agents.procs import agent_process
     from mesh import Mesh
-    from router.config import RouterConfig
-    from router.server import Router
     from security.home import enroll_identity
     from security.key_service import KEY_SERVICE
-    from security.server import secure_router
     from tests.helpers import wait_for
 
     captured: list[bytes] = []
@@ -221,26 +222,18 @@ def topic_mesh(mesh_home: Any, spawn: Any, enroll: Any,
         enroll_identity(mesh_home, name, roles=())
     enroll("registry", "agp/system")
     enroll("keys", "agp/system")
-    parts = secure_router(auth_port=0)
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
-               access=parts.access, server_keypair=parts.server_keypair)
-    r.start()
-    t = threading.Thread(target=r.run, daemon=True)
-    t.start()
-    tm = TopicMesh(r, captured, mode, mesh_home)
-    try:
-        spawn(agent_process("discovery.service", r.endpoint, name="registry",
-                            extra=["--identity", "registry"]))
-        spawn(agent_process("security.key_service", r.endpoint, name="keys",
-                            extra=["--identity", "keys"]))
-        with Mesh.connect(r.endpoint) as admin:
-            wait_for(lambda: admin.request("agp/system/registry", "lookup",
-                                           {"name": KEY_SERVICE}), timeout=DEADLINE,
-                     message="the key service registered")
-        yield tm
-    finally:
-        for m in tm.clients:
-            m.close()
-        r.stop()
-        t.join(5)
-        parts.stop()
+    with secure_router_thread() as r:
+        tm = TopicMesh(r, captured, mode, mesh_home)
+        try:
+            spawn(agent_process("discovery.service", r.endpoint, name="registry",
+                                extra=["--identity", "registry"]))
+            spawn(agent_process("security.key_service", r.endpoint, name="keys",
+                                extra=["--identity", "keys"]))
+            with Mesh.connect(r.endpoint) as admin:
+                wait_for(lambda: admin.request("agp/system/registry", "lookup",
+                                               {"name": KEY_SERVICE}), timeout=DEADLINE,
+                         message="the key service registered")
+            yield tm
+        finally:
+            for m in tm.clients:
+                m.close()

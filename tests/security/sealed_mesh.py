@@ -5,6 +5,8 @@ an e2e echo agent are real processes. Used by the end-to-end tests of requests a
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,6 +17,24 @@ from router.config import RouterConfig
 from router.server import Router
 from security.server import secure_router
 from tests.helpers import wait_for
+
+
+@contextmanager
+def secure_router_thread() -> Iterator[Router]:
+    """A secure router (CURVE, ZAP, tokens, RBAC from AGP_HOME) on ephemeral loopback ports,
+    run on a thread of this process so a test can wrap the functions it sends with."""
+    parts = secure_router(auth_port=0)
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
+               access=parts.access, server_keypair=parts.server_keypair)
+    r.start()
+    t = threading.Thread(target=r.run, daemon=True)
+    t.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+        t.join(5)
+        parts.stop()
 
 
 @pytest.fixture
@@ -36,18 +56,8 @@ def tapped_router(mesh_home, monkeypatch):
         real_send(sock, frames)
 
     monkeypatch.setattr(router_server, "send_frames", tap)
-    parts = secure_router(auth_port=0)
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"),
-               access=parts.access, server_keypair=parts.server_keypair)
-    r.start()
-    t = threading.Thread(target=r.run, daemon=True)
-    t.start()
-    try:
+    with secure_router_thread() as r:
         yield r, captured, tamper
-    finally:
-        r.stop()
-        t.join(5)
-        parts.stop()
 
 
 @pytest.fixture
