@@ -16,7 +16,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from zeroconf import (
@@ -87,15 +87,23 @@ class _Filter:
         return False
 
 
-def _browse_sync(zc: Zeroconf, timeout: float, accept: _Filter, first: bool) -> list[Announcement]:
-    names: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=MAX_CANDIDATES)
+def _change_handler(put_nowait: Callable[[tuple[str, bool]], None],
+                    full: type[Exception], stats: MdnsStats) -> Callable[..., None]:
+    """A browser's handler: (name, removed) into a bounded queue; a flood is counted."""
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str,
                   state_change: ServiceStateChange) -> None:
         try:
-            names.put_nowait((name, state_change is ServiceStateChange.Removed))
-        except queue.Full:
-            accept.stats.dropped["flood"] += 1
+            put_nowait((name, state_change is ServiceStateChange.Removed))
+        except full:
+            stats.dropped["flood"] += 1
+
+    return on_change
+
+
+def _browse_sync(zc: Zeroconf, timeout: float, accept: _Filter, first: bool) -> list[Announcement]:
+    names: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=MAX_CANDIDATES)
+    on_change = _change_handler(names.put_nowait, queue.Full, accept.stats)
 
     found: dict[str, Announcement] = {}
     deadline = time.monotonic() + timeout
@@ -142,13 +150,7 @@ def _resolve_sync(zc: Zeroconf, name: str, deadline: float,
 async def _browse_async(aiozc: AsyncZeroconf, timeout: float, accept: _Filter,
                         first: bool) -> list[Announcement]:
     names: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(maxsize=MAX_CANDIDATES)
-
-    def on_change(zeroconf: Zeroconf, service_type: str, name: str,
-                  state_change: ServiceStateChange) -> None:
-        try:
-            names.put_nowait((name, state_change is ServiceStateChange.Removed))
-        except asyncio.QueueFull:
-            accept.stats.dropped["flood"] += 1
+    on_change = _change_handler(names.put_nowait, asyncio.QueueFull, accept.stats)
 
     found: dict[str, Announcement] = {}
     loop = asyncio.get_running_loop()
