@@ -9,12 +9,15 @@ import asyncio
 import os
 import signal
 
+import msgpack
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from mesh import AsyncMesh, Forbidden, Mesh, Unavailable
-from mesh.wire import Cmd, Flag, pack_route
+from mesh.errors import ErrorCode, Malformed
+from mesh.stream import parse_answer
+from mesh.wire import Cmd, Flag, pack_route, parse_error, parse_route
 from proto import agp_pb2
 from security.home import client_security
 from tests.helpers import wait_for
@@ -152,3 +155,46 @@ def test_an_unreachable_direct_path_falls_back_to_the_router(router, spawn, enro
                 s.write(CHUNK, raw=True)
         assert s.result["chunks"] == 20
         assert s.result["direct"] is False  # the chunks went through the router
+
+
+@pytest.mark.parametrize(("frame", "why"), [
+    (b"\xc1", "undecodable"),
+    (b"\x93\x01\x02\x03", "not a map of bytes"),
+    (msgpack.packb({"t": "text, not bytes"}), "not a map of bytes"),
+    (b"\xc4" + b"x" * 5000, "too large"),
+])
+def test_a_malformed_stream_answer_is_refused_clearly(frame: bytes, why: str) -> None:
+    with pytest.raises(Malformed, match=why):
+        parse_answer([b"route", b"instance", b"", frame])
+    assert parse_answer([b"route", b"instance"]) == {}  # a plain credit carries none
+
+
+def test_garbage_on_the_direct_socket_is_refused_and_the_stream_goes_on(router,
+                                                                       start_echo) -> None:
+    start_echo()
+    me = client_security("tester")
+
+    async def main() -> None:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            async with m.stream(SVC, "ingest") as s:
+                await s.write(CHUNK, raw=True)
+                endpoint, agent_key = next(iter(m.core.direct_links().socks))
+                ctx = zmq.Context()
+                sock = ctx.socket(zmq.DEALER)
+                sock.curve_publickey, sock.curve_secretkey = me.public, me.secret
+                sock.curve_serverkey = agent_key  # admitted: this key holds an offer
+                sock.connect(endpoint)
+                sock.send_multipart([b"short"])  # no route frame: dropped, counted
+                sock.send_multipart([pack_route(Cmd.STREAM_DATA, 0, 0, 0, 99),
+                                     b"no-such-ticket!!", b"data"])
+                assert sock.poll(5000), "no answer to an unknown ticket within 5 s"
+                answer = sock.recv_multipart()
+                sock.close(0)
+                ctx.term()
+                code, message, _ = parse_error(parse_route(answer[0]), answer)
+                assert (code, message) == (ErrorCode.CANCELLED, "no such direct stream")
+                await s.write(CHUNK, raw=True)
+            assert s.result["chunks"] == 2
+            assert s.result["direct"]
+
+    asyncio.run(main())
