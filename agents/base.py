@@ -44,6 +44,7 @@ from mesh.core import Core
 from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode, Unauthenticated
 from mesh.wire import Cmd, Flag, error_frames, pack_route
 from proto import agp_pb2
+from security.payload import seal_reply
 
 __all__ = ["Agent", "Context", "StreamIn", "action"]
 
@@ -375,7 +376,7 @@ class Agent:
         try:
             payload = msg[3:]
             if flags & _ENCRYPTED:
-                payload = self._open_payload(env, ident, payload)
+                payload, ctx.reply_key = self._open_payload(env, ident, payload)
                 ctx.reply_to = env.sender_key
             elif self.require_e2e and env.action not in self.plain_actions:
                 raise Unauthenticated("this agent takes sealed payloads only")
@@ -515,19 +516,19 @@ class Agent:
         self._reply(ctx, flags, payload)
 
     def _reply(self, ctx: Context, flags: int, payload: list[Any]) -> None:
-        """Send a REPLY; sealed for the caller's key when the request was sealed."""
-        header = b""
+        """Send a REPLY; sealed with the request's key when the request was sealed."""
         if ctx.reply_to:
-            assert self.boxes is not None
-            blob, payload = self.boxes.seal([ctx.reply_to], payload,
-                                            b"reply\0" + ctx.ident.to_bytes(8, "little"))
-            header = agp_pb2.Envelope(nonce=blob,
-                                      sender_key=self.boxes.public).SerializeToString()
+            key, ctx.reply_key = ctx.reply_key, None
+            if key is None:  # its nonce was used: a sealed request gets one answer
+                self._count_drop("second_sealed_reply")
+                return
+            payload = seal_reply(key, payload, b"reply\0" + ctx.ident.to_bytes(8, "little"))
             flags |= _ENCRYPTED
-        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, header, *payload])
+        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, b"", *payload])
 
     def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes]
-                      ) -> list[bytes]:
+                      ) -> tuple[list[bytes], Any]:
+        """The plaintext and the key of the answer (``security.payload.ReplyKey``)."""
         if self.boxes is None:
             raise Unauthenticated("sealed payload, but this agent has no key (insecure mode)")
         # a stream's session key is bound in: nobody on the path can swap it

@@ -34,7 +34,7 @@ class Context:
     """What a handler knows about the call it serves."""
 
     __slots__ = ("agent", "crid", "ident", "action", "deadline", "envelope", "params",
-                 "_event", "_is_cancelled", "reply_to", "span", "started")
+                 "_event", "_is_cancelled", "reply_key", "reply_to", "span", "started")
 
     def __init__(self, agent: Agent, crid: bytes, ident: int, action: str, deadline: float,
                  envelope: agp_pb2.Envelope) -> None:
@@ -50,6 +50,7 @@ class Context:
         self.span: Any = None  # the server span, when tracing is on
         self.started = 0.0  # loop time of arrival, when metrics are on
         self.reply_to = b""  # the caller's key when its payload was sealed end to end
+        self.reply_key: Any = None  # then the key of its one answer (security.payload)
 
     @property
     def cancelled(self) -> bool:

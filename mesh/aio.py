@@ -26,11 +26,12 @@ from mesh.errors import (
     InternalError,
     NoSuchService,
     Overloaded,
+    Unauthenticated,
     Unavailable,
 )
 from mesh.pubsub import Message, Subscription
 from mesh.stream import AsyncStream
-from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route
+from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
 from proto import agp_pb2
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
@@ -66,7 +67,7 @@ def decode_reply(msg: list[bytes]) -> Any:
     """The user value of a REPLY: raw bytes or decoded msgpack (arrays as numpy)."""
     flags = msg[0][2]
     payload = msg[3:]
-    if flags & Flag.RAW:
+    if flags & _RAW:
         return payload[0] if payload else b""
     if not payload:
         return None
@@ -76,6 +77,21 @@ def decode_reply(msg: list[bytes]) -> Any:
 # where keys are found and the router's own service: they carry what is public anyway
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
+_RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
+
+
+def open_sealed_reply(msg: list[bytes], reply_key: Any, ident: int) -> Any:
+    """The user value of the REPLY to a sealed request, opened with the request's
+    ``security.payload.ReplyKey``: only an instance the request was sealed to could seal it."""
+    from security.payload import open_reply
+
+    flags = msg[0][2]
+    if not flags & _ENCRYPTED:
+        raise Unauthenticated("the reply to a sealed request was not sealed")
+    frames = open_reply(reply_key, msg[3:], b"reply\0" + ident.to_bytes(8, "little"))
+    if flags & _RAW:
+        return frames[0]
+    return codec.decode(frames) if frames != [b""] else None
 
 
 class AsyncMesh:
@@ -86,6 +102,7 @@ class AsyncMesh:
         self.e2e = e2e  # security.payload.PayloadBoxes when payloads are sealed end to end
         self._keys: dict[str, tuple[float, list[bytes]]] = {}
         self._headers: dict[str, bytes] = {}
+        self._sealed_headers: dict[str, bytes] = {}  # action -> Envelope(action, sender_key)
         self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
 
     @classmethod
@@ -164,6 +181,22 @@ class AsyncMesh:
         env = agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
                                traceparent=traceparent or "")
         return env.SerializeToString()
+
+    def _sealed_header(self, action: str, idempotency_key: str | None,
+                       traceparent: str | None) -> bytes:
+        """The Envelope of a sealed request but its nonce (see ``wire.with_nonce``)."""
+        assert self.e2e is not None
+        if idempotency_key is None and traceparent is None:
+            h = self._sealed_headers.get(action)
+            if h is None:
+                h = agp_pb2.Envelope(action=action, sender_key=self.e2e.public
+                                     ).SerializeToString()
+                if len(self._sealed_headers) < 1024:
+                    self._sealed_headers[action] = h
+            return h
+        return agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
+                                traceparent=traceparent or "",
+                                sender_key=self.e2e.public).SerializeToString()
 
     @staticmethod
     def _address(name: str) -> bytes:
@@ -247,16 +280,16 @@ class AsyncMesh:
             waiter = loop.create_future()
             ident = self.core.next_id()
             send_header, send_payload, send_flags = header, payload, flags
-            recipients: list[bytes] = []
+            reply_key: Any = None
             if boxes is not None:
-                recipients = await self._recipients(dest)
+                hit = self._keys.get(dest)  # the usual case, without awaiting a coroutine
+                recipients = hit[1] if hit is not None and hit[0] > loop.time() \
+                    else await self._recipients(dest)
                 aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-                blob, send_payload = boxes.seal(recipients, payload, aad)
-                send_header = agp_pb2.Envelope(
-                    action=action, idempotency_key=idempotency_key or "",
-                    traceparent=traceparent or "", nonce=blob,
-                    sender_key=boxes.public).SerializeToString()
-                send_flags = flags | Flag.ENCRYPTED
+                blob, send_payload, reply_key = boxes.seal(recipients, payload, aad)
+                send_header = with_nonce(self._sealed_header(action, idempotency_key,
+                                                             traceparent), blob)
+                send_flags = flags | _ENCRYPTED
             self.core.start_request(Cmd.REQUEST, address, send_header, send_payload, waiter,
                                     flags=send_flags, timeout=remaining,
                                     on_progress=progress_cb, ident=ident)
@@ -274,7 +307,7 @@ class AsyncMesh:
                     else:
                         breaker.on_success()  # the destination answered, if with an error
                 safe = isinstance(exc, _NEVER_DISPATCHED) or (
-                    isinstance(exc, _MAYBE_RAN) and flags & Flag.IDEMPOTENT)
+                    isinstance(exc, _MAYBE_RAN) and flags & _IDEMPOTENT)
                 if not safe or attempt > retries:
                     raise
                 delay = min(backoff.delay(attempt), max(0.0, deadline - loop.time()))
@@ -285,25 +318,8 @@ class AsyncMesh:
             if stats is not None:
                 stats.bytes_received += metrics.payload_bytes(msg[3:])
             if boxes is not None:
-                return self._open_reply(msg, recipients, ident)
+                return open_sealed_reply(msg, reply_key, ident)
             return decode_reply(msg)
-
-    def _open_reply(self, msg: list[bytes], recipients: list[bytes], ident: int) -> Any:
-        """Open a sealed reply; it must come from one of the keys the request was sealed to."""
-        from mesh.errors import Unauthenticated
-
-        if not msg[0][2] & Flag.ENCRYPTED:
-            raise Unauthenticated("the reply to a sealed request was not sealed")
-        env = agp_pb2.Envelope.FromString(msg[2])
-        sender = env.sender_key
-        if sender not in recipients:
-            raise Unauthenticated("the reply was sealed by a key the request was not sealed to")
-        assert self.e2e is not None
-        frames = self.e2e.open(sender, env.nonce, msg[3:], b"reply\0" + ident.to_bytes(8, "little"))
-        flags = msg[0][2]
-        if flags & Flag.RAW:
-            return frames[0] if frames else b""
-        return codec.decode(frames) if frames and frames != [b""] else None
 
     async def _recipients(self, dest: str) -> list[bytes]:
         """The public keys that may open a request to ``dest``, from the discovery registry."""
@@ -350,11 +366,10 @@ class AsyncMesh:
         recipients = await self._recipients(dest)
         ident = self.core.next_id()
         payload: list[Any] = [data] if raw else codec.encode(data)
-        blob, sealed = self.e2e.seal(recipients, payload,
-                                     action.encode() + b"\0" + ident.to_bytes(8, "little"))
-        header = agp_pb2.Envelope(action=action, nonce=blob,
-                                  sender_key=self.e2e.public).SerializeToString()
-        flags = Flag.ENCRYPTED | (Flag.RAW if raw else 0)
+        blob, sealed, _ = self.e2e.seal(recipients, payload,
+                                        action.encode() + b"\0" + ident.to_bytes(8, "little"))
+        header = with_nonce(self._sealed_header(action, None, None), blob)
+        flags = _ENCRYPTED | (_RAW if raw else 0)
         return [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
 
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:

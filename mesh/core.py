@@ -621,10 +621,9 @@ class Core:
         self._timer = self.loop.call_later(0.1, self._tick)
 
 
+_RAW, _IDEMPOTENT = int(Flag.RAW), int(Flag.IDEMPOTENT)
+
+
 def flags_for(raw: bool, idempotent: bool) -> int:
-    f = 0
-    if raw:
-        f |= Flag.RAW
-    if idempotent:
-        f |= Flag.IDEMPOTENT
-    return f
+    """Route flags as a plain int (IntFlag arithmetic costs ~0.5 us an operation)."""
+    return (_RAW if raw else 0) | (_IDEMPOTENT if idempotent else 0)

@@ -82,6 +82,7 @@ class AsyncStream:
         self._result: Any = None
         self._answer: dict[str, bytes] | None = None
         self._recipients: list[bytes] = []
+        self._reply_key: Any = None  # security.payload.ReplyKey of a sealed open
         self._sealer: Any = None
         self._sock: zmq.Socket[Any] | None = None
         self._ticket = b""
@@ -168,7 +169,7 @@ class AsyncStream:
             exchange = ClientExchange(ident)
             self._recipients = await mesh._recipients(self.dest)
             aad = self.action.encode() + b"\0" + ident.to_bytes(8, "little") + exchange.public
-            blob, payload = mesh.e2e.seal(self._recipients, payload, aad)
+            blob, payload, self._reply_key = mesh.e2e.seal(self._recipients, payload, aad)
             header = agp_pb2.Envelope(action=self.action, nonce=blob,
                                       sender_key=mesh.e2e.public,
                                       ephemeral_key=exchange.public).SerializeToString()
@@ -262,11 +263,11 @@ class AsyncStream:
             msg = await self._waiter
         finally:
             self._finish()
-        if self.mesh.e2e is not None:
-            self._result = self.mesh._open_reply(msg, self._recipients, self.ident)
-        else:
-            from mesh.aio import decode_reply
+        from mesh.aio import decode_reply, open_sealed_reply
 
+        if self.mesh.e2e is not None:
+            self._result = open_sealed_reply(msg, self._reply_key, self.ident)
+        else:
             self._result = decode_reply(msg)
         return self._result
 

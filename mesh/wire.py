@@ -100,6 +100,25 @@ DISCONNECT_FRAME: Final = pack_route(Cmd.DISCONNECT)
 SUBACK_FRAME: Final = pack_route(Cmd.SUBACK)
 
 
+_NONCE_FIELD: Final = bytes([(9 << 3) | 2])  # Envelope.nonce: field 9, length-delimited
+_ONE_BYTE: Final = [bytes([i]) for i in range(0x80)]
+
+
+def with_nonce(envelope: bytes, blob: bytes) -> bytes:
+    """A serialized Envelope with ``nonce = blob`` appended. Protobuf merges concatenated
+    messages, so a sealed message's fixed header fields are serialized once and cached, and
+    only the per-message e2e blob is encoded here (``envelope`` must not carry a nonce)."""
+    n = len(blob)
+    if n < 0x80:
+        return b"".join((envelope, _NONCE_FIELD, _ONE_BYTE[n], blob))
+    length = bytearray()
+    while n > 0x7F:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return b"".join((envelope, _NONCE_FIELD, length, blob))
+
+
 def check_sizes(frames: list[bytes], max_message_bytes: int) -> int:
     """Return the total size of a message; raise TooLarge/Malformed past the caps."""
     if len(frames) > MAX_FRAMES:

@@ -1,19 +1,21 @@
-"""End-to-end sealing of request/reply/send/stream payloads with NaCl Box.
+"""End-to-end sealing of request/reply/send/stream payloads: X25519 sessions, AEGIS-256.
 
 The router carries these payloads but holds no key that opens them.
 
 Sessions. A :class:`Sealer` keeps one *session* per recipient: an ephemeral Curve25519
-keypair ``e``, a random 16-byte nonce prefix and a 64-bit counter. Frames are sealed with
-``Box(e_secret, recipient_static_public)``; the recipient derives the same key from
-``Box(recipient_static_secret, e_public)``. Each Box is built once per session and cached
-(building one costs ~30 us, sealing 100 B ~2 us). A session is rotated after
+keypair ``e``, a random 16-byte nonce prefix and a 64-bit counter. The session key is NaCl's
+``Box(e_secret, recipient_static_public).shared_key()`` (X25519 then HSalsa20); the recipient
+derives the same key from ``Box(recipient_static_secret, e_public)``. It is computed once per
+session (~30 us); each frame is then one AEGIS-256 call (``security.aead``, ~0.5 us for a
+small payload). A session is rotated after
 ``max_messages`` frames or ``max_seconds``, and its ephemeral secret is then dropped, so a
 later theft of the sender's static key does not open earlier traffic. (The recipient's
 static key is still one half of every session key: forward secrecy against the theft of the
 RECIPIENT's static key would need recipient-side ephemeral prekeys, which this does not do.)
 
-Nonces are ``prefix(16) || counter(8, big-endian)``; a message of n frames uses n
-consecutive counters, so no nonce ever repeats under one session key.
+Nonces are ``prefix(16) || counter(8, big-endian)`` (24 bytes on the wire; AEGIS-256 takes
+them padded with 8 zero bytes); a message of n frames uses n consecutive counters, so no
+nonce ever repeats under one session key.
 
 Sender authentication. Every sealed message carries ``session_pub`` and a 40-byte
 ``session_proof = created_ms(8) || BLAKE2b-256(key=K_ss, context || sender_pub ||
@@ -30,10 +32,10 @@ older than ``max_session_age`` (by ``created_ms``, i.e. the sender's clock, with
 for space are remembered until they would have expired; using one gives
 :class:`~mesh.errors.UnknownSession`, after which the sender calls :meth:`Sealer.forget`.
 
-Inside each frame's box a 20-byte header binds ``BLAKE2b-128(aad)`` and ``(index, count)``:
-the caller's associated data (e.g. message id and destination) cannot be swapped, and frames
-of a multi-frame payload cannot be reordered, dropped or moved between messages. Frames are
-sealed one by one (no concatenation of large frames).
+Each frame's associated data is the caller's ``aad`` followed by ``(index, count)``: the
+caller's binding (e.g. action and message id) cannot be swapped, and frames of a multi-frame
+payload cannot be reordered, dropped or moved between messages. Frames are sealed one by one
+(no concatenation of large frames); each grows by AEGIS-256's 32-byte tag.
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-import nacl.bindings
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 
 from mesh.errors import ConfigError, Malformed, Replayed, Unauthenticated, UnknownSession
 
+from . import aead
 from .keys import KeyPair, raw_key
 from .replay import DEFAULT_WINDOW, MAX_COUNTER, ReplayWindow
 
@@ -64,29 +66,24 @@ NONCE_LEN: Final = 24
 KEY_LEN: Final = 32
 PROOF_LEN: Final = 40
 HEADER_LEN: Final = NONCE_LEN + KEY_LEN + PROOF_LEN  # SealedParts.header()
-INNER_LEN: Final = 20
+TAG_LEN: Final = aead.TAG_LEN
 MAX_FRAMES: Final = 65535
 SESSION_MAX_MESSAGES: Final = 1 << 20
 SESSION_MAX_SECONDS: Final = 300.0
 MAX_SESSION_AGE: Final = 600.0
 CLOCK_SKEW: Final = 60.0
 MAX_PEERS: Final = 4096
-_PROOF_CONTEXT: Final = b"agp-mesh e2e session v1"
-_PROOF_PERSON: Final = b"agp-e2e-proof-v1"
-_AAD_PERSON: Final = b"agp-e2e-aad-v1"
-_INNER: Final = struct.Struct(">HH")
+_PROOF_CONTEXT: Final = b"agp-mesh e2e session v2"
+_PROOF_PERSON: Final = b"agp-e2e-proof-v2"
+_POSITION: Final = struct.Struct(">HH")
 _U64: Final = struct.Struct(">Q")
+_NONCE_PAD: Final = bytes(aead.NONCE_LEN - NONCE_LEN)
+_ONE_OF_ONE: Final = _POSITION.pack(0, 1)
+_seal, _open = aead.seal, aead.open_
 
 
 class OpenError(Unauthenticated):
     """A sealed payload did not authenticate (tampered, wrong key, forged session)."""
-
-
-def _aad_tag(aad: bytes) -> bytes:
-    return hashlib.blake2b(aad, digest_size=16, person=_AAD_PERSON).digest()
-
-
-_EMPTY_AAD_TAG: Final = _aad_tag(b"")
 
 
 def _proof_mac(k_ss: bytes, sender: bytes, recipient: bytes, session_pub: bytes,
@@ -144,11 +141,11 @@ class _StaticKeys:
 
 
 class _SendSession:
-    __slots__ = ("counter", "created", "key", "prefix", "proof", "pub")
+    __slots__ = ("counter", "created", "header_tail", "key", "prefix")
 
     def __init__(self, key: bytes, pub: bytes, prefix: bytes, proof: bytes, created: float):
-        self.key, self.pub, self.prefix, self.proof = key, pub, prefix, proof
-        self.created, self.counter = created, 0
+        self.key, self.prefix, self.created, self.counter = key, prefix, created, 0
+        self.header_tail = pub + proof  # what follows the nonce in every header
 
 
 class Sealer:
@@ -166,37 +163,40 @@ class Sealer:
     def seal(self, recipient_public: bytes, plaintext: bytes | Sequence[bytes],
              aad: bytes = b"") -> SealedParts:
         """Seal one payload (bytes) or a multi-frame payload (a sequence of frames)."""
-        frames = (plaintext,) if isinstance(plaintext, (bytes, bytearray, memoryview)) \
-            else tuple(plaintext)
+        frames = [plaintext] if isinstance(plaintext, (bytes, bytearray, memoryview)) \
+            else list(plaintext)
+        header, sealed, _ = self.seal_frames(recipient_public, frames, aad)
+        return SealedParts.from_header(header, sealed)
+
+    def seal_frames(self, recipient_public: bytes, frames: list[Any], aad: bytes = b""
+                    ) -> tuple[bytes, list[bytearray], bytes]:
+        """``(header, sealed frames, session key)``: the lean form of :meth:`seal` the mesh
+        sends; the session key seals the answer (``security.payload.seal_reply``)."""
         n = len(frames)
         if not 1 <= n <= MAX_FRAMES:
             raise Malformed(f"a payload has 1 to {MAX_FRAMES} frames")
         recipient = _peer_raw(recipient_public)
-        session = self._session(recipient, n)
-        first = session.counter
-        session.counter += n
-        tag = _EMPTY_AAD_TAG if not aad else _aad_tag(aad)
-        prefix, key = session.prefix, session.key
-        seal = nacl.bindings.crypto_box_easy_afternm
-        out = tuple(seal(tag + _INNER.pack(i, n) + frame, prefix + _U64.pack(first + i), key)
-                    for i, frame in enumerate(frames))
-        return SealedParts(prefix + _U64.pack(first), out, session.pub, session.proof)
+        s = self._sessions.get(recipient)
+        if s is None or s.counter + n > self.max_messages \
+                or self._clock() - s.created >= self.max_seconds:
+            s = self._new_session(recipient)
+        first = s.counter
+        s.counter = first + n
+        prefix, key = s.prefix, s.key
+        nonce = prefix + _U64.pack(first)
+        if n == 1:
+            sealed = [_seal(key, nonce + _NONCE_PAD, aad + _ONE_OF_ONE, frames[0])]
+        else:
+            sealed = [_seal(key, prefix + _U64.pack(first + i) + _NONCE_PAD,
+                            aad + _POSITION.pack(i, n), f) for i, f in enumerate(frames)]
+        return nonce + s.header_tail, sealed, key
 
     def forget(self, recipient_public: bytes) -> None:
         """Drop the session to this recipient (after it answered UNKNOWN_SESSION)."""
         self._sessions.pop(_peer_raw(recipient_public), None)
 
-    def _session(self, recipient: bytes, n: int) -> _SendSession:
-        s = self._sessions.get(recipient)
+    def _new_session(self, recipient: bytes) -> _SendSession:
         now = self._clock()
-        if s is None or s.counter + n > self.max_messages or now - s.created >= self.max_seconds:
-            s = self._new_session(recipient, now)
-            self._sessions[recipient] = s
-            if len(self._sessions) > self._max_peers:
-                self._sessions.popitem(last=False)
-        return s
-
-    def _new_session(self, recipient: bytes, now: float) -> _SendSession:
         eph = PrivateKey.generate()
         try:
             key = Box(eph, PublicKey(recipient)).shared_key()
@@ -206,7 +206,11 @@ class Sealer:
         pub, prefix = bytes(eph.public_key), os.urandom(PREFIX_LEN)
         created = _U64.pack(int(now * 1000))
         proof = created + _proof_mac(k_ss, self._me, recipient, pub, prefix, created)
-        return _SendSession(key, pub, prefix, proof, now)
+        s = self._sessions[recipient] = _SendSession(key, pub, prefix, proof, now)
+        self._sessions.move_to_end(recipient)
+        if len(self._sessions) > self._max_peers:
+            self._sessions.popitem(last=False)
+        return s
 
 
 class _RecvSession:
@@ -242,72 +246,79 @@ class Opener:
     def open_frames(self, sender_public: bytes, parts: SealedParts,
                     aad: bytes = b"") -> list[bytes]:
         """The plaintext frames; raises OpenError, Replayed, UnknownSession or Malformed."""
-        nonce, frames = parts.nonce, parts.frames
-        if (len(nonce) != NONCE_LEN or len(parts.session_pub) != KEY_LEN
-                or len(parts.session_proof) != PROOF_LEN or not 1 <= len(frames) <= MAX_FRAMES):
+        if (len(parts.nonce) != NONCE_LEN or len(parts.session_pub) != KEY_LEN
+                or len(parts.session_proof) != PROOF_LEN):
             raise Malformed("malformed sealed payload")
+        return self.open_sealed(sender_public, parts.header(), parts.frames, aad)[0]
+
+    def open_sealed(self, sender_public: bytes, header: bytes, frames: Sequence[Any],
+                    aad: bytes = b"") -> tuple[list[bytes], bytes]:
+        """Open what :meth:`Sealer.seal_frames` made: ``header`` and its sealed frames.
+        Returns the frames and the session key (which seals the answer)."""
+        n = len(frames)
+        if len(header) != HEADER_LEN or not 1 <= n <= MAX_FRAMES:
+            raise Malformed("malformed sealed payload")
+        header = bytes(header)
+        session_pub = header[NONCE_LEN:NONCE_LEN + KEY_LEN]
         try:
             sender = _peer_raw(sender_public)
         except ConfigError:
             raise Malformed("malformed sender key") from None
-        now = self._clock()
-        session = self._sessions.get(parts.session_pub)
+        session = self._sessions.get(session_pub)
         fresh = session is None
         if session is None:
-            session = self._verify_session(sender, parts, now)
+            session = self._verify_session(sender, header)
         elif not (hmac.compare_digest(session.sender, sender)
-                  and session.prefix == nonce[:PREFIX_LEN]
-                  and session.proof == parts.session_proof):
+                  and header.startswith(session.prefix)
+                  and header.endswith(session.proof)):
             raise OpenError("session does not match its sender, nonce prefix or proof")
-        if now - session.created > self.max_session_age:
+        if self._clock() - session.created > self.max_session_age:
             raise Replayed("session older than the maximum age")
-        n = len(frames)
-        first = _U64.unpack_from(nonce, PREFIX_LEN)[0]
+        first = _U64.unpack_from(header, PREFIX_LEN)[0]
         if first + n - 1 > MAX_COUNTER:
             raise Malformed("counter out of range")
-        tag = _EMPTY_AAD_TAG if not aad else _aad_tag(aad)
-        prefix, key = session.prefix, session.key
-        open_ = nacl.bindings.crypto_box_open_easy_afternm
-        out = []
-        for i, ct in enumerate(frames):
-            try:
-                pt = open_(bytes(ct), prefix + _U64.pack(first + i), key)
-            except (CryptoError, ValueError, TypeError):
-                raise OpenError("payload did not authenticate") from None
-            if len(pt) < INNER_LEN or not hmac.compare_digest(pt[:16], tag) \
-                    or _INNER.unpack_from(pt, 16) != (i, n):
-                raise OpenError("associated data or frame order mismatch")
-            out.append(pt[INNER_LEN:])
+        key, prefix = session.key, session.prefix
+        try:
+            if n == 1:
+                out = [_open(key, header[:NONCE_LEN] + _NONCE_PAD, aad + _ONE_OF_ONE, frames[0])]
+            else:
+                out = [_open(key, prefix + _U64.pack(first + i) + _NONCE_PAD,
+                             aad + _POSITION.pack(i, n), f) for i, f in enumerate(frames)]
+        except (CryptoError, ValueError, TypeError):
+            raise OpenError("payload did not authenticate (tampered, reordered, dropped, or "
+                            "associated data mismatch)") from None
         # authentic: now a duplicate is a replay (checked after, so tampering reads as such)
-        session.window.check(first, n)
+        window = session.window
+        window.check(first, n)
         if fresh:
-            self._store(parts.session_pub, session)
+            self._store(session_pub, session)
         else:
-            self._sessions.move_to_end(parts.session_pub)
-        session.window.commit(first, n)
-        return out
+            self._sessions.move_to_end(session_pub)
+        window.commit(first, n)
+        return out, key
 
-    def _verify_session(self, sender: bytes, parts: SealedParts, now: float) -> _RecvSession:
-        if parts.session_pub in self._evicted:
+    def _verify_session(self, sender: bytes, header: bytes) -> _RecvSession:
+        session_pub = header[NONCE_LEN:NONCE_LEN + KEY_LEN]
+        proof = header[NONCE_LEN + KEY_LEN:]
+        if session_pub in self._evicted:
             raise UnknownSession("e2e session forgotten; the sender must start a new one")
-        created_b = parts.session_proof[:8]
-        prefix = parts.nonce[:PREFIX_LEN]
+        created_b = proof[:8]
+        prefix = header[:PREFIX_LEN]
         try:
             k_ss = self._static.get(sender)
         except (CryptoError, ValueError, TypeError):
             raise OpenError("unusable sender key") from None
-        mac = _proof_mac(k_ss, sender, self._me, parts.session_pub, prefix, created_b)
-        if not hmac.compare_digest(mac, parts.session_proof[8:]):
+        mac = _proof_mac(k_ss, sender, self._me, session_pub, prefix, created_b)
+        if not hmac.compare_digest(mac, proof[8:]):
             raise OpenError("session proof does not authenticate the sender")
         created = _U64.unpack(created_b)[0] / 1000.0
-        if created > now + self.clock_skew:
+        if created > self._clock() + self.clock_skew:
             raise OpenError("session created in the future")
         try:
-            key = Box(self._private, PublicKey(parts.session_pub)).shared_key()
+            key = Box(self._private, PublicKey(session_pub)).shared_key()
         except (CryptoError, ValueError, TypeError):
             raise OpenError("unusable session key") from None
-        return _RecvSession(sender, key, prefix, bytes(parts.session_proof), created,
-                            self._window)
+        return _RecvSession(sender, key, prefix, proof, created, self._window)
 
     def _store(self, session_pub: bytes, session: _RecvSession) -> None:
         self._sessions[session_pub] = session

@@ -35,7 +35,10 @@ class ReplayWindow:
         """Raise :class:`Replayed` unless counters ``counter .. counter+count-1`` are all new."""
         if counter < 0 or count < 1 or counter + count - 1 > MAX_COUNTER:
             raise Malformed("counter out of range")
-        top, bits = self.top, self._bits
+        top = self.top
+        if counter > top:
+            return  # the usual case: newer than anything seen
+        bits = self._bits
         for c in range(counter, counter + count):
             if c > top:
                 return  # this and every later counter in the run are above the window
@@ -47,13 +50,23 @@ class ReplayWindow:
 
     def commit(self, counter: int, count: int = 1) -> None:
         """Mark counters as seen (after the message authenticated)."""
-        for c in range(counter, counter + count):
-            if c > self.top:
-                shift = c - self.top
-                self._bits = ((self._bits << shift) | 1) & self._mask if shift < self.size else 1
+        size, top = self.size, self.top
+        last = counter + count - 1
+        if counter > top:  # the usual case: the whole run is new, one shift
+            shift, run = last - top, (1 << count) - 1
+            bits = (self._bits << shift) | run if shift < size else run & self._mask
+            # bits above the window are never read: trim them now and then, not each time
+            self._bits = bits & self._mask if bits.bit_length() > 2 * size else bits
+            self.top = last
+            return
+        for c in range(counter, last + 1):
+            top = self.top
+            if c > top:
+                shift = c - top
+                self._bits = ((self._bits << shift) | 1) & self._mask if shift < size else 1
                 self.top = c
-            elif self.top - c < self.size:
-                self._bits |= 1 << (self.top - c)
+            elif top - c < size:
+                self._bits |= 1 << (top - c)
 
     def check_and_commit(self, counter: int, count: int = 1) -> None:
         self.check(counter, count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,12 +84,14 @@ def test_header_roundtrip_for_the_envelope(sealer, opener, alice, bob):
         SealedParts.from_header(header[:-1], list(parts.frames))
 
 
-def test_a_standard_nacl_box_opens_the_frame(sealer, bob):
-    """Interop: the recipient side is plain Box(recipient_secret, session_pub)."""
-    parts = sealer.seal(bob.public_raw, b"plain nacl")
-    inner = Box(bob.private_key(), PublicKey(parts.session_pub)).decrypt(parts.ciphertext,
-                                                                          parts.nonce)
-    assert inner[20:] == b"plain nacl"
+def test_standard_libsodium_opens_the_frame(sealer, bob):
+    """Interop: the session key is plain Box(recipient_secret, session_pub).shared_key(), the
+    frame plain AEGIS-256 with the nonce padded to 32 bytes and (index, count) after the aad."""
+    parts = sealer.seal(bob.public_raw, b"plain libsodium", aad=b"ctx")
+    key = Box(bob.private_key(), PublicKey(parts.session_pub)).shared_key()
+    inner = nacl.bindings.crypto_aead_aegis256_decrypt(
+        parts.ciphertext, b"ctx" + struct.pack(">HH", 0, 1), parts.nonce + bytes(8), key)
+    assert inner == b"plain libsodium"
 
 
 def test_session_is_reused_and_nonces_never_repeat(sealer, opener, alice, bob):
