@@ -140,6 +140,7 @@ class Agent:
                     security=self.security)
         core.on_inbound = self._on_inbound
         core.on_session = self._on_session
+        core.on_unsent = lambda _frames: self._count_drop("reply_unsent")
         self.core = core
         self._ready = self.loop.create_future()
         if self.security is not None:
@@ -541,7 +542,7 @@ class Agent:
         if self.core is None:
             return
         try:
-            self.core.send_frames(frames)
+            self.core.queue_frames(frames)  # coalesced with this turn's other answers
         except (Error, Closed):
             self._count_drop("reply_unsent")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from mesh import batch
 from mesh.errors import (
     Closed,
     DeadlineExceeded,
@@ -52,7 +53,9 @@ from proto import agp_pb2
 
 log = logging.getLogger("agp.client")
 
-_REPLY, _ERROR, _HEARTBEAT = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT
+_REPLY, _ERROR, _HEARTBEAT, _BATCH = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT, Cmd.BATCH
+_TAKES_BATCHES = int(Flag.BATCH)  # on HELLO and WELCOME: this side takes BATCH messages
+_HELLO_FLAGS = _TAKES_BATCHES if batch.ENABLED else 0
 _INBOUND = frozenset({Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_END,
                       Cmd.CANCEL})
 DRAIN_BATCH = 1000
@@ -159,6 +162,11 @@ class Core:
         self._started = False
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
+        self.batching = False  # both sides take BATCH (said on HELLO and WELCOME)
+        self._outbox: list[list[Any]] = []  # messages for the next flush, in order
+        self._outbox_bytes = 0
+        self._flush_scheduled = False
+        self.on_unsent: Callable[[list[Any]], None] | None = None  # a queued message failed
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
         self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
         self.stream_acks: dict[int, Callable[[int, list[bytes]], None]] = {}
@@ -320,6 +328,8 @@ class Core:
                     self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
                 except Exception:
                     pass
+            if self._outbox:
+                self._send_outbox()
             if self.connected:
                 try:
                     self.sock.send_multipart([pack_route(Cmd.DISCONNECT), b""], zmq.NOBLOCK)
@@ -344,10 +354,13 @@ class Core:
         return next(self._ids)
 
     def send_frames(self, frames: list[Any]) -> None:
-        """Send now; raise Overloaded when the outgoing queue is full, Closed after close()."""
+        """Send now (after whatever is queued); raise Overloaded when the outgoing queue is
+        full, Closed after close()."""
         sock = self.sock
         if sock is None:
             raise Closed("client closed")
+        if self._outbox:
+            self._send_outbox()
         self._sent = True
         try:
             send_frames(sock, frames)
@@ -359,6 +372,67 @@ class Core:
             # once on the next loop turn, however many messages this turn sent
             self._drain_scheduled = True
             self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
+
+    def queue_frames(self, frames: list[Any]) -> None:
+        """Send now, or coalesced with what else leaves in this loop turn (``mesh.batch``).
+
+        The first message of a turn goes at once (a lone request waits for nothing); the
+        ones after it wait for the turn's flush and leave together. One that cannot go then
+        is reported: its request fails with Overloaded, anything else goes to ``on_unsent``
+        and is counted."""
+        if not self.batching or not self._flush_scheduled:
+            if self.batching:
+                self._flush_scheduled = True  # this turn has begun sending
+                self.loop.call_soon(self.flush)  # type: ignore[union-attr]
+            self.send_frames(frames)
+            return
+        size = batch.batchable(frames)
+        if size < 0:
+            self.send_frames(frames)
+            return
+        self._outbox.append(frames)
+        self._outbox_bytes += size
+        if len(self._outbox) >= batch.FLUSH_AT or self._outbox_bytes >= batch.MAX_BATCH_BYTES:
+            self._send_outbox()
+
+    def flush(self) -> None:
+        """Send what is queued (the end of a loop turn)."""
+        self._flush_scheduled = False
+        if self._outbox:
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        """One message as itself, several as a BATCH."""
+        messages, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        sock = self.sock
+        if sock is None:
+            self._unsent(messages, Closed("client closed"))
+            return
+        self._sent = True
+        wire = messages[0] if len(messages) == 1 else [batch.route_frame(len(messages)),
+                                                       batch.pack(messages)]
+        try:
+            send_frames(sock, wire)
+        except zmq.Again:
+            self._unsent(messages, Overloaded(
+                "outgoing queue to the router is full (router unreachable?)"))
+        except zmq.ZMQError as exc:
+            self._unsent(messages, Unavailable(f"send failed: {exc}"))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
+
+    def _unsent(self, messages: list[list[Any]], exc: Error) -> None:
+        """Report queued messages that could not be sent: nothing is dropped silently."""
+        for frames in messages:
+            self.counters["send_errors"] += 1
+            ident = ROUTE.unpack(frames[0])[5]
+            p = self.pending.get(ident)
+            if p is not None and p.frames is frames:
+                del self.pending[ident]
+                _fail(p.waiter, exc)
+            elif self.on_unsent is not None:
+                self.on_unsent(frames)
 
     def start_request(
         self,
@@ -383,7 +457,7 @@ class Core:
         self.pending[ident] = Pending(waiter, frames, deadline, self.epoch, on_progress)
         heapq.heappush(self._deadlines, (deadline, ident))
         try:
-            self.send_frames(frames)
+            self.queue_frames(frames)
         except Error as exc:
             self.pending.pop(ident, None)
             _fail(waiter, exc)
@@ -393,6 +467,8 @@ class Core:
         """Forget a request (its caller gave up) and tell its instance to stop."""
         p = self.pending.pop(ident, None)
         if p is not None and p.instance and self.sock is not None:
+            if self._outbox:
+                self._send_outbox()  # what was queued before goes first
             try:
                 self.sock.send_multipart([pack_route(Cmd.CANCEL, 0, 0, 0, ident), p.instance],
                                          zmq.NOBLOCK)
@@ -448,6 +524,16 @@ class Core:
                 self.counters["late_replies"] += 1
                 return
             _resolve(p.waiter, msg)
+        elif cmd == _BATCH:
+            if len(msg) != 2:
+                self.counters["malformed"] += 1
+                return
+            dispatch = self._dispatch
+            for sub in batch.unpack(msg[1], value):
+                if len(sub[0]) == 16 and sub[0][1] != _BATCH:
+                    dispatch(sub)
+                else:
+                    self.counters["malformed"] += 1
         elif cmd in _INBOUND:
             if self.on_inbound is not None:
                 self.on_inbound(cmd, flags, value, ident, msg)
@@ -531,8 +617,10 @@ class Core:
             if len(self._live_hellos) > 16:
                 self._live_hellos.clear()
             self._live_hellos.add(ident)
+        if self._outbox:
+            self._send_outbox()
         try:
-            self.sock.send_multipart([pack_route(Cmd.HELLO, 0, 0, 0, ident), b"",
+            self.sock.send_multipart([pack_route(Cmd.HELLO, _HELLO_FLAGS, 0, 0, ident), b"",
                                       hello.SerializeToString()], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.counters["send_errors"] += 1
@@ -557,6 +645,7 @@ class Core:
         self.welcome = welcome
         self.router_id = welcome.router_id
         self.connected = True
+        self.batching = bool(msg[0][2] & _HELLO_FLAGS)
         if restarted:
             self.epoch += 1
             log.info("router restarted (new id %s); session re-established", welcome.router_id)

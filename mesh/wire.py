@@ -9,7 +9,7 @@ Every message starts with a fixed 16-byte *route frame* so the router can route 
     2      1    flags     (Flag bits)
     3      1    code      (ErrorCode on ERROR, else 0)
     4      4    value     u32: timeout in ms (REQUEST/SEND/STREAM_OPEN), credits
-                          (STREAM_CREDIT), message count (PUBLISH batch)
+                          (STREAM_CREDIT), message count (PUBLISH batch, BATCH)
     8      8    ident     u64: request / stream id chosen by the sender, or the first
                           per-topic sequence number on PUBLISH frames leaving the proxy
 
@@ -56,6 +56,7 @@ class Cmd(IntEnum):
     SUBACK = 15
     CANCEL = 16
     PROGRESS = 17
+    BATCH = 18  # several small messages in one frame (mesh.batch)
 
 
 class Flag(IntFlag):
@@ -63,7 +64,7 @@ class Flag(IntFlag):
     IDEMPOTENT = 1  # the router may re-dispatch it when its instance dies
     ENCRYPTED = 2  # payload frames are end-to-end sealed
     RAW = 4  # payload is raw bytes, not msgpack
-    BATCH = 8  # PUBLISH: each payload frame is one message
+    BATCH = 8  # PUBLISH: each payload frame is one message; HELLO, WELCOME: takes BATCH
     DIRECT = 16  # STREAM_OPEN: data may flow peer to peer
 
 

@@ -27,6 +27,18 @@ class RouterCollector(Collector):
         msgs.add_metric(["publish"], s.published_messages)
         msgs.add_metric(["stream_chunk"], s.stream_chunks)
         yield msgs
+        batches = CounterMetricFamily(
+            "agp_router_batches_total", "BATCH messages (several small messages in one frame), "
+            "by direction", labels=["direction"])
+        batches.add_metric(["in"], s.batches_in)
+        batches.add_metric(["out"], s.batches_out)
+        yield batches
+        batched = CounterMetricFamily("agp_router_batched_messages_total",
+                                      "Messages carried inside BATCHes, by direction",
+                                      labels=["direction"])
+        batched.add_metric(["in"], s.batched_in)
+        batched.add_metric(["out"], s.batched_out)
+        yield batched
         yield CounterMetricFamily("agp_router_received_bytes_total", "Bytes received from peers",
                                   value=s.bytes_in)
         drops = CounterMetricFamily("agp_router_drops_total", "Messages not delivered, by reason",

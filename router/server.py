@@ -18,8 +18,8 @@ from typing import Any
 
 import zmq
 
-from mesh import telemetry
-from mesh.errors import ErrorCode, TooLarge
+from mesh import batch, telemetry
+from mesh.errors import ErrorCode, Malformed, TooLarge
 from mesh.wire import (
     DISCONNECT_FRAME,
     HEARTBEAT_FRAME,
@@ -33,9 +33,10 @@ from mesh.wire import (
     error_frames,
     pack_route,
 )
-from mesh.zmqio import recv_frames, recv_frames_with_user, send_frames
+from mesh.zmqio import recv_frames, recv_frames_with_user
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
+from router.outbound import FLUSH_EVERY, STREAM_MARK, Outbound
 from router.proxy import PubSubProxy
 from router.sessions import Sessions
 from router.stats import RouterStats
@@ -44,17 +45,18 @@ from router.table import Instance, Peer, Queued, RoutingTable, Service
 
 log = logging.getLogger("agp.router")
 
-_STREAM = 0x100  # marks an in-flight entry that is a stream, beside the wire Flag bits
+_STREAM = STREAM_MARK
 _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLISH
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
+_BATCH, _HELLO = Cmd.BATCH, Cmd.HELLO
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 _DIRECT = int(Flag.DIRECT)
 _TRACED = telemetry.TRACED_FLAG
 SUB_REFUSED = b"\x01"  # address-frame marker: this FORBIDDEN refuses a subscription
 
 
-class Router(Sessions, SystemServices):
+class Router(Sessions, SystemServices, Outbound):
     """The data plane. ``start()`` binds; ``run()`` loops until ``stop()``."""
 
     def __init__(
@@ -75,6 +77,7 @@ class Router(Sessions, SystemServices):
         self.peers: dict[bytes, Peer] = {}
         self.streams: dict[tuple[bytes, int], Instance] = {}
         self.traced: dict[tuple[bytes, int], int] = {}  # sampled requests: start time (ns)
+        self.outbox = batch.Outbox()  # messages for the next flush, per peer
         self.endpoint = ""
         self.pub_endpoint = ""
         self.started_at = time.time()
@@ -115,6 +118,7 @@ class Router(Sessions, SystemServices):
     def close(self) -> None:
         for peer in list(self.peers.values()):
             self._send([peer.rid, DISCONNECT_FRAME])
+        self._flush()
         self.sock.close(linger=0)
         self.xpub.close(linger=0)
 
@@ -138,6 +142,8 @@ class Router(Sessions, SystemServices):
                 if now >= next_tick:
                     self._housekeeping(now)
                     next_tick = now + tick
+                if self.outbox:
+                    self._flush()
         finally:
             self.close()
 
@@ -147,7 +153,8 @@ class Router(Sessions, SystemServices):
         self.now = time.monotonic()
         handle = self._handle
         secure = self.secure
-        for _ in range(self.config.drain_batch):
+        outbox = self.outbox
+        for i in range(1, self.config.drain_batch + 1):
             try:
                 if secure:
                     msg, identity = recv_frames_with_user(sock)
@@ -155,12 +162,16 @@ class Router(Sessions, SystemServices):
                     msg = recv_frames(sock)
                     identity = None
             except zmq.Again:
-                return
+                break
             try:
                 handle(msg, identity)
             except Exception:  # nothing a peer sends may stop the router
                 self.stats.malformed += 1
                 log.debug("message refused", exc_info=True)
+            if not i % FLUSH_EVERY and outbox:
+                self._flush()  # a long burst does not hold back what is ready
+        if outbox:
+            self._flush()
 
     def _handle(self, msg: list[bytes], identity: str | None) -> None:
         n = len(msg)
@@ -188,6 +199,47 @@ class Router(Sessions, SystemServices):
             self.stats.drop("too_large")
             self._error(rid, ErrorCode.TOO_LARGE, exc.message, ident)
             return
+        if cmd == _BATCH:
+            self._on_batch(peer, msg, value)
+        elif cmd == _HELLO:
+            self._on_hello(msg, identity, ident)  # a fresh token on a live session
+        else:
+            self._route(peer, msg, cmd, flags, code, value, ident)
+
+    def _on_batch(self, peer: Peer, msg: list[bytes], count: int) -> None:
+        """Handle each message of a BATCH as if it had come alone (its sender's session and
+        size checks hold for the whole batch); a nested BATCH or a HELLO is refused."""
+        if len(msg) != 3:
+            self._malformed(msg, "a batch is a route frame and one body")
+            return
+        try:
+            messages = batch.unpack(msg[2], count)
+        except Malformed as exc:
+            self._malformed(msg, exc.message)
+            return
+        rid = peer.rid
+        route = self._route
+        stats = self.stats
+        stats.batches_in += 1
+        stats.batched_in += count
+        for sub in messages:
+            rf = sub[0]
+            if len(rf) != 16 or rf[0] != PROTOCOL_VERSION or rf[1] == _BATCH or rf[1] == _HELLO:
+                self._malformed([rid], "a batched message must be a single, current-version, "
+                                "non-HELLO message")
+                continue
+            sub.insert(0, rid)
+            _, cmd, flags, code, value, ident = ROUTE.unpack(rf)
+            try:
+                route(peer, sub, cmd, flags, code, value, ident)
+            except Exception:  # one bad message spoils none of the others
+                self.stats.malformed += 1
+                log.debug("batched message refused", exc_info=True)
+            if rid not in self.peers:  # it said goodbye: the rest has no session
+                return
+
+    def _route(self, peer: Peer, msg: list[bytes], cmd: int, flags: int, code: int,
+               value: int, ident: int) -> None:
         if cmd == _REQUEST or cmd == _SEND or cmd == _STREAM_OPEN:
             self._on_request(peer, msg, cmd, flags, value, ident)
         elif cmd == _REPLY or cmd == _ERROR:
@@ -202,8 +254,6 @@ class Router(Sessions, SystemServices):
             self._on_cancel(peer, msg, ident)
         elif cmd == _HEARTBEAT:
             pass
-        elif cmd == Cmd.HELLO:
-            self._on_hello(msg, identity, ident)
         elif cmd == Cmd.READY:
             self._on_ready(peer, msg, ident)
         elif cmd == Cmd.DISCONNECT:
@@ -256,9 +306,7 @@ class Router(Sessions, SystemServices):
                 return
             msg[0] = inst.peer.rid
             msg[2] = peer.rid
-            if not self._send(msg):
-                self.stats.drop("send_unroutable")
-                self._error(peer.rid, ErrorCode.OVERLOADED, "instance queue full", ident)
+            self._send(msg)  # if it cannot go, the client hears so (router.outbound)
             return
         self.stats.requests += 1
         if flags & _TRACED and telemetry.ENABLED and len(self.traced) < 10_000:
@@ -300,32 +348,14 @@ class Router(Sessions, SystemServices):
     ) -> None:
         msg[0] = inst.peer.rid
         msg[2] = crid
-        try:
-            send_frames(self.sock, msg)
-        except zmq.Again:
-            msg[0] = crid
-            self.stats.drop("instance_queue_full")
-            self._error(crid, ErrorCode.OVERLOADED, "instance queue full", ident)
-            return
-        except zmq.ZMQError:
-            # EHOSTUNREACH: the connection is gone and nothing was delivered, so the request
-            # may go to another instance whatever its idempotency
-            msg[0] = crid
-            svc = inst.service
-            self._remove_peer(inst.peer, "connection gone")
-            if svc.instances and svc.name in self.table.services:
-                svc.queue.appendleft(Queued(msg, deadline, ident, mark))
-                self._drain_queue(svc)
-            else:
-                self.stats.drop("instance_unroutable")
-                self._error(crid, ErrorCode.UNAVAILABLE, "instance unreachable", ident)
-            return
+        # in flight from now: if it cannot be sent, router.outbound takes it back out
         inst.inflight[(crid, ident)] = (msg, deadline, mark)
         if mark & _STREAM:
             self.streams[(crid, ident)] = inst
             peer = self.peers.get(crid)
             if peer is not None:
                 peer.streams.add(ident)
+        self._send(msg)
 
     def _on_reply(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         inst = peer.instance
@@ -352,8 +382,7 @@ class Router(Sessions, SystemServices):
         msg[2] = inst.name
         inst.served += 1
         self.stats.replies += 1
-        if not self._send(msg):
-            self.stats.drop("reply_unroutable")
+        self._send(msg)
         svc = inst.service
         if svc.queue:
             self._drain_queue(svc)
@@ -367,8 +396,7 @@ class Router(Sessions, SystemServices):
         self.stats.stream_chunks += 1
         msg[0] = inst.peer.rid
         msg[2] = peer.rid
-        if not self._send(msg):
-            self.stats.drop("stream_unroutable")
+        self._send(msg)
 
     def _on_cancel(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         """Forward a CANCEL to the instance working on it (named by the address frame)."""
@@ -396,8 +424,7 @@ class Router(Sessions, SystemServices):
             return
         msg[0] = crid
         msg[2] = inst.name
-        if not self._send(msg):
-            self.stats.drop("credit_unroutable")
+        self._send(msg)
 
     def _on_publish(self, peer: Peer, msg: list[bytes]) -> None:
         if len(msg) < 4 or len(msg[2]) > MAX_ADDRESS_BYTES:
@@ -501,30 +528,6 @@ class Router(Sessions, SystemServices):
             if svc.name not in self.table.services:
                 self.table.services[svc.name] = svc
             self._drain_queue(svc)
-
-    # ------------------------------------------------------------------ sending
-    def _send(self, frames: list[bytes]) -> bool:
-        try:
-            send_frames(self.sock, frames)
-            return True
-        except zmq.ZMQError:  # EHOSTUNREACH (gone, ROUTER_MANDATORY) or EAGAIN (HWM)
-            return False
-
-    def _error(self, rid: bytes, code: ErrorCode, message: str, ident: int = 0,
-               address: bytes = b"") -> None:
-        self.stats.errors_sent += 1
-        if not self._send([rid, *error_frames(code, message, ident, address)]):
-            self.stats.drop("error_unroutable")
-
-    def _malformed(self, msg: list[bytes], why: str) -> None:
-        self.stats.malformed += 1
-        if msg and msg[0] in self.peers:
-            self._error(msg[0], ErrorCode.MALFORMED, why)
-
-    def _deny(self, peer: Peer, action: str, name: bytes, ident: int) -> None:
-        self.stats.denials[action] += 1
-        log.warning("denied: %s may not %s %r", peer.name, action, name)
-        self._error(peer.rid, ErrorCode.FORBIDDEN, f"{action} on {name!r} is not allowed", ident)
 
     def _subscription_denied(self, identity: str | None, topic: bytes) -> None:
         for peer in self.peers.values():

@@ -9,11 +9,19 @@ import logging
 from typing import Any
 
 from mesh.errors import Error, ErrorCode
-from mesh.wire import MAX_ADDRESS_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION, Cmd, pack_route
+from mesh.wire import (
+    MAX_ADDRESS_BYTES,
+    MAX_HEADER_BYTES,
+    PROTOCOL_VERSION,
+    Cmd,
+    Flag,
+    pack_route,
+)
 from proto import agp_pb2
 from router.table import Peer
 
 log = logging.getLogger("agp.router")
+_TAKES_BATCHES = int(Flag.BATCH)  # on HELLO and WELCOME
 
 
 class Sessions:
@@ -67,6 +75,7 @@ class Sessions:
             peer = Peer(rid, hello.peer_name[:128], int(hello.kind), identity, session)
             self.peers[rid] = peer
         peer.last_seen = self.now
+        peer.batches = bool(msg[1][2] & _TAKES_BATCHES)
         welcome = agp_pb2.Welcome(
             protocol_version=PROTOCOL_VERSION,
             router_id=self.config.router_id,
@@ -75,7 +84,8 @@ class Sessions:
             pub_endpoint=self.pub_endpoint,
             server_key=self.server_keypair[0] if self.server_keypair else b"",
         )
-        self._send([rid, pack_route(Cmd.WELCOME, 0, 0, 0, ident), b"",
+        # the router takes batches from anyone; it says so, and sends them to who takes them
+        self._send([rid, pack_route(Cmd.WELCOME, _TAKES_BATCHES, 0, 0, ident), b"",
                     welcome.SerializeToString()])
 
     def _on_ready(self, peer: Peer, msg: list[bytes], ident: int) -> None:

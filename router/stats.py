@@ -14,6 +14,7 @@ class RouterStats:
     __slots__ = (
         "requests", "replies", "sends", "publishes", "published_messages", "stream_chunks",
         "bytes_in", "errors_sent", "hellos", "drops", "denials", "auth_failures", "malformed",
+        "batches_in", "batched_in", "batches_out", "batched_out",
     )
 
     def __init__(self) -> None:
@@ -30,6 +31,10 @@ class RouterStats:
         self.denials: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.malformed = 0
+        self.batches_in = 0  # BATCH messages received, and the messages they carried
+        self.batched_in = 0
+        self.batches_out = 0  # BATCH messages sent, and the messages they carried
+        self.batched_out = 0
 
     def drop(self, reason: str, n: int = 1) -> None:
         """Count a message the router could not deliver, by reason."""
@@ -46,6 +51,8 @@ class RouterStats:
             "errors_sent": self.errors_sent,
             "hellos": self.hellos,
             "malformed": self.malformed,
+            "batches": {"in": self.batches_in, "messages_in": self.batched_in,
+                        "out": self.batches_out, "messages_out": self.batched_out},
             "drops": dict(self.drops),
             "denials": dict(self.denials),
             "auth_failures": dict(self.auth_failures),

@@ -27,6 +27,7 @@ class Peer:
     last_seen: float = 0.0
     instance: Instance | None = None
     streams: set[int] = field(default_factory=set)
+    batches: bool = False  # it takes BATCH messages (said on HELLO)
 
 
 @dataclass(eq=False, slots=True)

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 import pytest
 
-import router.server as router_server
+import router.outbound as outbound
 from agents.procs import agent_process
-from mesh import Mesh
+from mesh import Mesh, batch
+from mesh.wire import ROUTE, Cmd
 from router.config import RouterConfig
 from router.server import Router
 from security.server import secure_router
@@ -41,21 +42,32 @@ def secure_router_thread() -> Iterator[Router]:
 def tapped_router(mesh_home, monkeypatch):
     captured: list[list[bytes]] = []
     tamper = {"on": False, "cmd": 4}  # tamper with sealed messages of this command
-    real_send = router_server.send_frames
+    real_send = outbound.send_frames
+
+    def tampered(msg: list[bytes]) -> list[bytes]:
+        """A sealed message (flag ENCRYPTED) of the chosen command with its last byte
+        flipped; any other message as it is."""
+        if (tamper["on"] and len(msg) > 3 and msg[1][1] == tamper["cmd"]
+                and msg[1][2] & 2):
+            last = bytearray(msg[-1])
+            last[-1] ^= 0x01
+            return [*msg[:-1], bytes(last)]
+        return msg
 
     def tap(sock, frames):
         frames = list(frames)
+        if frames[1][1] == Cmd.BATCH:  # what a batch carries, message by message
+            subs = batch.unpack(bytes(frames[2]), ROUTE.unpack(frames[1])[4])
+            messages = [tampered([frames[0], *sub]) for sub in subs]
+            frames = [frames[0], frames[1], batch.pack(messages, 1)]
+        else:
+            messages = [tampered(frames)]
+            frames = messages[0]
         if len(captured) < 10_000:
-            captured.append([bytes(f) for f in frames])
-        # a sealed message (flag ENCRYPTED) of the chosen command on its way to an agent
-        if (tamper["on"] and len(frames) > 3 and frames[1][1] == tamper["cmd"]
-                and frames[1][2] & 2):
-            last = bytearray(frames[-1])
-            last[-1] ^= 0x01
-            frames[-1] = bytes(last)
+            captured.extend([bytes(f) for f in m] for m in messages)
         real_send(sock, frames)
 
-    monkeypatch.setattr(router_server, "send_frames", tap)
+    monkeypatch.setattr(outbound, "send_frames", tap)
     with secure_router_thread() as r:
         yield r, captured, tamper
 
