@@ -36,8 +36,13 @@ def _uv_run(coro: Any) -> Any:
 
 # --------------------------------------------------------------------------- sides
 def _router_side(ctl: Control, secure: Mode) -> dict[str, Any]:
+    import logging
+
     from router.config import RouterConfig
     from router.server import Router
+
+    # agents leaving at the end of each run are news to an operator, not to a bench's reader
+    logging.getLogger("agp.router").setLevel(logging.ERROR)
 
     parts = None
     if secure:
