@@ -22,7 +22,6 @@ from mesh import batch, telemetry
 from mesh.errors import ErrorCode, Malformed, TooLarge
 from mesh.wire import (
     DISCONNECT_FRAME,
-    HEARTBEAT_FRAME,
     MAX_ADDRESS_BYTES,
     MAX_TIMEOUT_MS,
     PROTOCOL_VERSION,
@@ -31,11 +30,11 @@ from mesh.wire import (
     Flag,
     check_sizes,
     error_frames,
-    pack_route,
 )
 from mesh.zmqio import recv_frames, recv_frames_with_user
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
+from router.liveness import Liveness
 from router.outbound import FLUSH_EVERY, STREAM_MARK, Outbound
 from router.proxy import PubSubProxy
 from router.sessions import Sessions
@@ -56,7 +55,7 @@ _TRACED = telemetry.TRACED_FLAG
 SUB_REFUSED = b"\x01"  # address-frame marker: this FORBIDDEN refuses a subscription
 
 
-class Router(Sessions, SystemServices, Outbound):
+class Router(Sessions, SystemServices, Outbound, Liveness):
     """The data plane. ``start()`` binds; ``run()`` loops until ``stop()``."""
 
     def __init__(
@@ -442,92 +441,6 @@ class Router(Sessions, SystemServices, Outbound):
             return
         self._remove_peer(peer, "said goodbye")
 
-    # ------------------------------------------------------------------ queues and deaths
-    def _drain_queue(self, svc: Service) -> None:
-        queue = svc.queue
-        now = self.now
-        while queue:
-            inst = svc.policy.pick(svc.instances)
-            if inst is None:
-                return
-            q = queue.popleft()
-            crid = q.frames[0]  # queued frames keep the client's routing id in front
-            if q.deadline <= now:
-                self.stats.drop("deadline_in_queue")
-                self._error(crid, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued",
-                            q.ident)
-                continue
-            remaining = max(1, int((q.deadline - now) * 1000))
-            _, cmd, flags, _, _, ident = ROUTE.unpack(q.frames[1])
-            q.frames[1] = pack_route(cmd, flags, 0, remaining, ident)
-            self._dispatch(inst, q.frames, crid, q.ident, q.deadline, q.idempotent)
-
-    def _housekeeping(self, now: float) -> None:
-        self.now = now
-        cfg = self.config
-        dead_before = now - cfg.liveness
-        beat = now >= self._next_heartbeat
-        if beat:
-            self._next_heartbeat = now + cfg.heartbeat_interval
-        for peer in list(self.peers.values()):
-            if peer.last_seen < dead_before:
-                self._remove_peer(peer, f"silent for {now - peer.last_seen:.1f}s")
-            elif self.secure and self.access.expired(peer.session, time.time()):
-                self._error(peer.rid, ErrorCode.UNAUTHENTICATED, "credentials expired or revoked")
-                self._remove_peer(peer, "credentials expired or revoked")
-            elif beat:
-                self._send([peer.rid, HEARTBEAT_FRAME])
-        for svc in list(self.table.services.values()):
-            queue = svc.queue
-            while queue and queue[0].deadline <= now:
-                q = queue.popleft()
-                self.stats.drop("deadline_in_queue")
-                self._error(q.frames[0], ErrorCode.DEADLINE_EXCEEDED,
-                            "deadline passed while queued", q.ident)
-            if svc.queue and svc.has_room():
-                self._drain_queue(svc)
-            if not svc.instances and not svc.queue:
-                self.table.services.pop(svc.name, None)
-        if beat:
-            self.proxy.beacon()
-        if beat and self.secure:
-            self.access.refresh()
-
-    def _remove_peer(self, peer: Peer, why: str) -> None:
-        self.peers.pop(peer.rid, None)
-        if peer.instance is not None:
-            self._remove_instance(peer.instance, why)
-        for sid in peer.streams:
-            inst = self.streams.pop((peer.rid, sid), None)
-            if inst is not None:
-                entry = inst.inflight.pop((peer.rid, sid), None)
-                if entry is not None:
-                    self._send([inst.peer.rid, pack_route(Cmd.CANCEL, 0, 0, 0, sid), peer.rid, b""])
-        peer.streams.clear()
-        log.info("peer %s removed: %s", peer.name, why)
-
-    def _remove_instance(self, inst: Instance, why: str) -> None:
-        self.table.remove_instance(inst)
-        log.warning("instance %s removed: %s", inst.name.decode(errors="replace"), why)
-        svc = inst.service
-        retry: list[Queued] = []
-        for (crid, ident), (frames, deadline, mark) in inst.inflight.items():
-            if mark & _STREAM:
-                self.streams.pop((crid, ident), None)
-            if mark & _IDEMPOTENT and not mark & _STREAM and deadline > self.now and svc.instances:
-                frames[0] = crid
-                retry.append(Queued(frames, deadline, ident, mark))
-            else:
-                self.stats.drop("instance_died")
-                self._error(crid, ErrorCode.UNAVAILABLE,
-                            f"instance {inst.name.decode(errors='replace')} went away ({why})",
-                            ident, address=inst.name)
-        inst.inflight.clear()
-        if retry:
-            svc.queue.extendleft(reversed(retry))
-            if svc.name not in self.table.services:
-                self.table.services[svc.name] = svc
-            self._drain_queue(svc)
 
     def _subscription_denied(self, identity: str | None, topic: bytes) -> None:
         for peer in self.peers.values():

@@ -1,0 +1,263 @@
+"""A client connection's session with the router: HELLO and WELCOME, the CURVE handshake's
+outcome, and the access token (fetched, presented, refreshed before it expires).
+
+A mixin of :class:`mesh.core.Core`, off the hot path: the core moves messages, this keeps
+the session they travel in alive across token expiry and router restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from mesh import batch
+from mesh.errors import Error, Unauthenticated, Unavailable
+from mesh.wire import PROTOCOL_VERSION, Cmd, Flag, pack_route
+from proto import agp_pb2
+
+log = logging.getLogger("agp.client")
+
+_TAKES_BATCHES = int(Flag.BATCH)  # on HELLO and WELCOME: this side takes BATCH messages
+_HELLO_FLAGS = _TAKES_BATCHES if batch.ENABLED else 0
+
+
+def _resolve(waiter: Any, result: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(result)
+
+
+def _fail(waiter: Any, exc: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
+AUTH_SERVICE = b"agp/system/auth"
+
+
+class Security:
+    """What a client needs on a secure mesh: its keypair, the router's public key (z85),
+    and where its access token comes from.
+
+    With no ``token_provider`` the token is fetched over the mesh itself: a connection whose
+    CURVE key is enrolled may ask ``agp/system/auth`` for a token bound to that key (the key
+    authenticates the client, as a TLS client certificate does in RFC 8705), then says HELLO
+    again with it. Tokens are refreshed on their own at 80% of their lifetime.
+    """
+
+    def __init__(self, public: bytes, secret: bytes, server_public: bytes,
+                 token_provider: Callable[[], str] | None = None) -> None:
+        self.public = public
+        self.secret = secret
+        self.server_public = server_public
+        self.token_provider = token_provider
+        self.token = ""
+        self.token_expires = 0.0  # loop time
+        self.token_lifetime = 0.0
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+        sock.curve_serverkey = self.server_public
+
+
+class SessionSide:
+    """HELLO/WELCOME, handshake failures and tokens, for :class:`mesh.core.Core`."""
+
+    # provided by Core
+    loop: asyncio.AbstractEventLoop | None
+    sock: zmq.Socket[Any] | None
+    security: Security | None
+    name: str
+    kind: int
+    connected: bool
+    router_id: str
+    welcome: agp_pb2.Welcome | None
+    epoch: int
+    batching: bool
+    auth_failed: bool
+    pending: dict[int, Any]
+    counters: dict[str, int]
+    subs: Any
+    on_session: Callable[[], None] | None
+    _ids: Any
+    _outbox: list[list[Any]]
+    _resend: list[int]
+    _hello_waiters: list[asyncio.Future[None]]
+    _hello_sent_at: float
+    _hello_ids: collections.deque[int]
+    _live_hellos: set[int]
+    _refreshing: bool
+    _started: bool
+    _monitor: zmq.Socket[Any] | None
+    _send_outbox: Any
+    send_frames: Any
+    start_request: Any
+
+    def _watch_handshake(self, sock: zmq.Socket[Any]) -> None:
+        """A refused CURVE handshake is final in libzmq (no retry): surface it at once."""
+        assert self.loop is not None
+        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                      | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = mon
+
+        def on_event() -> None:
+            from zmq.utils.monitor import recv_monitor_message
+
+            while True:
+                try:
+                    event = recv_monitor_message(mon, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    return
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if self.router_id:  # a new connection (a restarted router, say): HELLO
+                        self._send_hello()  # now, not at the next heartbeat
+                    continue
+                if event["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                    self.auth_failed = True
+                    exc = Unauthenticated(
+                        "the router refused this connection's CURVE handshake (unknown or "
+                        "revoked key, or wrong server key)")
+                    for w in self._hello_waiters:
+                        _fail(w, exc)
+                    self._hello_waiters.clear()
+                    for p in list(self.pending.values()):
+                        _fail(p.waiter, exc)
+                    self.pending.clear()
+
+        self.loop.add_reader(mon.getsockopt(zmq.FD), on_event)
+        self.loop.call_soon(on_event)
+
+    async def _acquire_token(self) -> None:
+        """Get an access token (provider, or the mesh's auth service) and present it."""
+        sec = self.security
+        assert sec is not None
+        assert self.loop is not None
+        if sec.token_provider is not None:
+            token = sec.token_provider()
+            lifetime = 300.0
+        else:
+            waiter = self.loop.create_future()
+            self.start_request(Cmd.REQUEST, AUTH_SERVICE,
+                               agp_pb2.Envelope(action="token").SerializeToString(), [],
+                               waiter, timeout=10.0)
+            from mesh import codec
+
+            msg = await waiter
+            body = codec.decode(msg[3:])
+            token = str(body["access_token"])
+            lifetime = float(body.get("expires_in", 300))
+        sec.token = token
+        sec.token_lifetime = lifetime
+        sec.token_expires = self.loop.time() + lifetime
+        welcome = self.loop.create_future()
+        self._hello_waiters.append(welcome)
+        self._send_hello()
+        await welcome
+        self._refreshing = False
+
+    def _maybe_refresh(self, now: float) -> None:
+        sec = self.security
+        if (sec is None or not sec.token or self._refreshing or not self.connected
+                or now < sec.token_expires - 0.2 * sec.token_lifetime):
+            return
+        self._refreshing = True
+        assert self.loop is not None
+        task = self.loop.create_task(self._acquire_token())
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._refreshing = False
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("token refresh failed: %s", t.exception())
+
+        task.add_done_callback(done)
+
+    async def wait_session(self, timeout: float) -> None:
+        """Wait until a session with the router is up (after a restart, say)."""
+        if self.connected:
+            return
+        assert self.loop is not None
+        waiter = self.loop.create_future()
+        self._hello_waiters.append(waiter)
+        await asyncio.wait_for(waiter, timeout)
+
+    def _send_hello(self) -> None:
+        assert self.loop is not None
+        token = self.security.token if self.security is not None else ""
+        public = self.security.public if self.security is not None else b""
+        hello = agp_pb2.Hello(protocol_version=PROTOCOL_VERSION, peer_name=self.name,
+                              token=token, kind=self.kind, public_key=public)
+        self._hello_sent_at = self.loop.time()
+        if self.sock is None:
+            return
+        ident = next(self._ids)  # the request id space: an ERROR names what it answers
+        self._hello_ids.append(ident)
+        if self.connected:  # a token on a live session: its WELCOME must be taken
+            if len(self._live_hellos) > 16:
+                self._live_hellos.clear()
+            self._live_hellos.add(ident)
+        if self._outbox:
+            self._send_outbox()
+        try:
+            self.sock.send_multipart([pack_route(Cmd.HELLO, _HELLO_FLAGS, 0, 0, ident), b"",
+                                      hello.SerializeToString()], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters["send_errors"] += 1
+
+    def refresh_token(self) -> None:
+        """Present a fresh token on the live connection (HELLO again)."""
+        self._send_hello()
+
+    def _on_welcome(self, msg: list[bytes], ident: int = 0) -> None:
+        try:
+            welcome = agp_pb2.Welcome.FromString(msg[2])
+        except Exception:
+            self.counters["malformed"] += 1
+            return
+        restarted = bool(self.router_id) and welcome.router_id != self.router_id
+        if self.connected and not restarted and ident not in self._live_hellos:
+            # the answer to a HELLO resent while the router was out of reach (a partition
+            # held them all): the session is already up, so it changes nothing
+            self.counters["stale_welcomes"] = self.counters.get("stale_welcomes", 0) + 1
+            return
+        self._live_hellos.discard(ident)
+        self.welcome = welcome
+        self.router_id = welcome.router_id
+        self.connected = True
+        self.batching = bool(msg[0][2] & _HELLO_FLAGS)
+        if restarted:
+            self.epoch += 1
+            log.info("router restarted (new id %s); session re-established", welcome.router_id)
+            resend = set(self._resend)
+            for ident, p in list(self.pending.items()):
+                if ident not in resend and p.frames and p.frames[0][1] != Cmd.READY:
+                    del self.pending[ident]
+                    _fail(p.waiter, Unavailable("the router restarted with this request in flight"))
+        for ident in self._resend:
+            p = self.pending.get(ident)
+            if p is not None:
+                try:
+                    self.send_frames(p.frames)
+                except Error as exc:
+                    self.pending.pop(ident, None)
+                    _fail(p.waiter, exc)
+        self._resend.clear()
+        self.subs.on_session(welcome, restarted)
+        sec = self.security
+        if sec is not None and not sec.token and self._started and not self._refreshing:
+            self._refreshing = True
+            assert self.loop is not None
+            self.loop.create_task(self._acquire_token())
+        for w in self._hello_waiters:
+            _resolve(w, None)
+        self._hello_waiters.clear()
+        if self.on_session is not None:
+            self.on_session()

@@ -1,0 +1,130 @@
+"""The router's clock: heartbeats, liveness, deadlines of queued requests, and what happens
+to a peer's work when it dies or leaves.
+
+Every ``tick`` the router heartbeats its peers, drops the ones silent for ``liveness``
+(their in-flight requests are answered UNAVAILABLE, or re-dispatched when idempotent),
+ends a session whose credentials expired, answers DEADLINE_EXCEEDED to queued requests
+whose deadline passed, and hands queued requests to instances with room. A mixin of
+:class:`router.server.Router`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mesh.errors import ErrorCode
+from mesh.wire import HEARTBEAT_FRAME, ROUTE, Cmd, Flag, pack_route
+from router.outbound import STREAM_MARK
+from router.table import Instance, Peer, Queued, Service
+
+log = logging.getLogger("agp.router")
+
+_STREAM = STREAM_MARK
+_IDEMPOTENT = int(Flag.IDEMPOTENT)  # kept in an in-flight entry's mark
+
+
+class Liveness:
+    """Heartbeats, deaths and queues."""
+
+    # provided by Router
+    config: Any
+    stats: Any
+    table: Any
+    access: Any
+    proxy: Any
+    secure: bool
+    now: float
+    peers: dict[bytes, Peer]
+    streams: dict[tuple[bytes, int], Instance]
+    _next_heartbeat: float
+    _send: Any
+    _error: Any
+    _dispatch: Any
+
+    def _drain_queue(self, svc: Service) -> None:
+        queue = svc.queue
+        now = self.now
+        while queue:
+            inst = svc.policy.pick(svc.instances)
+            if inst is None:
+                return
+            q = queue.popleft()
+            crid = q.frames[0]  # queued frames keep the client's routing id in front
+            if q.deadline <= now:
+                self.stats.drop("deadline_in_queue")
+                self._error(crid, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued",
+                            q.ident)
+                continue
+            remaining = max(1, int((q.deadline - now) * 1000))
+            _, cmd, flags, _, _, ident = ROUTE.unpack(q.frames[1])
+            q.frames[1] = pack_route(cmd, flags, 0, remaining, ident)
+            self._dispatch(inst, q.frames, crid, q.ident, q.deadline, q.idempotent)
+
+    def _housekeeping(self, now: float) -> None:
+        self.now = now
+        cfg = self.config
+        dead_before = now - cfg.liveness
+        beat = now >= self._next_heartbeat
+        if beat:
+            self._next_heartbeat = now + cfg.heartbeat_interval
+        for peer in list(self.peers.values()):
+            if peer.last_seen < dead_before:
+                self._remove_peer(peer, f"silent for {now - peer.last_seen:.1f}s")
+            elif self.secure and self.access.expired(peer.session, time.time()):
+                self._error(peer.rid, ErrorCode.UNAUTHENTICATED, "credentials expired or revoked")
+                self._remove_peer(peer, "credentials expired or revoked")
+            elif beat:
+                self._send([peer.rid, HEARTBEAT_FRAME])
+        for svc in list(self.table.services.values()):
+            queue = svc.queue
+            while queue and queue[0].deadline <= now:
+                q = queue.popleft()
+                self.stats.drop("deadline_in_queue")
+                self._error(q.frames[0], ErrorCode.DEADLINE_EXCEEDED,
+                            "deadline passed while queued", q.ident)
+            if svc.queue and svc.has_room():
+                self._drain_queue(svc)
+            if not svc.instances and not svc.queue:
+                self.table.services.pop(svc.name, None)
+        if beat:
+            self.proxy.beacon()
+        if beat and self.secure:
+            self.access.refresh()
+
+    def _remove_peer(self, peer: Peer, why: str) -> None:
+        self.peers.pop(peer.rid, None)
+        if peer.instance is not None:
+            self._remove_instance(peer.instance, why)
+        for sid in peer.streams:
+            inst = self.streams.pop((peer.rid, sid), None)
+            if inst is not None:
+                entry = inst.inflight.pop((peer.rid, sid), None)
+                if entry is not None:
+                    self._send([inst.peer.rid, pack_route(Cmd.CANCEL, 0, 0, 0, sid), peer.rid, b""])
+        peer.streams.clear()
+        log.info("peer %s removed: %s", peer.name, why)
+
+    def _remove_instance(self, inst: Instance, why: str) -> None:
+        self.table.remove_instance(inst)
+        log.warning("instance %s removed: %s", inst.name.decode(errors="replace"), why)
+        svc = inst.service
+        retry: list[Queued] = []
+        for (crid, ident), (frames, deadline, mark) in inst.inflight.items():
+            if mark & _STREAM:
+                self.streams.pop((crid, ident), None)
+            if mark & _IDEMPOTENT and not mark & _STREAM and deadline > self.now and svc.instances:
+                frames[0] = crid
+                retry.append(Queued(frames, deadline, ident, mark))
+            else:
+                self.stats.drop("instance_died")
+                self._error(crid, ErrorCode.UNAVAILABLE,
+                            f"instance {inst.name.decode(errors='replace')} went away ({why})",
+                            ident, address=inst.name)
+        inst.inflight.clear()
+        if retry:
+            svc.queue.extendleft(reversed(retry))
+            if svc.name not in self.table.services:
+                self.table.services[svc.name] = svc
+            self._drain_queue(svc)
