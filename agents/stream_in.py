@@ -34,7 +34,7 @@ class StreamIn:
         self.window = window
         self.opener = opener  # security.stream_keys.ChunkOpener on an end-to-end stream
         self.ticket = b""  # set when the chunks come over the agent's direct socket
-        self._chunks: deque[list[bytes]] = deque()
+        self._chunks: deque[tuple[list[bytes], bool]] = deque()
         self._ended = False
         self._event = asyncio.Event()
         self._consumed = 0
@@ -46,12 +46,14 @@ class StreamIn:
         """True when the chunks come peer to peer, not through the router."""
         return bool(self.ticket)
 
-    def push(self, frames: list[bytes]) -> None:
+    def push(self, frames: list[bytes], direct: bool = False) -> None:
+        """A chunk arrived: through the router, or (``direct``) on the agent's own CURVE
+        connection with the stream's client."""
         if len(self._chunks) >= self.window:
             self.overrun = True  # the sender ignored its credit: end the stream with an error
             self._ended = True
         else:
-            self._chunks.append(frames)
+            self._chunks.append((frames, direct))
             self.received += 1
         self._event.set()
 
@@ -82,17 +84,20 @@ class StreamIn:
                 raise StopAsyncIteration
             self._event.clear()
             await self._event.wait()
-        frames = self._chunks.popleft()
+        frames, direct = self._chunks.popleft()
         self._consumed += 1
         if self._consumed >= max(1, self.window // 2):
             self.grant(self._consumed)
             self._consumed = 0
         route_flags = frames[0][2]
         payload = frames[3:]
-        if self.opener is not None:
-            if not route_flags & Flag.ENCRYPTED:
-                raise Unauthenticated("a plaintext chunk on an end-to-end stream")
+        if self.opener is not None and route_flags & Flag.ENCRYPTED:
             payload = self.opener.open(payload)
+        elif self.opener is not None and not direct:
+            # peer to peer the CURVE session itself is end to end: it ends in this process
+            # and in the client's, whose key sealed the open (the ZAP gate admits only it);
+            # through the router, a chunk must be sealed
+            raise Unauthenticated("a plaintext chunk on an end-to-end stream")
         elif route_flags & Flag.ENCRYPTED:
             raise Unauthenticated("a sealed chunk on a stream with no session key")
         if route_flags & Flag.RAW:

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.done()
     report.message("security on = CURVE on every socket + ZAP + token at HELLO + RBAC per "
                    "message (cached); e2e = all that, and every payload sealed end to end "
-                   "(requests, replies, sends, stream chunks, pub/sub batches); raw pyzmq has "
-                   "no e2e: its CURVE figure is the e2e rows' baseline.")
+                   "(requests, replies, sends, pub/sub batches, stream chunks through the "
+                   "router; peer to peer a stream's CURVE session is itself end to end); raw "
+                   "pyzmq has no e2e: its CURVE figure is the e2e rows' baseline.")
     report.print()
     print("\nfigures the benchmark issue asks for (this machine, this run):")
     for sec in mesh_security:

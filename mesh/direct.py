@@ -216,7 +216,7 @@ class DirectServer:
             return
         if cmd == Cmd.STREAM_DATA:
             # the shape the agent's stream expects: route, address, header, payload...
-            offer.sink.push([msg[1], b"", b"", *msg[3:]])
+            offer.sink.push([msg[1], b"", b"", *msg[3:]], direct=True)
         elif cmd == Cmd.STREAM_END:
             offer.sink.end()
         else:

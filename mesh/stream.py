@@ -230,7 +230,9 @@ class AsyncStream:
         self.credits -= 1
         payload: list[Any] = [data] if raw else codec.encode(data)
         flags = Flag.RAW if raw else 0
-        if self._sealer is not None:
+        if self._sealer is not None and self._sock is None:
+            # through the router: sealed; peer to peer the CURVE session to the key the
+            # stream was sealed to (checked against the registry's) is itself end to end
             payload = self._sealer.seal(payload)
             flags |= Flag.ENCRYPTED
         route = pack_route(Cmd.STREAM_DATA, flags, 0, 0, self.ident)

@@ -19,7 +19,10 @@ theft of either side's long-term key opens nothing of it — forward secrecy on 
 
 Chunk ``n`` (from 0) is sealed under ``K`` with ``n`` as its nonce and the stream id and
 frame layout as associated data; the receiver expects ``n`` in order, so a replayed, dropped,
-reordered or tampered chunk fails to open. This module holds no socket: it is fed bytes.
+reordered or tampered chunk fails to open. That is for chunks through the router; peer to
+peer they ride the CURVE session between the two ends, which is end to end already (the
+exchange above still runs: it proves the agent's long-term key, which the client then uses
+as the CURVE server key). This module holds no socket: it is fed bytes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """End-to-end sealed streams on a real mesh: the open is sealed like a request, the chunks
 under a key only the stream's two ends derive (security/stream_keys.py). Through the router
 a tap finds no plaintext chunk and a tampered chunk ends the stream with UNAUTHENTICATED;
-peer to peer the chunks skip the router altogether and are still sealed."""
+peer to peer the chunks skip the router altogether, inside the CURVE session between the two
+ends (to the agent key the stream was sealed to), which is itself end to end."""
 
 from __future__ import annotations
 

@@ -90,3 +90,45 @@ def test_malformed_keys_and_shapes_get_typed_errors() -> None:
         sealer.seal([])
     with pytest.raises(Malformed):
         opener.open([])
+
+
+class _Agent:
+    """What a StreamIn asks of its agent: where to send credit (no direct socket here)."""
+
+    direct = None
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+
+    def _send(self, frames: list[bytes]) -> None:
+        self.sent.append(frames)
+
+
+def _chunk(payload: list[bytes], sealed: bool) -> list[bytes]:
+    from mesh.wire import Cmd, Flag, pack_route
+
+    flags = Flag.RAW | (Flag.ENCRYPTED if sealed else 0)
+    return [pack_route(Cmd.STREAM_DATA, flags, 0, 0, 7), b"crid", b"", *payload]
+
+
+def test_an_end_to_end_stream_takes_plaintext_only_peer_to_peer() -> None:
+    """Through the router every chunk of an e2e stream must be sealed; on the agent's own
+    CURVE connection with the client (which ends in the two processes) it need not be."""
+    import asyncio
+
+    from agents.stream_in import StreamIn
+
+    sealer, opener = _pair()
+
+    async def main() -> list[bytes]:
+        st = StreamIn(_Agent(), b"crid", 7, window=8, opener=opener)  # type: ignore[arg-type]
+        st.push(_chunk([b"direct, plain"], sealed=False), direct=True)
+        st.push(_chunk(sealer.seal([b"routed, sealed"]), sealed=True))
+        st.push(_chunk(sealer.seal([b"direct, sealed"]), sealed=True), direct=True)
+        st.push(_chunk([b"routed, plain"], sealed=False))
+        got = [await st.__anext__() for _ in range(3)]
+        with pytest.raises(Unauthenticated, match="plaintext chunk"):
+            await st.__anext__()
+        return got
+
+    assert asyncio.run(main()) == [b"direct, plain", b"routed, sealed", b"direct, sealed"]
