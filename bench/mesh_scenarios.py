@@ -228,19 +228,27 @@ def _client_inflight(ctl: Control, endpoint: str, duration: float, inflight: int
 
 
 def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> dict[str, Any]:
+    """Request i at t0 + i/rate whatever the replies do; latency from the intended time.
+
+    The loop's own timers tick in milliseconds, so a :class:`bench.pacer.Pacer` (a timerfd)
+    wakes it at each intended time instead, as the raw baseline's client wakes on schedule:
+    the lateness left is the mesh's.
+    """
     async def main() -> dict[str, Any]:
+        from bench.pacer import Pacer
+
         m = await _client(endpoint)
         for _ in range(500):
             await m.request(SERVICE, "echo", b"x", raw=True)
         ctl.ready()
         loop = asyncio.get_running_loop()
-        ol = OpenLoop(rate, count, time.perf_counter_ns())
+        ol = OpenLoop(rate, count, time.perf_counter_ns() + 1_000_000)
         pending: set[asyncio.Task[Any]] = set()
-
+        all_sent = asyncio.Event()
         nxt = [0]
 
         def send_due() -> None:
-            """Send every request whose intended time has come (timer ticks and replies)."""
+            """Send every request whose intended time has come (pacer ticks, replies)."""
             due = min(ol.due(time.perf_counter_ns()), count)
             while nxt[0] < due:
                 j = nxt[0]
@@ -249,6 +257,8 @@ def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> d
                 t = loop.create_task(one(j))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
+            if nxt[0] >= count:
+                all_sent.set()
 
         async def one(i: int) -> None:
             try:
@@ -256,20 +266,18 @@ def _client_open_loop(ctl: Control, endpoint: str, rate: float, count: int) -> d
                 ol.replied(i, time.perf_counter_ns())
             except Exception:
                 pass
-            send_due()  # a reply is a finer clock than libuv's millisecond timers
-
-        while nxt[0] < count:
             send_due()
-            i = nxt[0]
-            # sleep until the next request is due (libuv timers tick in ms: a shorter
-            # sleep is a busy loop that would starve the router and the agent of CPU)
-            next_due = ol.intended_ns(i) if i < count else 0
-            await asyncio.sleep(max(0.001, (next_due - time.perf_counter_ns()) / 1e9))
+
+        pacer = Pacer(loop, ol.intended_ns(0), int(1e9 / rate), send_due)
+        try:
+            await asyncio.wait_for(all_sent.wait(), timeout=count / rate + 30)
+        finally:
+            pacer.close()
         if pending:
             await asyncio.wait(pending, timeout=30)
         corrected = summarize(ol.corrected_ns())
         await m.close()
-        return {"corrected": corrected, "lost": count - ol.answered}
+        return {"corrected": corrected, "lost": count - ol.answered, "send_lag": ol.send_lag()}
 
     return _uv_run(main())
 
