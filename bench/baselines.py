@@ -794,7 +794,7 @@ class Profile:
 
 PROFILES: Final = {
     "full": Profile(count=10_000, duration=3.0, rates=(5000.0, 10000.0), subscribers=(1, 10)),
-    "quick": Profile(count=2000, duration=1.0, rates=(10000.0,), subscribers=(1, 10),
+    "quick": Profile(count=2000, duration=0.8, rates=(10000.0,), subscribers=(1, 10),
                      malloc_variants=False),
     "tiny": Profile(count=200, duration=0.2, rates=(2000.0,), subscribers=(2,), inflight=20),
 }
