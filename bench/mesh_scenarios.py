@@ -484,7 +484,7 @@ def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
 def stream(*, duration: float = 2.0, frame: int = MiB, malloc_tuned: bool = True,
            secure: Mode = False, direct: bool = False) -> dict[str, Any]:
     """1 MiB chunks through the router (``direct=False``) or peer to peer."""
-    from bench.baselines import MALLOC_DEFAULT, MALLOC_TUNED
+    from bench.raw_common import MALLOC_DEFAULT, MALLOC_TUNED
 
     env: dict[str, Any] = dict(MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT)
     run = duration + _START

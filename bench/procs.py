@@ -30,7 +30,7 @@ _CTX = mp.get_context("forkserver")
 _CTX.set_forkserver_preload(["zmq", "msgpack", "numpy", "nacl.bindings", "uvloop", "mesh.aio",
                              "agents.echo", "router.server", "security.server",
                              "discovery.service", "security.key_service",
-                             "bench.mesh_scenarios", "bench.baselines"])
+                             "bench.mesh_scenarios", "bench.raw_reqrep", "bench.raw_flow"])
 # glibc's malloc tunables that bench sides set (what MALLOC_*_ would set at exec)
 _MALLOPT: Final = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
 

@@ -11,6 +11,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from bench import baselines as b
+from bench import raw_common as common
 from bench.report import Report
 
 TINY = 0.2  # seconds of each timed scenario
@@ -86,11 +87,11 @@ def test_stream(relay: bool, tuned: bool, secure: bool) -> None:
 
 def test_zap_refuses_a_key_it_does_not_know() -> None:
     """CURVE baselines are only honest if the ZAP handler really checks the client key."""
-    keys = b.Keys.new()
-    ctx, auth = b._context(keys, zap=True)
+    keys = common.Keys.new()
+    ctx, auth = common.make_context(keys, zap=True)
     try:
-        server = b._server(ctx.socket(zmq.ROUTER), keys)
-        endpoint = b._bind(server)
+        server = common.curve_server(ctx.socket(zmq.ROUTER), keys)
+        endpoint = common.bind_loopback(server)
         stranger_pub, stranger_sec = zmq.curve_keypair()
         bad = ctx.socket(zmq.DEALER)
         bad.curve_serverkey = keys.server_public
@@ -104,7 +105,7 @@ def test_zap_refuses_a_key_it_does_not_know() -> None:
             if mon.poll(int((deadline - time.monotonic()) * 1000) + 1):
                 event = recv_monitor_message(mon)["event"]
         assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        good = b._client(ctx.socket(zmq.DEALER), keys)
+        good = common.curve_client(ctx.socket(zmq.DEALER), keys)
         good.connect(endpoint)
         good.send(b"member")
         assert server.poll(10_000)
@@ -112,7 +113,7 @@ def test_zap_refuses_a_key_it_does_not_know() -> None:
         assert not server.poll(0)
         bad.disable_monitor()
     finally:
-        b._close(ctx, auth)
+        common.close_context(ctx, auth)
 
 
 # ----------------------------------------------------------------- the suite's wiring
