@@ -263,7 +263,6 @@ class AsyncMesh:
         boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        backoff = backoff or Backoff()
         attempt = 0
         progress_cb = None
         if on_progress is not None:
@@ -310,6 +309,7 @@ class AsyncMesh:
                     isinstance(exc, _MAYBE_RAN) and flags & _IDEMPOTENT)
                 if not safe or attempt > retries:
                     raise
+                backoff = backoff or Backoff()  # made only when a retry happens
                 delay = min(backoff.delay(attempt), max(0.0, deadline - loop.time()))
                 await asyncio.sleep(delay)
                 continue
