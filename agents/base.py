@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import inspect
 import logging
 import os
@@ -37,14 +36,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from agents.calls import Calls
 from agents.context import Context, action
 from agents.stream_in import StreamIn, accept
 from mesh import codec, metrics, telemetry
 from mesh.core import Core
-from mesh.errors import Cancelled, Closed, DeadlineExceeded, Error, ErrorCode, Unauthenticated
+from mesh.errors import Closed, Error, ErrorCode, Unauthenticated
 from mesh.wire import Cmd, Flag, error_frames, pack_route
 from proto import agp_pb2
-from security.payload import seal_reply
 
 __all__ = ["Agent", "Context", "StreamIn", "action"]
 
@@ -53,7 +52,6 @@ log = logging.getLogger("agp.agent")
 _PATTERNS = {Cmd.REQUEST: "request", Cmd.SEND: "send", Cmd.STREAM_OPEN: "stream"}
 _POLICIES = {"round_robin": 0, "weighted_round_robin": 1, "least_outstanding": 2}
 _EMPTY_ENVELOPE = agp_pb2.Envelope()
-IDEMPOTENCY_CACHE = 10_000
 STREAM_WINDOW = 16
 # plain ints on the per-message path: IntFlag arithmetic builds an enum per operation
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
@@ -61,7 +59,7 @@ _STREAM_DATA, _STREAM_END, _STREAM_OPEN = int(Cmd.STREAM_DATA), int(Cmd.STREAM_E
     Cmd.STREAM_OPEN)
 
 
-class Agent:
+class Agent(Calls):
     """Subclass, set ``name`` and mark handlers with ``@action``."""
 
     name: str = ""
@@ -413,129 +411,6 @@ class Agent:
         else:
             task = self.loop.create_task(self._run_threaded(fn, data, ctx, reply))
         self._tasks[(crid, ident)] = (task, ctx)
-
-    def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
-                     ) -> tuple[Any, BaseException | None]:
-        token = telemetry.use_span(ctx.span)
-        try:
-            return fn(self, data, ctx), None
-        except Exception as exc:
-            return None, exc
-        finally:
-            telemetry.release(token)
-
-    async def _run_async(self, coro: Any, ctx: Context, reply: bool) -> None:
-        assert self.loop is not None
-        task = asyncio.current_task()
-        telemetry.use_span(ctx.span)  # in this task's own context: its calls are children
-        timer = self.loop.call_at(ctx.deadline, self._expire, task, ctx)
-        try:
-            result: Any = await coro
-            exc: BaseException | None = None
-        except asyncio.CancelledError as cancelled:
-            exc = (DeadlineExceeded("handler passed its deadline") if ctx.deadline
-                   <= self.loop.time() else Cancelled("cancelled by the caller"))
-            del cancelled
-            result = None
-        except Exception as e:
-            result, exc = None, e
-        finally:
-            timer.cancel()
-        self._finish(ctx, reply, result, exc)
-
-    async def _run_threaded(self, fn: Callable[..., Any], data: Any, ctx: Context,
-                            reply: bool) -> None:
-        assert self.loop is not None
-        if ctx.span is None:
-            fut = self.loop.run_in_executor(self._pool, fn, self, data, ctx)
-        else:  # the pool thread runs with the span current (executors copy no context)
-            telemetry.use_span(ctx.span)
-            fut = self.loop.run_in_executor(self._pool, contextvars.copy_context().run, fn,
-                                            self, data, ctx)
-        timer = self.loop.call_at(ctx.deadline, ctx.cancel)
-        try:
-            remaining = max(0.001, ctx.deadline - self.loop.time())
-            result: Any = await asyncio.wait_for(asyncio.shield(fut), remaining)
-            exc: BaseException | None = None
-        except asyncio.TimeoutError:
-            ctx.cancel()
-            result, exc = None, DeadlineExceeded("handler passed its deadline")
-        except asyncio.CancelledError:
-            ctx.cancel()
-            result, exc = None, Cancelled("cancelled by the caller")
-        except Exception as e:
-            result, exc = None, e
-        finally:
-            timer.cancel()
-        self._finish(ctx, reply, result, exc)
-
-    def _expire(self, task: asyncio.Task[Any] | None, ctx: Context) -> None:
-        ctx.cancel()
-        if task is not None:
-            task.cancel()
-
-    def _finish(self, ctx: Context, reply: bool, result: Any, exc: BaseException | None) -> None:
-        key = (ctx.crid, ctx.ident)
-        self._tasks.pop(key, None)
-        st = self._streams.pop(key, None)
-        if st is not None:
-            st.close()
-        if ctx.span is not None:
-            telemetry.end_span(ctx.span, exc)
-        if self.metrics is not None:
-            self.metrics.handled(ctx.action, self.loop.time() - ctx.started, exc)
-        if exc is not None:
-            self.failed += 1
-            if not reply:
-                log.warning("%s (fire-and-forget) failed: %r", ctx.action, exc)
-                self._count_drop("send_handler_error")
-                return
-            if isinstance(exc, Error):
-                self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
-            else:
-                log.warning("%s raised %s: %s", ctx.action, type(exc).__name__, exc)
-                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
-                            f"{type(exc).__name__}: {exc}", {"type": type(exc).__name__})
-            return
-        self.served += 1
-        if not reply:
-            return
-        if type(result) is bytes:
-            flags, payload = _RAW, [result]
-        else:
-            try:
-                flags, payload = 0, codec.encode(result)
-            except (TypeError, Error) as e:
-                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
-                            f"result cannot be encoded: {e}")
-                return
-        key_i = ctx.envelope.idempotency_key
-        if key_i:
-            self._idem[key_i] = [flags, *payload]
-            if len(self._idem) > IDEMPOTENCY_CACHE:
-                self._idem.popitem(last=False)
-        self._reply(ctx, flags, payload)
-
-    def _reply(self, ctx: Context, flags: int, payload: list[Any]) -> None:
-        """Send a REPLY; sealed with the request's key when the request was sealed."""
-        if ctx.reply_to:
-            key, ctx.reply_key = ctx.reply_key, None
-            if key is None:  # its nonce was used: a sealed request gets one answer
-                self._count_drop("second_sealed_reply")
-                return
-            payload = seal_reply(key, payload, b"reply\0" + ctx.ident.to_bytes(8, "little"))
-            flags |= _ENCRYPTED
-        self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, b"", *payload])
-
-    def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes]
-                      ) -> tuple[list[bytes], Any]:
-        """The plaintext and the key of the answer (``security.payload.ReplyKey``)."""
-        if self.boxes is None:
-            raise Unauthenticated("sealed payload, but this agent has no key (insecure mode)")
-        # a stream's session key is bound in: nobody on the path can swap it
-        return self.boxes.open(env.sender_key, env.nonce, payload,
-                               env.action.encode() + b"\0" + ident.to_bytes(8, "little")
-                               + env.ephemeral_key)
 
     # ------------------------------------------------------------------ outbound
     def _send(self, frames: list[Any]) -> None:

@@ -30,6 +30,7 @@ class LocalMesh:
         self.secure = secure
         self.client = client
         self.home: Any = None
+        self._saved_env: dict[str, str | None] = {}
         self.namespace = namespace
         self.counts = {name: 1 for name in WORK_AGENTS}
         self.counts["ml_trainer"] = 2  # two trainers: a retry has somewhere else to go
@@ -55,6 +56,8 @@ class LocalMesh:
         enroll_identity(self.home, "registry", roles=("agent",), namespace="agp/system")
         enroll_identity(self.home, "keys", roles=("agent",), namespace="agp/system")
         self.env["AGP_HOME"] = str(self.home.root)
+        # this process's client identity until stop(), which puts back what was there
+        self._saved_env = {k: os.environ.get(k) for k in ("AGP_HOME", "AGP_IDENTITY")}
         os.environ["AGP_HOME"] = str(self.home.root)
         os.environ["AGP_IDENTITY"] = self.client
 
@@ -138,6 +141,12 @@ class LocalMesh:
             codes[p.name] = p.stop()
         if self.router is not None:
             codes["router"] = self.router.stop()
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._saved_env = {}
         return codes
 
     def __enter__(self) -> LocalMesh:

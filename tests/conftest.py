@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("AGP_MDNS", "0")
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_agp_environment() -> Iterator[None]:
+    """A test that leaves AGP_* variables changed fails: the next test would connect with
+    another's identity (as a local mesh's client once did to a test run after it)."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("AGP_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("AGP_")}
+    assert after == before, f"AGP_* environment changed: {set(after.items()) ^ set(before.items())}"
+
+
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     d = tmp_path / "logs"
