@@ -23,6 +23,7 @@ log = logging.getLogger("agp.router")
 
 _STREAM = STREAM_MARK
 _IDEMPOTENT = int(Flag.IDEMPOTENT)  # kept in an in-flight entry's mark
+_IN_FLIGHT = frozenset({int(Cmd.REQUEST), int(Cmd.STREAM_OPEN)})
 
 
 class Liveness:
@@ -39,6 +40,7 @@ class Liveness:
     peers: dict[bytes, Peer]
     streams: dict[tuple[bytes, int], Instance]
     _next_heartbeat: float
+    outbox: Any
     _send: Any
     _error: Any
     _dispatch: Any
@@ -95,6 +97,11 @@ class Liveness:
 
     def _remove_peer(self, peer: Peer, why: str) -> None:
         self.peers.pop(peer.rid, None)
+        # what waited for the next flush to it goes nowhere: its requests are in flight and
+        # settled with its instance below; anything else is counted
+        for msg in self.outbox.take(peer.rid):
+            if msg[1][1] not in _IN_FLIGHT:
+                self.stats.drop("peer_gone")
         if peer.instance is not None:
             self._remove_instance(peer.instance, why)
         for sid in peer.streams:

@@ -277,3 +277,18 @@ def test_requests_for_a_vanished_instance_go_to_another(router, ctx):
     assert replies_of(client) == {i: b"r%d" % i for i in range(1, 21)}
     assert not [m for m in client.inbox if m[0][1] == Cmd.ERROR]
     assert gone_rid not in router.peers
+
+
+def test_what_waits_for_a_peer_that_leaves_in_the_same_burst_is_settled_not_sent(router, ctx):
+    """An agent that asks its own service for work and says goodbye in one batch: the request
+    was queued for it, then it left, so it is never sent; it was in flight, so it is answered
+    UNAVAILABLE like any request of an instance that went away."""
+    agent = Peer(ctx, router, batches=True)
+    register(agent, "leaving")
+    agent.send_batch([request_frames(1, b"for me"), [pack_route(Cmd.DISCONNECT), b""]])
+    err = agent.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert error_code(err) == ErrorCode.UNAVAILABLE
+    assert router.stats.drops["instance_died"] == 1
+    assert not router.peers  # gone
+    assert not router.outbox
+    assert not [m for m in agent.inbox if m[0][1] == Cmd.REQUEST]  # never handed the request
