@@ -5,6 +5,8 @@ the client key (as the mesh runs), sockets bound on loopback, the start handshak
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -111,6 +113,21 @@ def wait_go(ctl: Control) -> None:
     ctl.ready()
     if ctl.receive(START_S) != "go":
         raise TimeoutError("no go from the parent")
+
+
+@contextmanager
+def started_dealer(ctl: Control, endpoint: str, keys: Keys | None, *, linger: int = 0
+                   ) -> Iterator[zmq.Socket[Any]]:
+    """A client side's DEALER: connected (CURVE when ``keys``), told to go, warmed up; its
+    context closed after, with ``linger`` ms for what is still queued."""
+    ctx, _ = make_context(keys, zap=False)
+    try:
+        sock = curve_dealer(ctx, endpoint, keys)
+        wait_go(ctl)
+        warm_up(sock, 50)
+        yield sock
+    finally:
+        close_context(ctx, None, linger=linger)
 
 
 def warm_up(sock: zmq.Socket[Any], n: int) -> None:

@@ -29,13 +29,11 @@ from bench.raw_common import (
     bind_loopback,
     close_context,
     curve_client,
-    curve_dealer,
     curve_server,
     keys_for,
     make_context,
+    started_dealer,
     tight_timer_slack,
-    wait_go,
-    warm_up,
 )
 
 
@@ -154,11 +152,7 @@ def _client_sequential(
     ctl: Control, endpoint: str, keys: Keys | None, count: int, size: int
 ) -> dict[str, float]:
     """One request at a time; latency = reply time - send time."""
-    ctx, _ = make_context(keys, zap=False)
-    try:
-        sock = curve_dealer(ctx, endpoint, keys)
-        wait_go(ctl)
-        warm_up(sock, 50)
+    with started_dealer(ctl, endpoint, keys, linger=0) as sock:
         rec = Recorder(count)
         msg = [SERVICE, bytes(size)]
         clock = time.perf_counter_ns
@@ -173,19 +167,13 @@ def _client_sequential(
         out = rec.summary()
         out["req_per_s"] = rec.count / ((clock() - start) / 1e9)
         return out
-    finally:
-        close_context(ctx, None)
 
 
 def _client_inflight(
     ctl: Control, endpoint: str, keys: Keys | None, duration: float, inflight: int, size: int
 ) -> dict[str, float]:
     """Keep ``inflight`` requests outstanding for ``duration``; count replies per second."""
-    ctx, _ = make_context(keys, zap=False)
-    try:
-        sock = curve_dealer(ctx, endpoint, keys)
-        wait_go(ctl)
-        warm_up(sock, 50)
+    with started_dealer(ctl, endpoint, keys, linger=0) as sock:
         rec = Recorder(min(10_000_000, int(duration * 300_000) + inflight))
         pad = bytes(max(0, size - 8))
         clock, recv, send, nb = (
@@ -216,8 +204,6 @@ def _client_inflight(
         out["req_per_s"] = done / ((now - start) / 1e9)
         out["inflight"] = float(inflight)
         return out
-    finally:
-        close_context(ctx, None)
 
 
 def _client_open_loop(
@@ -228,11 +214,7 @@ def _client_open_loop(
     Waits with select() on the socket's FD so sub-millisecond gaps neither busy-spin (which
     would steal a core from the broker on a 2-core box) nor round up to zmq.poll's 1 ms.
     """
-    ctx, _ = make_context(keys, zap=False)
-    try:
-        sock = curve_dealer(ctx, endpoint, keys)
-        wait_go(ctl)
-        warm_up(sock, 50)
+    with started_dealer(ctl, endpoint, keys, linger=0) as sock:
         tight_timer_slack()
         clock, recv, send = time.perf_counter_ns, sock.recv_multipart, sock.send_multipart
         fd = sock.getsockopt(zmq.FD)
@@ -265,19 +247,13 @@ def _client_open_loop(
             "lost": count - got,
         }
         return out
-    finally:
-        close_context(ctx, None)
 
 
 def _client_faf(
     ctl: Control, endpoint: str, keys: Keys | None, duration: float, size: int
 ) -> dict[str, float]:
     """Send as fast as the pipes take for ``duration``, then an END marker."""
-    ctx, _ = make_context(keys, zap=False)
-    try:
-        sock = curve_dealer(ctx, endpoint, keys)
-        wait_go(ctl)
-        warm_up(sock, 50)
+    with started_dealer(ctl, endpoint, keys, linger=SEND_TIMEOUT_MS) as sock:
         msg = [SERVICE, bytes(size)]
         send, clock = sock.send_multipart, time.perf_counter_ns
         start = clock()
@@ -293,8 +269,6 @@ def _client_faf(
         elapsed = (clock() - start) / 1e9
         sock.send_multipart([SERVICE, b"END"])
         return {"sent": float(sent), "sent_per_s": sent / elapsed}
-    finally:
-        close_context(ctx, None, linger=SEND_TIMEOUT_MS)
 
 
 # --------------------------------------------------------------------------- scenarios

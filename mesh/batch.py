@@ -30,7 +30,7 @@ from mesh.errors import Malformed
 from mesh.wire import Cmd, pack_route
 
 __all__ = ["BATCHABLE_BYTES", "ENABLED", "FLUSH_AT", "MAX_BATCH_BYTES", "MAX_BATCH_MESSAGES",
-           "Outbox", "batchable", "pack", "route_frame", "unpack"]
+           "Outbox", "batchable", "pack", "route_frame", "unpack", "wire"]
 
 MAX_BATCH_MESSAGES: Final = 1024  # messages in one batch, at most (a receiver refuses more)
 MAX_BATCH_BYTES: Final = 256 * 1024  # an outbox flushes a destination at this size
@@ -77,6 +77,14 @@ def pack(messages: list[list[Any]], skip: int = 0) -> bytes:
         append(_LENGTHS[n].pack(n, *map(len, frames)))
         extend(frames)
     return b"".join(parts)
+
+
+def wire(messages: list[list[Any]], skip: int = 0) -> list[Any]:
+    """The frames that carry ``messages`` (all for one peer, batchable, in order): one message
+    as itself, several as a BATCH; the first ``skip`` frames (the router's routing id) lead."""
+    if len(messages) == 1:
+        return messages[0]
+    return [*messages[0][:skip], route_frame(len(messages)), pack(messages, skip)]
 
 
 def unpack(body: bytes, count: int) -> list[list[bytes]]:

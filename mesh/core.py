@@ -53,6 +53,7 @@ from proto import agp_pb2
 log = logging.getLogger("agp.client")
 
 _REPLY, _ERROR, _HEARTBEAT, _BATCH = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT, Cmd.BATCH
+_QUEUE_FULL = "outgoing queue to the router is full (router unreachable?)"
 _INBOUND = frozenset({Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_END,
                       Cmd.CANCEL})
 DRAIN_BATCH = 1000
@@ -121,8 +122,7 @@ class Core(SessionSide):
         self._timer: asyncio.TimerHandle | None = None
         self._drain_scheduled = False
         self.batching = False  # both sides take BATCH (said on HELLO and WELCOME)
-        self._outbox: list[list[Any]] = []  # messages for the next flush, in order
-        self._outbox_bytes = 0
+        self._outbox = batch.Outbox()  # messages for the next flush (one peer: the router)
         self._flush_scheduled = False
         self.on_unsent: Callable[[list[Any]], None] | None = None  # a queued message failed
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -228,17 +228,13 @@ class Core(SessionSide):
             raise Closed("client closed")
         if self._outbox:
             self._send_outbox()
-        self._sent = True
         try:
             send_frames(sock, frames)
         except zmq.Again:
             self.counters["send_errors"] += 1
-            raise Overloaded("outgoing queue to the router is full (router unreachable?)")
-        if not self._drain_scheduled:
-            # libzmq's FD is edge-triggered and a send may consume the edge: look at EVENTS
-            # once on the next loop turn, however many messages this turn sent
-            self._drain_scheduled = True
-            self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
+            raise Overloaded(_QUEUE_FULL) from None
+        finally:
+            self._after_send()
 
     def queue_frames(self, frames: list[Any]) -> None:
         """Send now, or coalesced with what else leaves in this loop turn (``mesh.batch``).
@@ -256,10 +252,7 @@ class Core(SessionSide):
         size = batch.batchable(frames)
         if size < 0:
             self.send_frames(frames)
-            return
-        self._outbox.append(frames)
-        self._outbox_bytes += size
-        if len(self._outbox) >= batch.FLUSH_AT or self._outbox_bytes >= batch.MAX_BATCH_BYTES:
+        elif self._outbox.add(None, frames, size):
             self._send_outbox()
 
     def flush(self) -> None:
@@ -270,22 +263,24 @@ class Core(SessionSide):
 
     def _send_outbox(self) -> None:
         """One message as itself, several as a BATCH."""
-        messages, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        messages = self._outbox.take(None)
         sock = self.sock
         if sock is None:
             self._unsent(messages, Closed("client closed"))
             return
-        self._sent = True
-        wire = messages[0] if len(messages) == 1 else [batch.route_frame(len(messages)),
-                                                       batch.pack(messages)]
         try:
-            send_frames(sock, wire)
+            send_frames(sock, batch.wire(messages))
         except zmq.Again:
-            self._unsent(messages, Overloaded(
-                "outgoing queue to the router is full (router unreachable?)"))
+            self._unsent(messages, Overloaded(_QUEUE_FULL))
         except zmq.ZMQError as exc:
             self._unsent(messages, Unavailable(f"send failed: {exc}"))
+        self._after_send()
+
+    def _after_send(self) -> None:
+        self._sent = True
         if not self._drain_scheduled:
+            # libzmq's FD is edge-triggered and a send may consume the edge: look at EVENTS
+            # once on the next loop turn, however many messages this turn sent
             self._drain_scheduled = True
             self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
 

@@ -85,7 +85,7 @@ class SessionSide:
     subs: Any
     on_session: Callable[[], None] | None
     _ids: Any
-    _outbox: list[list[Any]]
+    _outbox: batch.Outbox
     _resend: list[int]
     _hello_waiters: list[asyncio.Future[None]]
     _hello_sent_at: float

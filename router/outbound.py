@@ -92,14 +92,11 @@ class Outbound:
         if not messages:
             return
         n = len(messages)
-        if n == 1:
-            wire = messages[0]
-        else:
-            wire = [rid, batch.route_frame(n), batch.pack(messages, 1)]
+        if n > 1:
             self.stats.batches_out += 1
             self.stats.batched_out += n
         try:
-            send_frames(self.sock, wire)
+            send_frames(self.sock, batch.wire(messages, 1))
         except zmq.Again:
             self._unsent(messages, unreachable=False)
         except zmq.ZMQError:
