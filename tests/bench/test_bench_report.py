@@ -113,3 +113,26 @@ def test_progress_in_place_on_a_tty_and_lines_otherwise() -> None:
     assert len(lines) == 3
     assert "[1/2" in lines[0]
     assert lines[-1] == "finished"
+
+
+def test_target_lines_judge_the_figure_and_its_ratio_to_raw() -> None:
+    """Met needs both: the issue's figure and at least half of raw (at most twice its
+    latency); a miss says by how much."""
+    from bench import suite
+    from bench.baselines import RR
+
+    rep = Report()
+    rep.add(RR, "100 in flight", 30_000, "req/s", baseline=70_000, security="on")  # < 0.5x raw
+    rep.add(RR, "sequential p50", 0.6, "ms", baseline=0.4, security="on")  # over 0.5 ms
+    rep.add(RR, "sequential p99", 0.8, "ms", baseline=0.5, security="on")  # both met
+    lines = {line.split("(security")[0].split(None, 1)[1].strip(): line
+             for line in suite.check_targets(rep, "on")}
+    inflight = lines["request-response with requests in flight"]
+    assert inflight.startswith("  MISS")
+    assert "0.43x (at least 0.5x: MISSED)" in inflight
+    p50 = lines["sequential p50"]
+    assert p50.startswith("  MISS")
+    assert "missed by 20%" in p50
+    assert "1.50x (at most 2x)" in p50
+    assert lines["sequential p99"].startswith("  met ")
+    assert "not measured" in lines["pub/sub to one subscriber"]
