@@ -32,6 +32,7 @@ import inspect
 import logging
 import os
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,7 @@ class Agent(Calls):
         self.security = security
         self.labels = dict(labels or {})
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = -1  # threading.get_ident() of the loop's thread, once started
         self.core: Core | None = None
         self.draining = False
         self.served = 0
@@ -133,6 +135,7 @@ class Agent(Calls):
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and announce; returns once the router accepted the READY."""
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stop = asyncio.Event()
         core = Core(self.endpoint, name=self.service, kind=agp_pb2.AGENT,
                     security=self.security)
@@ -429,10 +432,8 @@ class Agent(Calls):
             self.loop.call_soon_threadsafe(self._send, frames)
 
     def _on_loop_thread(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
+        # a thread id, not asyncio.get_running_loop(): 3.11 makes a getpid() call in that
+        return threading.get_ident() == self._loop_thread
 
     def _error(self, crid: bytes, ident: int, code: int, message: str,
                details: dict[str, str] | None = None) -> None:

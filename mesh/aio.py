@@ -29,6 +29,7 @@ from mesh.errors import (
     Unauthenticated,
     Unavailable,
 )
+from mesh.nowait import ReplyFuture, ReplyWaiter
 from mesh.pubsub import Message, Subscription
 from mesh.stream import AsyncStream
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
@@ -205,6 +206,13 @@ class AsyncMesh:
             raise ConfigError(f"bad destination {name!r}")
         return b
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The core's loop, the one these coroutines run on. Not asyncio.get_running_loop():
+        CPython 3.11 makes a getpid() system call in it every time, microseconds on a VM."""
+        loop = self.core.loop
+        assert loop is not None, "the core is started before its AsyncMesh exists"
+        return loop
+
     def breaker(self, dest: str) -> CircuitBreaker | None:
         if self._breakers is None:
             return None
@@ -261,7 +269,7 @@ class AsyncMesh:
             stats.sent("request", metrics.payload_bytes(payload))
         breaker = self.breaker(dest)
         boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         deadline = loop.time() + timeout
         attempt = 0
         progress_cb = None
@@ -321,9 +329,62 @@ class AsyncMesh:
                 return open_sealed_reply(msg, reply_key, ident)
             return decode_reply(msg)
 
+    def request_nowait(self, dest: str, action: str, data: Any = None, *,
+                       timeout: float = 10.0, raw: bool = False, idempotent: bool = False,
+                       idempotency_key: str | None = None) -> asyncio.Future[Any]:
+        """Send a request now and return a Future of its decoded reply, without a coroutine
+        or a Task per call (``mesh.nowait``): for callers that keep many requests going.
+
+        The Future fails with the same typed errors ``request`` raises; cancelling it tells
+        the instance to stop. No retries. What refuses the call before it is sent raises at
+        once (a bad name, an open circuit). The first request to a destination whose keys
+        are not known yet, or one traced or counted by ``mesh.telemetry`` / ``mesh.metrics``,
+        runs as a Task of ``request`` (a Task is a Future too).
+        """
+        loop = self._loop()
+        boxes = None if dest in _NEVER_SEALED else self.e2e
+        hit = self._keys.get(dest) if boxes is not None else None
+        if (telemetry.ENABLED or metrics.CLIENT is not None
+                or (boxes is not None and (hit is None or hit[0] <= loop.time()))):
+            return loop.create_task(self.request(
+                dest, action, data, timeout=timeout, raw=raw, idempotent=idempotent,
+                idempotency_key=idempotency_key))
+        address = self._address(dest)
+        breaker = self.breaker(dest)
+        if breaker is not None:
+            breaker.before_call()
+        core = self.core
+        payload: list[Any] = [data] if raw else codec.encode(data)
+        flags = flags_for(raw, idempotent or idempotency_key is not None)
+        ident = core.next_id()
+        if boxes is not None:
+            assert hit is not None
+            aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
+            blob, payload, reply_key = boxes.seal(hit[1], payload, aad)
+            header = with_nonce(self._sealed_header(action, idempotency_key, None), blob)
+            flags |= _ENCRYPTED
+
+            def decode(msg: list[bytes]) -> Any:
+                return open_sealed_reply(msg, reply_key, ident)
+        else:
+            header = self._header(action, idempotency_key)
+            decode = decode_reply
+        future = ReplyFuture(loop=loop)
+
+        def on_cancel() -> None:
+            core.cancel_request(ident)
+            if breaker is not None and breaker.state.value == "half_open":
+                breaker.on_failure()  # give the trial slot back, as request does
+
+        future.on_cancel = on_cancel
+        core.start_request(Cmd.REQUEST, address, header, payload,
+                           ReplyWaiter(future, decode, breaker), flags=flags,
+                           timeout=timeout, ident=ident)
+        return future
+
     async def _recipients(self, dest: str) -> list[bytes]:
         """The public keys that may open a request to ``dest``, from the discovery registry."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop().time()
         hit = self._keys.get(dest)
         if hit is not None and hit[0] > now:
             return hit[1]
@@ -344,7 +405,7 @@ class AsyncMesh:
                    timeout: float = 10.0) -> None:
         """Deliver to one instance of ``dest`` with no reply; wait (up to ``timeout``) while
         the outgoing queue is full. Refusals by the router are counted and logged."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         deadline = loop.time() + timeout
         sealed: list[Any] | None = None
         if self.e2e is not None:  # sealed for the service's keys, like a request

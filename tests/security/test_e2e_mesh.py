@@ -51,3 +51,33 @@ def test_send_nowait_on_a_sealing_client_is_refused_clearly(sealed_mesh) -> None
     m, _, _ = sealed_mesh
     with pytest.raises(ConfigError, match="use `await send"):
         m._amesh.send_nowait("test/e2e/echo", "record", {"secret": SECRET})
+
+
+def test_request_nowait_seals_too_and_fetches_keys_once(sealed_mesh) -> None:
+    """The first call to a destination whose keys are unknown runs as a Task (it looks them
+    up); the ones after are sealed at once into a plain ReplyFuture. No plaintext either way."""
+    import asyncio
+
+    from mesh.nowait import ReplyFuture
+
+    m, captured, _ = sealed_mesh
+    am = m._amesh
+    am._keys.clear()
+    captured.clear()
+
+    async def main() -> tuple[bool, list[object]]:
+        first = am.request_nowait("test/e2e/echo", "echo", {"secret": SECRET, "i": -1})
+        looked_up = isinstance(first, asyncio.Task)
+        await first
+        rest = [am.request_nowait("test/e2e/echo", "echo", {"secret": SECRET, "i": i})
+                for i in range(50)]
+        assert all(type(f) is ReplyFuture for f in rest)
+        rest.append(am.request_nowait("test/e2e/echo", "echo", RAW_SECRET, raw=True))
+        return looked_up, await asyncio.gather(*rest)
+
+    looked_up, out = m._io.call(main(), timeout=30)
+    assert looked_up
+    assert out[:50] == [{"secret": SECRET, "i": i} for i in range(50)]
+    assert out[50] == RAW_SECRET
+    forwarded = b"".join(b"".join(frames) for frames in captured)
+    assert SECRET.encode() not in forwarded and RAW_SECRET not in forwarded
