@@ -47,7 +47,7 @@ from mesh.wire import (
     parse_error,
     parse_route,
 )
-from mesh.zmqio import recv_frames, send_frames
+from mesh.zmqio import readable, recv_frames, send_frames
 from proto import agp_pb2
 
 log = logging.getLogger("agp.client")
@@ -346,31 +346,38 @@ class Core(SessionSide):
         dispatch = self._dispatch
         assert self.loop is not None
         self._last_rx = self.loop.time()
-        for _ in range(DRAIN_BATCH):
-            try:
-                msg = recv_frames(sock)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return
-            try:
-                dispatch(msg)
-            except Exception:
-                self.counters["malformed"] += 1
-                log.debug("message dropped", exc_info=True)
-        self._schedule_drain(force=True)
+        # what this drain answers (an agent's replies) leaves together when it ends, as the
+        # router's does: a batch of requests costs one send back, not "the first, then the rest"
+        holding = self.batching and not self._flush_scheduled
+        if holding:
+            self._flush_scheduled = True
+        try:
+            for _ in range(DRAIN_BATCH):
+                try:
+                    msg = recv_frames(sock)
+                except zmq.ZMQError:  # zmq.Again: drained
+                    return
+                try:
+                    dispatch(msg)
+                except Exception:
+                    self.counters["malformed"] += 1
+                    log.debug("message dropped", exc_info=True)
+            self._schedule_drain(force=True)
+        finally:
+            if holding:
+                self.flush()
 
     def _check_events(self) -> None:
         self._drain_scheduled = False
         sock = self.sock
-        if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if sock is not None and readable(sock):
             self._on_readable()
 
     def _schedule_drain(self, force: bool = False) -> None:
         sock = self.sock
         if self._drain_scheduled or sock is None or self.loop is None:
             return
-        if force or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if force or readable(sock):
             self._drain_scheduled = True
             self.loop.call_soon(self._on_readable)
 

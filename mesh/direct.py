@@ -38,7 +38,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.errors import ErrorCode
 from mesh.wire import ROUTE, Cmd, error_frames, pack_route
-from mesh.zmqio import recv_frames, recv_frames_with_user, send_frames
+from mesh.zmqio import readable, recv_frames, recv_frames_with_user, send_frames
 
 log = logging.getLogger("agp.direct")
 
@@ -162,7 +162,7 @@ class DirectServer:
 
     def _check_events(self) -> None:
         self._drain_scheduled = False
-        if self.sock is not None and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if self.sock is not None and readable(self.sock):
             self._on_readable()
 
     def _on_readable(self) -> None:

@@ -40,7 +40,7 @@ from mesh import codec
 from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
 from mesh.subscription import MAX_BATCH, MAX_BATCH_BYTES, Message, Subscription, unbatch
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
-from mesh.zmqio import recv_frames
+from mesh.zmqio import readable, recv_frames
 
 __all__ = ["MAX_BATCH", "MAX_BATCH_BYTES", "Message", "SubscriberSide", "Subscription"]
 
@@ -261,7 +261,7 @@ class SubscriberSide:
         sock = self.sock
         if self._drain_scheduled or sock is None or self.core.loop is None:
             return
-        if force or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if force or readable(sock):
             self._drain_scheduled = True
             self.core.loop.call_soon(self._on_readable)
 

@@ -15,6 +15,8 @@ from zmq.backend import Socket as _Base
 
 _send = _Base.send
 _recv = _Base.recv
+_get = _Base.get
+_EVENTS = 15  # zmq.EVENTS
 NOBLOCK = 1
 _NOBLOCK_MORE = 3  # NOBLOCK | SNDMORE
 COPY_THRESHOLD = 65536
@@ -59,3 +61,9 @@ def recv_frames_with_user(sock: Any) -> tuple[list[bytes], str | None]:
         f = _recv(sock, NOBLOCK, False)
         parts.append(f.bytes)
     return parts, user
+
+
+def readable(sock: Any) -> bool:
+    """Whether a message waits (``EVENTS & POLLIN``), as a plain int: ``getsockopt(EVENTS)``
+    builds a PollEvent flag and ``&`` on it runs enum code, ~0.6 us more per look."""
+    return bool(_get(sock, _EVENTS) & 1)

@@ -114,3 +114,60 @@ def test_requests_that_cannot_be_sent_fail_overloaded_and_are_counted(played):
     assert len(overloaded) == send_errors  # each one counted where it failed
     # the rest left and were never answered: their deadline passed; nothing hangs
     assert all(isinstance(r, (Overloaded, DeadlineExceeded)) for r in results)
+
+
+def test_an_agent_answers_a_batch_of_requests_with_one_batch() -> None:
+    """Replies made while a drain lasts leave together when it ends: ten requests in one
+    BATCH are answered by one wire message carrying ten replies (not one, then nine)."""
+    from mesh import batch
+    from mesh.core import Core
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("tcp://127.0.0.1:0")
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    wire: list[int] = []
+
+    def play() -> None:
+        if not sock.poll(10_000):
+            return
+        rid, route, *_ = sock.recv_multipart()  # HELLO
+        welcome = agp_pb2.Welcome(protocol_version=1, router_id="played",
+                                  heartbeat_ms=1000).SerializeToString()
+        sock.send_multipart([rid, pack_route(Cmd.WELCOME, Flag.BATCH, 0, 0,
+                                             ROUTE.unpack(route)[5]), b"", welcome])
+        requests = [[pack_route(Cmd.REQUEST, Flag.RAW, 0, 1000, i), b"client", b"", b"%d" % i]
+                    for i in range(1, 11)]
+        sock.send_multipart([rid, *batch.wire(requests)])
+        while sum(wire) < 10 and sock.poll(10_000):
+            _, route, *rest = sock.recv_multipart()
+            _, cmd, _, _, value, _ = ROUTE.unpack(route)
+            msgs = batch.unpack(rest[0], value) if cmd == Cmd.BATCH else [[route, *rest]]
+            replies = sum(1 for m in msgs if m[0][1] == Cmd.REPLY)
+            if replies:
+                wire.append(replies)
+
+    async def main() -> None:
+        core = Core(endpoint, kind=agp_pb2.AGENT)
+
+        def answer(cmd: int, flags: int, value: int, ident: int, msg: list[bytes]) -> None:
+            core.queue_frames([pack_route(Cmd.REPLY, Flag.RAW, 0, 0, ident), msg[1], b"",
+                               msg[3]])
+
+        core.on_inbound = answer
+        player = threading.Thread(target=play, daemon=True)
+        player.start()
+        await core.start(timeout=10)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while player.is_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await core.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert wire == [10]
