@@ -102,6 +102,7 @@ class AsyncMesh:
         self.core = core
         self.e2e = e2e  # security.payload.PayloadBoxes when payloads are sealed end to end
         self._keys: dict[str, tuple[float, list[bytes]]] = {}
+        self._lookups: dict[str, asyncio.Task[list[bytes]]] = {}  # keys being fetched
         self._headers: dict[str, bytes] = {}
         self._sealed_headers: dict[str, bytes] = {}  # action -> Envelope(action, sender_key)
         self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
@@ -383,23 +384,37 @@ class AsyncMesh:
         return future
 
     async def _recipients(self, dest: str) -> list[bytes]:
-        """The public keys that may open a request to ``dest``, from the discovery registry."""
-        now = self._loop().time()
+        """The public keys that may open a request to ``dest``, from the discovery registry
+        (cached for 5 s). One lookup per destination at a time: the requests that find the
+        cache expired meanwhile wait for that one instead of each asking the registry."""
         hit = self._keys.get(dest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > self._loop().time():
             return hit[1]
         parts = dest.split("/")
         if len(parts) not in (3, 4):
             raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
                               f"not {dest!r}")
+        lookup = self._lookups.get(dest)
+        if lookup is None:
+            lookup = self._lookups[dest] = self._loop().create_task(self._lookup(dest, parts))
+            lookup.add_done_callback(lambda done: self._lookup_done(dest, done))
+        return await asyncio.shield(lookup)  # a caller giving up cancels nobody else's wait
+
+    async def _lookup(self, dest: str, parts: list[str]) -> list[bytes]:
         records = await self.request("agp/system/registry", "lookup",
                                      {"name": "/".join(parts[:3])}, timeout=5.0)
         keys = sorted({r["public_key"].encode() for r in records
                        if len(parts) == 3 or r["instance"] == parts[3]})
         if not keys:
             raise NoSuchService(f"no registered key for {dest!r}: cannot seal for it")
-        self._keys[dest] = (now + 5.0, keys)
+        self._keys[dest] = (self._loop().time() + 5.0, keys)
         return keys
+
+    def _lookup_done(self, dest: str, done: asyncio.Task[list[bytes]]) -> None:
+        self._lookups.pop(dest, None)
+        if not done.cancelled():
+            done.exception()  # its waiters have it; none left waiting is no error to log
+
     # ------------------------------------------------------------------ fire-and-forget
     async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,
                    timeout: float = 10.0) -> None:

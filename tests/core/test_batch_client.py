@@ -159,10 +159,7 @@ def test_an_agent_answers_a_batch_of_requests_with_one_batch() -> None:
         player = threading.Thread(target=play, daemon=True)
         player.start()
         await core.start(timeout=10)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while player.is_alive() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, player.join, 10)
         await core.close()
 
     try:

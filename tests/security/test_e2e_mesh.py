@@ -82,3 +82,30 @@ def test_request_nowait_seals_too_and_fetches_keys_once(sealed_mesh) -> None:
     forwarded = b"".join(b"".join(frames) for frames in captured)
     assert SECRET.encode() not in forwarded
     assert RAW_SECRET not in forwarded
+
+
+def test_requests_finding_the_key_cache_empty_share_one_registry_lookup(sealed_mesh) -> None:
+    import asyncio
+
+    m, _, _ = sealed_mesh
+    am = m._amesh
+    lookups: list[str] = []
+    real = am.request
+
+    def counting(dest, *args, **kwargs):  # a spy on the client's own calls, network real
+        if dest == "agp/system/registry":
+            lookups.append(dest)
+        return real(dest, *args, **kwargs)
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(am.request("test/e2e/echo", "echo", i)
+                                      for i in range(50)))
+
+    am._keys.clear()
+    am.request = counting
+    try:
+        out = m._io.call(main(), timeout=30)
+    finally:
+        del am.request
+    assert out == list(range(50))
+    assert lookups == ["agp/system/registry"]
