@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from bench import suite
-    from bench.baselines import run_suite, scenario_names
+    from bench.baselines import scenario_names
     from bench.report import RESULTS_DIR, Progress, Report
 
     ap = argparse.ArgumentParser(prog="make bench", description=__doc__)
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     total = (len(scenario_names(profile)) * len(security)
              + sum(len(step_modes(st, mesh_security)) for st in suite.steps(PROFILES[profile])))
     progress = Progress(total=total)
-    suite.run(report, profile=profile, security=mesh_security, progress=progress.step)
-    run_suite(report, profile=profile, security=security, progress=progress.step)
+    suite.run_side_by_side(report, profile=profile, security=security,
+                           mesh_security=mesh_security, progress=progress.step)
     suite.share_baselines(report)
     progress.done()
     report.message("security on = CURVE on every socket + ZAP + token at HELLO + RBAC per "

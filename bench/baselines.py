@@ -42,10 +42,10 @@ RR, FAF, PS, ST = "request-response", "fire-and-forget", "pub/sub", "streaming"
 
 def scenario_names(profile: str = "full") -> list[str]:
     """Names of the suite's steps, in run order (one per baseline run, per security mode)."""
-    return [name for name, _, _ in _steps(PROFILES[profile])]
+    return [name for name, _, _ in baseline_steps(PROFILES[profile])]
 
 
-def _steps(p: Profile) -> list[tuple[str, Any, Any]]:
+def baseline_steps(p: Profile) -> list[tuple[str, Any, Any]]:
     """(name, run(secure) -> dict, emit(report, result, security)) for every baseline."""
     d = p.duration
     steps: list[tuple[str, Any, Any]] = [
@@ -135,7 +135,7 @@ def run_suite(
     (e.g. ``Progress.step``). A scenario that fails is noted in the report and the suite
     goes on. Returns ``{"<name> [security <s>]": result dict}``.
     """
-    return run_steps(report, _steps(PROFILES[profile]), security=security,
+    return run_steps(report, baseline_steps(PROFILES[profile]), security=security,
                      label=report.baseline_label, progress=progress)
 
 

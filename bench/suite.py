@@ -6,6 +6,7 @@ from typing import Any
 
 from bench import mesh_scenarios as ms
 from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile, run_steps
+from bench.baselines import baseline_steps as raw_baseline_steps
 
 MESH_SECURITY = ALL_MODES = ("off", "on", "e2e")  # e2e: on, and payloads sealed end to end
 
@@ -65,10 +66,33 @@ def _path_note(asked_direct: bool, r: dict[str, Any]) -> str:
 
 
 
-def run(report: Any, *, profile: str = "full", security: tuple[str, ...] = MESH_SECURITY,
-        progress: Any = None) -> dict[str, Any]:
-    return run_steps(report, steps(PROFILES[profile]), security=security, label="agp-mesh",
-                     progress=progress)
+def run_side_by_side(report: Any, *, profile: str = "full",
+                     security: tuple[str, ...] = ("off", "on"),
+                     mesh_security: tuple[str, ...] = MESH_SECURITY,
+                     progress: Any = None) -> dict[str, Any]:
+    """Every scenario over raw pyzmq and through agp-mesh back to back, security mode by
+    security mode (raw off, mesh off, raw on, mesh on, mesh e2e): this machine's speed
+    wanders by up to 2x within minutes, so a figure and its baseline are taken in the same
+    few seconds, not half a run apart. Raw steps with no agp-mesh twin run at the end.
+    Returns ``{"agp-mesh": {...}, "raw": {...}}``, each keyed ``"<step> [security <s>]"``."""
+    p = PROFILES[profile]
+    raw_steps = {step[0]: step for step in raw_baseline_steps(p)}
+    mesh: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    raw_label = report.baseline_label
+    for step in steps(p):
+        twin = raw_steps.pop(step[0].removeprefix("stream "), None)
+        for sec in ALL_MODES:
+            if twin is not None and sec in security:
+                raw.update(run_steps(report, [twin], security=(sec,), label=raw_label,
+                                     progress=progress))
+            if sec in mesh_security:
+                mesh.update(run_steps(report, [step], security=(sec,), label="agp-mesh",
+                                      progress=progress))
+    for step in raw_steps.values():
+        raw.update(run_steps(report, [step], security=security, label=raw_label,
+                             progress=progress))
+    return {"agp-mesh": mesh, "raw": raw}
 
 TARGETS = [
     # (pattern, scenario, unit, comparison, figure, what the issue asks, security modes)

@@ -7,14 +7,20 @@ never speed.
 from __future__ import annotations
 
 from bench import suite
-from bench.baselines import run_suite
 from bench.report import Report
 
 
 def test_every_mesh_scenario_runs_and_lands_beside_its_baseline(tmp_path) -> None:
     report = Report()
-    results = suite.run(report, profile="tiny")
+    labels: list[str] = []
+    both = suite.run_side_by_side(report, profile="tiny", progress=labels.append)
+    results, raw = both["agp-mesh"], both["raw"]
     assert not [k for k, v in results.items() if "error" in v], results
+    assert not [k for k, v in raw.items() if "error" in v], raw
+    # each figure is taken right after its baseline, mode by mode
+    at = labels.index(f"{report.baseline_label}: sequential [security on]")
+    assert labels[at + 1] == "agp-mesh: sequential [security on]"
+    assert labels[at + 2] == "agp-mesh: sequential [security e2e]"
     for sec in ("off", "on", "e2e"):
         assert results[f"sequential [security {sec}]"]["p50_ms"] > 0
         assert results[f"20 in flight [security {sec}]"]["req_per_s"] > 0
@@ -23,7 +29,6 @@ def test_every_mesh_scenario_runs_and_lands_beside_its_baseline(tmp_path) -> Non
         assert results[f"stream relay 1 MiB [security {sec}]"]["gb_per_s"] > 0
         assert results[f"stream relay 1 MiB [security {sec}]"]["direct"] is False
         assert results[f"stream direct 1 MiB [security {sec}]"]["direct"] is True
-    run_suite(report, profile="tiny", security=("off", "on"))
     suite.share_baselines(report)
     rows = {(r.pattern, r.scenario, r.security) for r in report.rows if r.value and r.baseline}
     assert ("request-response", "sequential p50", "off") in rows
