@@ -123,7 +123,8 @@ class Core(SessionSide):
         self._drain_scheduled = False
         self.batching = False  # both sides take BATCH (said on HELLO and WELCOME)
         self._outbox = batch.Outbox()  # messages for the next flush (one peer: the router)
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # this turn has sent: what follows waits for its end
+        self._turn_ending = False  # an _end_turn is scheduled
         self.on_unsent: Callable[[list[Any]], None] | None = None  # a queued message failed
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
         self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
@@ -244,10 +245,9 @@ class Core(SessionSide):
         is reported: its request fails with Overloaded, anything else goes to ``on_unsent``
         and is counted."""
         if not self.batching or not self._flush_scheduled:
-            if self.batching:
-                self._flush_scheduled = True  # this turn has begun sending
-                self.loop.call_soon(self.flush)  # type: ignore[union-attr]
-            self.send_frames(frames)
+            self.send_frames(frames)  # schedules _end_turn, even when it raises Overloaded
+            # this turn has begun sending: what follows waits for its end (_end_turn)
+            self._flush_scheduled = self.batching
             return
         size = batch.batchable(frames)
         if size < 0:
@@ -278,11 +278,21 @@ class Core(SessionSide):
 
     def _after_send(self) -> None:
         self._sent = True
-        if not self._drain_scheduled:
-            # libzmq's FD is edge-triggered and a send may consume the edge: look at EVENTS
-            # once on the next loop turn, however many messages this turn sent
-            self._drain_scheduled = True
-            self.loop.call_soon(self._check_events)  # type: ignore[union-attr]
+        if not self._turn_ending:
+            self._turn_ending = True
+            self.loop.call_soon(self._end_turn)  # type: ignore[union-attr]
+
+    def _end_turn(self) -> None:
+        """After a loop turn that sent: send what it queued, then look at EVENTS once
+        (libzmq's FD is edge-triggered and a send may consume the edge), however many
+        messages the turn sent. One callback for both: it runs for every request."""
+        if self._outbox:
+            self._send_outbox()  # schedules no second _end_turn: this one looks at EVENTS
+        self._flush_scheduled = False
+        self._turn_ending = False
+        sock = self.sock
+        if sock is not None and not self._drain_scheduled and readable(sock):
+            self._on_readable()
 
     def _unsent(self, messages: list[list[Any]], exc: Error) -> None:
         """Report queued messages that could not be sent: nothing is dropped silently."""
@@ -371,12 +381,6 @@ class Core(SessionSide):
         finally:
             if holding:
                 self.flush()
-
-    def _check_events(self) -> None:
-        self._drain_scheduled = False
-        sock = self.sock
-        if sock is not None and readable(sock):
-            self._on_readable()
 
     def _schedule_drain(self, force: bool = False) -> None:
         sock = self.sock
