@@ -30,7 +30,7 @@ from typing import Any, Final
 from agents.base import Context, action
 from agents.common import WorkAgent, work
 from mesh import codec
-from mesh.aio import AsyncMesh, decode_reply
+from mesh.aio import AsyncMesh
 from mesh.breaker import State
 from mesh.errors import (
     ConfigError,
@@ -41,6 +41,7 @@ from mesh.errors import (
     Overloaded,
     Unavailable,
 )
+from mesh.replies import decode_reply
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd
 from mesh.workflow import (
     CURRENT_RUN,

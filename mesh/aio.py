@@ -26,11 +26,11 @@ from mesh.errors import (
     InternalError,
     NoSuchService,
     Overloaded,
-    Unauthenticated,
     Unavailable,
 )
-from mesh.nowait import ReplyFuture, ReplyWaiter
+from mesh.nowait import NowaitRequests
 from mesh.pubsub import Message, Subscription
+from mesh.replies import decode_reply, open_sealed_reply
 from mesh.stream import AsyncStream
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
 from proto import agp_pb2
@@ -64,45 +64,16 @@ async def _find_on_lan(security: Security | None) -> str | None:
     return info.endpoint if info is not None else None
 
 
-def decode_reply(msg: list[bytes]) -> Any:
-    """The user value of a REPLY: raw bytes or decoded msgpack (arrays as numpy)."""
-    flags = msg[0][2]
-    payload = msg[3:]
-    if flags & _RAW:
-        return payload[0] if payload else b""
-    if not payload:
-        return None
-    return codec.decode(payload)
-
-
 # where keys are found and the router's own service: they carry what is public anyway
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
 _RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 
 
-# security.payload.open_reply, imported with the first sealed reply (an insecure client
-# never imports nacl) and kept: an import statement per reply costs ~0.7 us
-_open_reply: Callable[..., list[bytes]] | None = None
-
-
-def open_sealed_reply(msg: list[bytes], reply_key: Any, ident: int) -> Any:
-    """The user value of the REPLY to a sealed request, opened with the request's
-    ``security.payload.ReplyKey``: only an instance the request was sealed to could seal it."""
-    global _open_reply
-    if _open_reply is None:
-        from security.payload import open_reply as _open_reply
-    flags = msg[0][2]
-    if not flags & _ENCRYPTED:
-        raise Unauthenticated("the reply to a sealed request was not sealed")
-    frames = _open_reply(reply_key, msg[3:], b"reply\0" + ident.to_bytes(8, "little"))
-    if flags & _RAW:
-        return frames[0]
-    return codec.decode(frames) if frames != [b""] else None
-
-
-class AsyncMesh:
+class AsyncMesh(NowaitRequests):
     """A connected mesh client on the running asyncio loop."""
+
+    _never_sealed = _NEVER_SEALED
 
     def __init__(self, core: Core, *, breakers: bool = True, e2e: Any = None) -> None:
         self.core = core
@@ -335,59 +306,6 @@ class AsyncMesh:
             if boxes is not None:
                 return open_sealed_reply(msg, reply_key, ident)
             return decode_reply(msg)
-
-    def request_nowait(self, dest: str, action: str, data: Any = None, *,
-                       timeout: float = 10.0, raw: bool = False, idempotent: bool = False,
-                       idempotency_key: str | None = None) -> asyncio.Future[Any]:
-        """Send a request now and return a Future of its decoded reply, without a coroutine
-        or a Task per call (``mesh.nowait``): for callers that keep many requests going.
-
-        The Future fails with the same typed errors ``request`` raises; cancelling it tells
-        the instance to stop. No retries. What refuses the call before it is sent raises at
-        once (a bad name, an open circuit). The first request to a destination whose keys
-        are not known yet, or one traced or counted by ``mesh.telemetry`` / ``mesh.metrics``,
-        runs as a Task of ``request`` (a Task is a Future too).
-        """
-        loop = self._loop()
-        boxes = None if dest in _NEVER_SEALED else self.e2e
-        hit = self._keys.get(dest) if boxes is not None else None
-        if (telemetry.ENABLED or metrics.CLIENT is not None
-                or (boxes is not None and (hit is None or hit[0] <= loop.time()))):
-            return loop.create_task(self.request(
-                dest, action, data, timeout=timeout, raw=raw, idempotent=idempotent,
-                idempotency_key=idempotency_key))
-        address = self._address(dest)
-        breaker = self.breaker(dest)
-        if breaker is not None:
-            breaker.before_call()
-        core = self.core
-        payload: list[Any] = [data] if raw else codec.encode(data)
-        flags = flags_for(raw, idempotent or idempotency_key is not None)
-        ident = core.next_id()
-        if boxes is not None:
-            assert hit is not None
-            aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-            blob, payload, reply_key = boxes.seal(hit[1], payload, aad)
-            header = with_nonce(self._sealed_header(action, idempotency_key, None), blob)
-            flags |= _ENCRYPTED
-
-            def decode(msg: list[bytes]) -> Any:
-                return open_sealed_reply(msg, reply_key, ident)
-        else:
-            header = self._header(action, idempotency_key)
-            decode = decode_reply
-        future = ReplyFuture(loop=loop)
-
-        def on_cancel() -> None:
-            core.cancel_request(ident)
-            if breaker is not None and breaker.state.value == "half_open":
-                breaker.on_failure()  # give the trial slot back, as request does
-
-        future.on_cancel = on_cancel
-        core.start_request(Cmd.REQUEST, address, header, payload,
-                           ReplyWaiter(future, decode, breaker), flags=flags,
-                           timeout=timeout, ident=ident)
-        return future
 
     async def _recipients(self, dest: str) -> list[bytes]:
         """The public keys that may open a request to ``dest``, from the discovery registry

@@ -265,7 +265,7 @@ class AsyncStream:
             msg = await self._waiter
         finally:
             self._finish()
-        from mesh.aio import decode_reply, open_sealed_reply
+        from mesh.replies import decode_reply, open_sealed_reply
 
         if self.mesh.e2e is not None:
             self._result = open_sealed_reply(msg, self._reply_key, self.ident)
