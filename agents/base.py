@@ -350,10 +350,14 @@ class Agent(Calls):
             return
         header = msg[2]
         env = self._envelopes.get(header)
+        nonce = None
         if env is None:
-            env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
-            if not flags & _ENCRYPTED and len(self._envelopes) < 4096:
-                self._envelopes[header] = env  # the same action from the same client repeats
+            if flags & _ENCRYPTED:
+                env, nonce = self._sealed_envelope(header)
+            else:
+                env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
+                if len(self._envelopes) < 4096:
+                    self._envelopes[header] = env  # the same action from the same client
         spec = self._actions.get(env.action)
         if spec is None:
             self._count_drop("no_such_action")
@@ -378,7 +382,8 @@ class Agent(Calls):
         try:
             payload = msg[3:]
             if flags & _ENCRYPTED:
-                payload, ctx.reply_key = self._open_payload(env, ident, payload)
+                payload, ctx.reply_key = self._open_payload(
+                    env, ident, payload, env.nonce if nonce is None else nonce)
                 ctx.reply_to = env.sender_key
             elif self.require_e2e and env.action not in self.plain_actions:
                 raise Unauthenticated("this agent takes sealed payloads only")

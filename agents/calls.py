@@ -17,12 +17,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from agents.context import Context
 from mesh import codec, telemetry
 from mesh.errors import Cancelled, DeadlineExceeded, Error, ErrorCode, Unauthenticated
-from mesh.wire import Cmd, Flag, pack_route
+from mesh.wire import Cmd, Flag, pack_route, split_nonce
 from proto import agp_pb2
-from security.payload import seal_reply
+from security.payload import DIRECT_BLOB_LEN, seal_reply
 
 log = logging.getLogger("agp.agent")
 
@@ -46,6 +48,7 @@ class Calls:
     _send: Any
     _error: Any
     _count_drop: Any
+    _envelopes: dict[bytes, agp_pb2.Envelope]
 
     def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
                      ) -> tuple[Any, BaseException | None]:
@@ -160,12 +163,32 @@ class Calls:
             flags |= _ENCRYPTED
         self._send([pack_route(Cmd.REPLY, flags, 0, 0, ctx.ident), ctx.crid, b"", *payload])
 
-    def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes]
-                      ) -> tuple[list[bytes], Any]:
+    def _sealed_envelope(self, header: bytes) -> tuple[agp_pb2.Envelope, bytes]:
+        """A sealed request's envelope and e2e blob. The envelope but its trailing blob
+        repeats (action, sender key) and is parsed once; a header of another shape is
+        parsed whole (protobuf merges fields, so both read the same)."""
+        parts = split_nonce(header, DIRECT_BLOB_LEN)
+        if parts is not None:
+            prefix, blob = parts
+            env = self._envelopes.get(prefix)
+            if env is None:
+                try:
+                    env = agp_pb2.Envelope.FromString(prefix)
+                except DecodeError:  # the cut was not between fields: read it whole
+                    env = agp_pb2.Envelope.FromString(header)
+                    return env, env.nonce
+                if len(self._envelopes) < 4096:
+                    self._envelopes[prefix] = env
+            return env, blob
+        env = agp_pb2.Envelope.FromString(header)
+        return env, env.nonce
+
+    def _open_payload(self, env: agp_pb2.Envelope, ident: int, payload: list[bytes],
+                      blob: bytes) -> tuple[list[bytes], Any]:
         """The plaintext and the key of the answer (``security.payload.ReplyKey``)."""
         if self.boxes is None:
             raise Unauthenticated("sealed payload, but this agent has no key (insecure mode)")
         # a stream's session key is bound in: nobody on the path can swap it
-        return self.boxes.open(env.sender_key, env.nonce, payload,
+        return self.boxes.open(env.sender_key, blob, payload,
                                env.action.encode() + b"\0" + ident.to_bytes(8, "little")
                                + env.ephemeral_key)

@@ -120,6 +120,16 @@ def with_nonce(envelope: bytes, blob: bytes) -> bytes:
     return b"".join((envelope, _NONCE_FIELD, length, blob))
 
 
+def split_nonce(header: bytes, length: int) -> tuple[bytes, bytes] | None:
+    """``(envelope, nonce)`` when ``header`` ends with the nonce field :func:`with_nonce`
+    appends, of ``length`` (< 128) bytes; None when it does not (parse it whole). The
+    envelope before it repeats from request to request, so a receiver can parse it once."""
+    at = len(header) - length - 2
+    if at < 0 or length >= 0x80 or header[at] != _NONCE_FIELD[0] or header[at + 1] != length:
+        return None
+    return header[:at], header[at + 2:]
+
+
 def check_sizes(frames: list[bytes], max_message_bytes: int) -> int:
     """Return the total size of a message; raise TooLarge/Malformed past the caps."""
     if len(frames) > MAX_FRAMES:

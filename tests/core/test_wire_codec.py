@@ -118,3 +118,27 @@ def test_codec_decode_of_random_bytes_never_crashes(frames: list[bytes]) -> None
     max_leaves=20))
 def test_codec_round_trips_msgpack_values(value: object) -> None:
     assert codec.decode([bytes(f) for f in codec.encode(value)]) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(action=st.text(max_size=40), key=st.binary(max_size=60), blob=st.binary(max_size=127),
+       early=st.binary(max_size=20))
+def test_split_nonce_reads_what_a_whole_parse_reads(action: str, key: bytes, blob: bytes,
+                                                    early: bytes) -> None:
+    """However the envelope before it looks (even carrying a nonce of its own), the
+    envelope and nonce read from the split are those of parsing the header whole."""
+    env = agp_pb2.Envelope(action=action, sender_key=key, nonce=early).SerializeToString()
+    header = wire.with_nonce(env, blob)
+    prefix, nonce = wire.split_nonce(header, len(blob))
+    whole = agp_pb2.Envelope.FromString(header)
+    assert nonce == whole.nonce == blob
+    part = agp_pb2.Envelope.FromString(prefix)
+    assert (part.action, part.sender_key) == (whole.action, whole.sender_key)
+
+
+def test_split_nonce_declines_a_header_of_another_shape() -> None:
+    assert wire.split_nonce(b"", 105) is None
+    plain = agp_pb2.Envelope(action="echo").SerializeToString()
+    assert wire.split_nonce(plain, 105) is None
+    assert wire.split_nonce(wire.with_nonce(plain, bytes(104)), 105) is None
+    assert wire.split_nonce(wire.with_nonce(plain, bytes(200)), 200) is None  # 2-byte length
