@@ -31,15 +31,10 @@ from agents.base import Context, action
 from agents.common import WorkAgent, work
 from mesh import codec
 from mesh.aio import AsyncMesh
-from mesh.breaker import State
 from mesh.errors import (
     ConfigError,
-    DeadlineExceeded,
     Error,
     InternalError,
-    NoSuchService,
-    Overloaded,
-    Unavailable,
 )
 from mesh.replies import decode_reply
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd
@@ -67,7 +62,6 @@ DEFAULT_STORE: Final = "sqlite:///run/workflows.db"
 DEFAULT_STEP_TIMEOUT: Final = 600.0
 CANCEL_POLL_S: Final = 0.25
 MAX_TRACKED_RUNS: Final = 100
-_BREAKER_FAILURES = (Unavailable, DeadlineExceeded, InternalError, Overloaded, NoSuchService)
 ProgressHook = Callable[[str, str, str, float, str], None]
 """``(run_id, step, instance, fraction, message)`` for each progress report of a step."""
 
@@ -162,17 +156,14 @@ class MeshStepCaller:
             msg = await waiter
         except asyncio.CancelledError:
             core.cancel_request(ident)  # the agent is told to stop (its ctx.progress raises)
-            if breaker is not None and breaker.state is State.HALF_OPEN:
-                breaker.on_failure()  # release the trial slot: open, half-open again later
+            if breaker is not None:
+                breaker.abandon()
             raise
         except Error as exc:
             if breaker is not None:
                 # The breaker tracks reachability: an agent's own error (a poison input)
                 # proves the destination is up, and must not leave a half-open trial stuck.
-                if isinstance(exc, _BREAKER_FAILURES):
-                    breaker.on_failure()
-                else:
-                    breaker.on_success()
+                breaker.record(exc)
             if seen:
                 exc.details.setdefault("instance", seen[-1])
             raise

@@ -286,39 +286,35 @@ def _echo_client(
     return c, worker
 
 
-def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: bool = False) -> dict[str, Any]:
-    """One request at a time through the broker: latency percentiles (ms) and req/s."""
-    run = count / 500 + START_S + MARGIN_S  # even at 2 ms a request, the run ends
+def _echo_run(secure: bool, run: float, client: Any, *args: Any) -> dict[str, Any]:
+    """Broker, echo worker and ``client(*args)`` for at most ``run`` s: the client's result."""
     with Group() as g:
-        c, _ = _echo_client(g, keys_for(secure), run, _client_sequential, count, size)
+        c, _ = _echo_client(g, keys_for(secure), run, client, *args)
         out: dict[str, Any] = c.result(run)
     out["secure"] = secure
     return out
+
+
+def reqrep_sequential(*, count: int = 5000, size: int = 64, secure: bool = False) -> dict[str, Any]:
+    """One request at a time through the broker: latency percentiles (ms) and req/s."""
+    run = count / 500 + START_S + MARGIN_S  # even at 2 ms a request, the run ends
+    return _echo_run(secure, run, _client_sequential, count, size)
 
 
 def reqrep_inflight(
     *, duration: float = 2.0, inflight: int = 100, size: int = 64, secure: bool = False
 ) -> dict[str, Any]:
     """``inflight`` requests outstanding for ``duration``: req/s and closed-loop latency."""
-    run = duration + START_S + MARGIN_S
-    with Group() as g:
-        c, _ = _echo_client(g, keys_for(secure), run, _client_inflight, duration, inflight, size)
-        out: dict[str, Any] = c.result(run)
-    out["secure"] = secure
-    return out
+    return _echo_run(secure, duration + START_S + MARGIN_S, _client_inflight, duration,
+                     inflight, size)
 
 
 def reqrep_open_loop(
     *, rate: float = 5000.0, duration: float = 2.0, secure: bool = False
 ) -> dict[str, Any]:
     """Offered ``rate`` req/s for ``duration``; latency corrected for coordinated omission."""
-    count = max(1, int(rate * duration))
-    run = duration + START_S + MARGIN_S
-    with Group() as g:
-        c, _ = _echo_client(g, keys_for(secure), run, _client_open_loop, rate, count)
-        out: dict[str, Any] = c.result(run)
-    out["secure"] = secure
-    return out
+    return _echo_run(secure, duration + START_S + MARGIN_S, _client_open_loop, rate,
+                     max(1, int(rate * duration)))
 
 
 def fire_and_forget(

@@ -19,14 +19,14 @@ from mesh.backoff import Backoff
 from mesh.breaker import CircuitBreaker
 from mesh.core import Core, Security, flags_for
 from mesh.errors import (
+    MAYBE_RAN,
+    NEVER_DISPATCHED,
     Closed,
     ConfigError,
     DeadlineExceeded,
     Error,
-    InternalError,
     NoSuchService,
     Overloaded,
-    Unavailable,
 )
 from mesh.nowait import NowaitRequests
 from mesh.pubsub import Message, Subscription
@@ -36,10 +36,6 @@ from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
 from proto import agp_pb2
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
-# refused before any agent saw them: always safe to try again
-_NEVER_DISPATCHED = (Overloaded, NoSuchService)
-# may have run at the agent: only retried when the caller says it is safe
-_MAYBE_RAN = (Unavailable, DeadlineExceeded, InternalError)
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -177,6 +173,22 @@ class AsyncMesh(NowaitRequests):
                                 traceparent=traceparent or "",
                                 sender_key=self.e2e.public).SerializeToString()
 
+    def _fresh_keys(self, dest: str) -> list[bytes] | None:
+        """The keys of ``dest`` while the cache holds them fresh; None: look them up."""
+        hit = self._keys.get(dest)
+        return hit[1] if hit is not None and hit[0] > self._loop().time() else None
+
+    def _seal(self, recipients: list[bytes], action: str, ident: int, payload: list[Any],
+              idempotency_key: str | None = None, traceparent: str | None = None
+              ) -> tuple[bytes, list[Any], Any]:
+        """``(header, sealed payload, reply key)`` of message ``ident`` for whichever of
+        ``recipients`` opens it, bound to its action and id."""
+        assert self.e2e is not None
+        aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
+        blob, sealed, reply_key = self.e2e.seal(recipients, payload, aad)
+        header = with_nonce(self._sealed_header(action, idempotency_key, traceparent), blob)
+        return header, sealed, reply_key
+
     @staticmethod
     def _address(name: str) -> bytes:
         b = name.encode()
@@ -238,7 +250,8 @@ class AsyncMesh(NowaitRequests):
         """
         address = self._address(dest)
         payload: list[Any] = [data] if raw else codec.encode(data)
-        header = self._header(action, idempotency_key, traceparent)
+        boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
+        header = self._header(action, idempotency_key, traceparent) if boxes is None else b""
         flags = flags_for(raw, idempotent or idempotency_key is not None)
         if traceparent:
             flags |= telemetry.route_flags(traceparent)  # the router records a hop span
@@ -246,7 +259,6 @@ class AsyncMesh(NowaitRequests):
         if stats is not None:
             stats.sent("request", metrics.payload_bytes(payload))
         breaker = self.breaker(dest)
-        boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
         loop = self._loop()
         deadline = loop.time() + timeout
         attempt = 0
@@ -267,13 +279,10 @@ class AsyncMesh(NowaitRequests):
             send_header, send_payload, send_flags = header, payload, flags
             reply_key: Any = None
             if boxes is not None:
-                hit = self._keys.get(dest)  # the usual case, without awaiting a coroutine
-                recipients = hit[1] if hit is not None and hit[0] > loop.time() \
-                    else await self._recipients(dest)
-                aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-                blob, send_payload, reply_key = boxes.seal(recipients, payload, aad)
-                send_header = with_nonce(self._sealed_header(action, idempotency_key,
-                                                             traceparent), blob)
+                # the usual case is cached, without awaiting a coroutine
+                recipients = self._fresh_keys(dest) or await self._recipients(dest)
+                send_header, send_payload, reply_key = self._seal(
+                    recipients, action, ident, payload, idempotency_key, traceparent)
                 send_flags = flags | _ENCRYPTED
             self.core.start_request(Cmd.REQUEST, address, send_header, send_payload, waiter,
                                     flags=send_flags, timeout=remaining,
@@ -282,17 +291,14 @@ class AsyncMesh(NowaitRequests):
                 msg = await waiter
             except asyncio.CancelledError:
                 self.core.cancel_request(ident)
-                if breaker is not None and breaker.state.value == "half_open":
-                    breaker.on_failure()  # give the trial slot back: open again, try later
+                if breaker is not None:
+                    breaker.abandon()
                 raise
             except Error as exc:
                 if breaker is not None:
-                    if isinstance(exc, (*_NEVER_DISPATCHED, *_MAYBE_RAN)):
-                        breaker.on_failure()
-                    else:
-                        breaker.on_success()  # the destination answered, if with an error
-                safe = isinstance(exc, _NEVER_DISPATCHED) or (
-                    isinstance(exc, _MAYBE_RAN) and flags & _IDEMPOTENT)
+                    breaker.record(exc)
+                safe = isinstance(exc, NEVER_DISPATCHED) or (
+                    isinstance(exc, MAYBE_RAN) and flags & _IDEMPOTENT)
                 if not safe or attempt > retries:
                     raise
                 backoff = backoff or Backoff()  # made only when a retry happens
@@ -311,9 +317,9 @@ class AsyncMesh(NowaitRequests):
         """The public keys that may open a request to ``dest``, from the discovery registry
         (cached for 5 s). One lookup per destination at a time: the requests that find the
         cache expired meanwhile wait for that one instead of each asking the registry."""
-        hit = self._keys.get(dest)
-        if hit is not None and hit[0] > self._loop().time():
-            return hit[1]
+        keys = self._fresh_keys(dest)
+        if keys is not None:
+            return keys
         parts = dest.split("/")
         if len(parts) not in (3, 4):
             raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
@@ -362,13 +368,10 @@ class AsyncMesh(NowaitRequests):
                 await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
 
     async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool) -> list[Any]:
-        assert self.e2e is not None
         recipients = await self._recipients(dest)
         ident = self.core.next_id()
         payload: list[Any] = [data] if raw else codec.encode(data)
-        blob, sealed, _ = self.e2e.seal(recipients, payload,
-                                        action.encode() + b"\0" + ident.to_bytes(8, "little"))
-        header = with_nonce(self._sealed_header(action, None, None), blob)
+        header, sealed, _ = self._seal(recipients, action, ident, payload)
         flags = _ENCRYPTED | (_RAW if raw else 0)
         return [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
 

@@ -11,7 +11,11 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from mesh.errors import CircuitOpen
+from mesh.errors import MAYBE_RAN, NEVER_DISPATCHED, CircuitOpen
+
+# errors that say the destination is failing (refused, unreachable, too slow); any other
+# error is an answer from it (a handler's own error proves it up)
+FAILURES = (*NEVER_DISPATCHED, *MAYBE_RAN)
 
 
 class State(str, Enum):
@@ -56,6 +60,19 @@ class CircuitBreaker:
         if self.state is State.HALF_OPEN or self.failures >= self.failure_threshold:
             self.opened_at = self.clock()
             self._set(State.OPEN)
+
+    def record(self, exc: BaseException) -> None:
+        """A call ended in ``exc``: a failure of the destination, or an answer from it."""
+        if isinstance(exc, FAILURES):
+            self.on_failure()
+        else:
+            self.on_success()
+
+    def abandon(self) -> None:
+        """The caller gave up on its call: a half-open trial slot goes back (open again,
+        half-open later) instead of waiting for an outcome that will not come."""
+        if self.state is State.HALF_OPEN:
+            self.on_failure()
 
     def _set(self, state: State) -> None:
         if state is not self.state:

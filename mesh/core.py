@@ -123,7 +123,7 @@ class Core(SessionSide):
         self._drain_scheduled = False
         self.batching = False  # both sides take BATCH (said on HELLO and WELCOME)
         self._outbox = batch.Outbox()  # messages for the next flush (one peer: the router)
-        self._flush_scheduled = False  # this turn has sent: what follows waits for its end
+        self._coalescing = False  # this turn has sent: what follows waits for its end
         self._turn_ending = False  # an _end_turn is scheduled
         self.on_unsent: Callable[[list[Any]], None] | None = None  # a queued message failed
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
@@ -244,10 +244,10 @@ class Core(SessionSide):
         ones after it wait for the turn's flush and leave together. One that cannot go then
         is reported: its request fails with Overloaded, anything else goes to ``on_unsent``
         and is counted."""
-        if not self.batching or not self._flush_scheduled:
+        if not self.batching or not self._coalescing:
             self.send_frames(frames)  # schedules _end_turn, even when it raises Overloaded
             # this turn has begun sending: what follows waits for its end (_end_turn)
-            self._flush_scheduled = self.batching
+            self._coalescing = self.batching
             return
         size = batch.batchable(frames)
         if size < 0:
@@ -256,8 +256,8 @@ class Core(SessionSide):
             self._send_outbox()
 
     def flush(self) -> None:
-        """Send what is queued (the end of a loop turn)."""
-        self._flush_scheduled = False
+        """Send what is queued: the turn (or the drain holding its answers) is over."""
+        self._coalescing = False
         if self._outbox:
             self._send_outbox()
 
@@ -286,9 +286,7 @@ class Core(SessionSide):
         """After a loop turn that sent: send what it queued, then look at EVENTS once
         (libzmq's FD is edge-triggered and a send may consume the edge), however many
         messages the turn sent. One callback for both: it runs for every request."""
-        if self._outbox:
-            self._send_outbox()  # schedules no second _end_turn: this one looks at EVENTS
-        self._flush_scheduled = False
+        self.flush()  # schedules no second _end_turn: this one looks at EVENTS
         self._turn_ending = False
         sock = self.sock
         if sock is not None and not self._drain_scheduled and readable(sock):
@@ -365,8 +363,8 @@ class Core(SessionSide):
                     msg = recv_frames(sock)
                 except zmq.ZMQError:  # zmq.Again: drained
                     return
-                if not holding and self.batching and not self._flush_scheduled:
-                    holding = self._flush_scheduled = True  # (batching may begin mid-drain)
+                if not holding and self.batching and not self._coalescing:
+                    holding = self._coalescing = True  # (batching may begin mid-drain)
                 try:
                     dispatch(msg)
                 except Exception:

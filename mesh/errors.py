@@ -133,6 +133,11 @@ class Closed(Error, RuntimeError):
     code = ErrorCode.CANCELLED
 
 
+# refused before any agent saw it: always safe to try again
+NEVER_DISPATCHED: tuple[type[Error], ...] = (Overloaded, NoSuchService)
+# may have run at the agent: retried only when the caller says it is safe
+MAYBE_RAN: tuple[type[Error], ...] = (Unavailable, DeadlineExceeded, InternalError)
+
 _BY_CODE: dict[int, type[Error]] = {
     cls.code: cls
     for cls in (

@@ -17,14 +17,10 @@ from typing import Any
 from mesh import codec, metrics, telemetry
 from mesh.breaker import CircuitBreaker
 from mesh.core import Core, flags_for
-from mesh.errors import DeadlineExceeded, InternalError, NoSuchService, Overloaded, Unavailable
 from mesh.replies import decode_reply, open_sealed_reply
-from mesh.wire import Cmd, Flag, with_nonce
+from mesh.wire import Cmd, Flag
 
 _ENCRYPTED = int(Flag.ENCRYPTED)
-
-# what says the destination itself is failing (the breaker counts these against it)
-_AGAINST_DEST = (Overloaded, NoSuchService, Unavailable, DeadlineExceeded, InternalError)
 
 
 class ReplyFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -73,12 +69,8 @@ class ReplyWaiter:
         future = self.future
         if future.done():
             return
-        breaker = self.breaker
-        if breaker is not None:
-            if isinstance(exc, _AGAINST_DEST):
-                breaker.on_failure()
-            else:
-                breaker.on_success()  # the destination answered, if with an error
+        if self.breaker is not None:
+            self.breaker.record(exc)
         future.set_exception(exc)
 
 
@@ -88,13 +80,13 @@ class NowaitRequests:
     # provided by AsyncMesh
     core: Core
     e2e: Any
-    _keys: dict[str, tuple[float, list[bytes]]]
     _loop: Any
     _address: Any
     breaker: Any
     request: Any
     _header: Any
-    _sealed_header: Any
+    _fresh_keys: Any
+    _seal: Any
     _never_sealed: frozenset[str]
 
     def request_nowait(self, dest: str, action: str, data: Any = None, *,
@@ -110,10 +102,9 @@ class NowaitRequests:
         runs as a Task of ``request`` (a Task is a Future too).
         """
         loop = self._loop()
-        boxes = None if dest in self._never_sealed else self.e2e
-        hit = self._keys.get(dest) if boxes is not None else None
-        if (telemetry.ENABLED or metrics.CLIENT is not None
-                or (boxes is not None and (hit is None or hit[0] <= loop.time()))):
+        sealed = dest not in self._never_sealed and self.e2e is not None
+        recipients = self._fresh_keys(dest) if sealed else None
+        if telemetry.ENABLED or metrics.CLIENT is not None or (sealed and recipients is None):
             return loop.create_task(self.request(
                 dest, action, data, timeout=timeout, raw=raw, idempotent=idempotent,
                 idempotency_key=idempotency_key))
@@ -125,11 +116,9 @@ class NowaitRequests:
         payload: list[Any] = [data] if raw else codec.encode(data)
         flags = flags_for(raw, idempotent or idempotency_key is not None)
         ident = core.next_id()
-        if boxes is not None:
-            assert hit is not None
-            aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-            blob, payload, reply_key = boxes.seal(hit[1], payload, aad)
-            header = with_nonce(self._sealed_header(action, idempotency_key, None), blob)
+        if recipients is not None:
+            header, payload, reply_key = self._seal(recipients, action, ident, payload,
+                                                    idempotency_key)
             flags |= _ENCRYPTED
 
             def decode(msg: list[bytes]) -> Any:
@@ -141,8 +130,8 @@ class NowaitRequests:
 
         def on_cancel() -> None:
             core.cancel_request(ident)
-            if breaker is not None and breaker.state.value == "half_open":
-                breaker.on_failure()  # give the trial slot back, as request does
+            if breaker is not None:
+                breaker.abandon()
 
         future.on_cancel = on_cancel
         core.start_request(Cmd.REQUEST, address, header, payload,

@@ -35,7 +35,8 @@ from mesh.zmqio import recv_frames, recv_frames_with_user
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
 from router.liveness import Liveness
-from router.outbound import FLUSH_EVERY, STREAM_MARK, Outbound
+from router.outbound import FLUSH_EVERY, Outbound
+from router.outbound import STREAM_MARK as _STREAM
 from router.proxy import PubSubProxy
 from router.sessions import Sessions
 from router.stats import RouterStats
@@ -44,7 +45,6 @@ from router.table import Instance, Peer, Queued, RoutingTable, Service
 
 log = logging.getLogger("agp.router")
 
-_STREAM = STREAM_MARK
 _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLISH
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
@@ -232,7 +232,7 @@ class Router(Sessions, SystemServices, Outbound, Liveness):
             try:
                 route(peer, sub, cmd, flags, code, value, ident)
             except Exception:  # one bad message spoils none of the others
-                self.stats.malformed += 1
+                stats.malformed += 1
                 log.debug("batched message refused", exc_info=True)
             if rid not in self.peers:  # it said goodbye: the rest has no session
                 return
