@@ -8,7 +8,6 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from bench import suite
-    from bench.baselines import scenario_names
     from bench.report import RESULTS_DIR, Progress, Report
 
     ap = argparse.ArgumentParser(prog="make bench", description=__doc__)
@@ -20,11 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     security = ("off",) if profile == "tiny" else ("off", "on")
     mesh_security = security if profile == "tiny" else suite.MESH_SECURITY
     report = Report()
-    from bench.baselines import PROFILES, step_modes
-
-    total = (len(scenario_names(profile)) * len(security)
-             + sum(len(step_modes(st, mesh_security)) for st in suite.steps(PROFILES[profile])))
-    progress = Progress(total=total)
+    progress = Progress(total=suite.count_runs(profile, security, mesh_security))
     suite.run_side_by_side(report, profile=profile, security=security,
                            mesh_security=mesh_security, progress=progress.step)
     suite.share_baselines(report)

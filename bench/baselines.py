@@ -28,10 +28,13 @@ class Profile:
     subscribers: tuple[int, ...]
     inflight: int = 100
     malloc_variants: bool = True  # also measure streaming with glibc's default thresholds
+    rounds: int = 1  # latency scenarios run this many times beside their baselines (median)
+    open_loop_s: float | None = None  # seconds of each open-loop round (default: duration)
 
 
 PROFILES: Final = {
-    "full": Profile(count=10_000, duration=3.0, rates=(5000.0, 10000.0), subscribers=(1, 10)),
+    "full": Profile(count=5000, duration=3.0, rates=(5000.0, 10000.0), subscribers=(1, 10),
+                    rounds=3, open_loop_s=2.0),
     "quick": Profile(count=2000, duration=0.8, rates=(10000.0,), subscribers=(1, 10),
                      malloc_variants=False),
     "tiny": Profile(count=200, duration=0.2, rates=(2000.0,), subscribers=(2,), inflight=20),
@@ -67,7 +70,8 @@ def baseline_steps(p: Profile) -> list[tuple[str, Any, Any]]:
         steps.append(
             (
                 f"open loop {rate:.0f}/s",
-                lambda s, rate=rate: reqrep_open_loop(rate=rate, duration=d, secure=s),
+                lambda s, rate=rate: reqrep_open_loop(rate=rate, duration=p.open_loop_s or d,
+                                                      secure=s),
                 lambda rep, r, sec, rate=rate: rep.add_latency(
                     RR,
                     f"open loop {rate:.0f}/s",
@@ -147,6 +151,23 @@ def step_modes(step: tuple[Any, ...], security: tuple[str, ...]) -> tuple[str, .
     return security if len(step) < 4 else tuple(s for s in security if s in step[3])
 
 
+def run_one(report: Any, step: tuple[Any, ...], sec: str, *, label: str,
+            progress: Any = None, tag: str = "") -> dict[str, Any]:
+    """Run ``step`` once in security mode ``sec``: its result dict (kept whole for the
+    JSON), or ``{"error": ...}`` noted in the report: one broken scenario must not hide
+    the others. ``tag`` names the round, if there are several."""
+    key = f"{step[0]} [security {sec}]"
+    if progress is not None:
+        progress(f"{label}: {key}{tag}")
+    try:
+        r = step[1](SECURITY_MODES[sec])
+    except Exception as e:
+        report.message(f"{label} {key}{tag} failed: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+    report.add_raw(f"{label}/{key}{tag}", r)
+    return r
+
+
 def run_steps(report: Any, steps: list[tuple[Any, ...]], *, security: tuple[str, ...],
               label: str, progress: Any = None) -> dict[str, Any]:
     """Run ``(name, run(secure) -> dict, emit(report, result, security)[, modes])`` steps,
@@ -154,20 +175,11 @@ def run_steps(report: Any, steps: list[tuple[Any, ...]], *, security: tuple[str,
     step that fails is noted and the rest go on."""
     results: dict[str, Any] = {}
     for step in steps:
-        name, run, emit = step[:3]
         for sec in step_modes(step, security):
-            key = f"{name} [security {sec}]"
-            if progress is not None:
-                progress(f"{label}: {key}")
-            try:
-                r = run(SECURITY_MODES[sec])
-            except Exception as e:  # one broken scenario must not hide the others
-                results[key] = {"error": f"{type(e).__name__}: {e}"}
-                report.message(f"{label} {key} failed: {type(e).__name__}: {e}")
-                continue
-            results[key] = r
-            report.add_raw(f"{label}/{key}", r)
-            emit(report, r, sec)
+            r = results[f"{step[0]} [security {sec}]"] = run_one(
+                report, step, sec, label=label, progress=progress)
+            if "error" not in r:
+                step[2](report, r, sec)
     return results
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench import mesh_scenarios as ms
-from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile, run_steps
+from bench.baselines import FAF, PROFILES, PS, RR, ST, Profile, run_one, step_modes
 from bench.baselines import baseline_steps as raw_baseline_steps
+from bench.rounds import median_of_rounds
 
 MESH_SECURITY = ALL_MODES = ("off", "on", "e2e")  # e2e: on, and payloads sealed end to end
 
@@ -25,7 +26,8 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
     ]
     for rate in p.rates:
         out.append((f"open loop {rate:.0f}/s",
-                    lambda s, rate=rate: ms.reqrep_open_loop(rate=rate, duration=d, secure=s),
+                    lambda s, rate=rate: ms.reqrep_open_loop(
+                        rate=rate, duration=p.open_loop_s or d, secure=s),
                     lambda rep, r, sec, rate=rate: rep.add_latency(
                         RR, f"open loop {rate:.0f}/s", summary=r["corrected"], security=sec,
                         note=f"lost {r['lost']}" if r["lost"] else ""),
@@ -66,6 +68,40 @@ def _path_note(asked_direct: bool, r: dict[str, Any]) -> str:
 
 
 
+def rounds_of(p: Profile, step_name: str) -> int:
+    """How many times a step runs: the latency ones (a tail percentile is the VM's moment
+    as much as the code's) ``p.rounds`` times, each round beside its baseline; others once."""
+    return p.rounds if step_name == "sequential" or step_name.startswith("open loop") else 1
+
+
+def _sides(p: Profile, security: tuple[str, ...], mesh_security: tuple[str, ...]
+           ) -> list[tuple[Any, list[tuple[str, Any, str]]]]:
+    """Per agp-mesh step, in run order: (step, its runs as (side, step, mode)), each mode's
+    raw baseline right before agp-mesh's run; then the raw steps with no agp-mesh twin."""
+    raw_steps = {step[0]: step for step in raw_baseline_steps(p)}
+    out = []
+    for step in steps(p):
+        twin = raw_steps.pop(step[0].removeprefix("stream "), None)
+        runs = []
+        for sec in ALL_MODES:
+            if twin is not None and sec in step_modes(twin, security):
+                runs.append(("raw", twin, sec))
+            if sec in step_modes(step, mesh_security):
+                runs.append(("agp-mesh", step, sec))
+        out.append((step, runs))
+    out += [(step, [("raw", step, sec) for sec in step_modes(step, security)])
+            for step in raw_steps.values()]
+    return out
+
+
+def count_runs(profile: str, security: tuple[str, ...], mesh_security: tuple[str, ...]
+               ) -> int:
+    """How many scenario runs :func:`run_side_by_side` makes (for the progress display)."""
+    p = PROFILES[profile]
+    return sum(len(runs) * rounds_of(p, step[0])
+               for step, runs in _sides(p, security, mesh_security))
+
+
 def run_side_by_side(report: Any, *, profile: str = "full",
                      security: tuple[str, ...] = ("off", "on"),
                      mesh_security: tuple[str, ...] = MESH_SECURITY,
@@ -73,26 +109,39 @@ def run_side_by_side(report: Any, *, profile: str = "full",
     """Every scenario over raw pyzmq and through agp-mesh back to back, security mode by
     security mode (raw off, mesh off, raw on, mesh on, mesh e2e): this machine's speed
     wanders by up to 2x within minutes, so a figure and its baseline are taken in the same
-    few seconds, not half a run apart. Raw steps with no agp-mesh twin run at the end.
-    Returns ``{"agp-mesh": {...}, "raw": {...}}``, each keyed ``"<step> [security <s>]"``."""
+    few seconds, not half a run apart. Latency scenarios repeat that ``rounds`` times and
+    report each figure's median round (:mod:`bench.rounds`). Raw steps with no agp-mesh twin
+    run at the end. Returns ``{"agp-mesh": {...}, "raw": {...}}``, each keyed
+    ``"<step> [security <s>]"``."""
     p = PROFILES[profile]
-    raw_steps = {step[0]: step for step in raw_baseline_steps(p)}
-    mesh: dict[str, Any] = {}
-    raw: dict[str, Any] = {}
-    raw_label = report.baseline_label
-    for step in steps(p):
-        twin = raw_steps.pop(step[0].removeprefix("stream "), None)
-        for sec in ALL_MODES:
-            if twin is not None and sec in security:
-                raw.update(run_steps(report, [twin], security=(sec,), label=raw_label,
-                                     progress=progress))
-            if sec in mesh_security:
-                mesh.update(run_steps(report, [step], security=(sec,), label="agp-mesh",
-                                      progress=progress))
-    for step in raw_steps.values():
-        raw.update(run_steps(report, [step], security=security, label=raw_label,
-                             progress=progress))
-    return {"agp-mesh": mesh, "raw": raw}
+    out: dict[str, dict[str, Any]] = {"agp-mesh": {}, "raw": {}}
+    label = {"agp-mesh": "agp-mesh", "raw": report.baseline_label}
+    for step, runs in _sides(p, security, mesh_security):
+        n = rounds_of(p, step[0])
+        got: list[list[dict[str, Any]]] = [[] for _ in runs]
+        for k in range(n):
+            tag = f" (round {k + 1}/{n})" if n > 1 else ""
+            for i, (side, st, sec) in enumerate(runs):
+                got[i].append(run_one(report, st, sec, label=label[side], progress=progress,
+                                      tag=tag))
+        for (side, st, sec), rounds in zip(runs, got, strict=True):
+            r = out[side][f"{st[0]} [security {sec}]"] = median_of_rounds(rounds)
+            if "error" not in r:
+                st[2](report, r, sec)
+        if n > 1:
+            report.message(_p99_rounds(step[0], runs, got, label))
+    return out
+
+
+def _p99_rounds(name: str, runs: list[tuple[str, Any, str]],
+                got: list[list[dict[str, Any]]], label: dict[str, str]) -> str:
+    """One line: the p99 of every round, per side and mode (the spread behind a median)."""
+    parts = []
+    for (side, _, sec), rounds in zip(runs, got, strict=True):
+        p99s = [r.get("corrected", r).get("p99_ms") for r in rounds if "error" not in r]
+        parts.append(f"{label[side]} {sec} " + " / ".join(f"{v:.3g}" for v in p99s if v))
+    return f"{name}: p99 (ms) of each round: " + "; ".join(parts)
+
 
 TARGETS = [
     # (pattern, scenario, unit, comparison, figure, what the issue asks, security modes)

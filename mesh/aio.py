@@ -8,6 +8,7 @@ agent), and pass through a per-destination circuit breaker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -34,6 +35,8 @@ from mesh.replies import decode_reply, open_sealed_reply
 from mesh.stream import AsyncStream
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
 from proto import agp_pb2
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
 
@@ -63,6 +66,8 @@ async def _find_on_lan(security: Security | None) -> str | None:
 # where keys are found and the router's own service: they carry what is public anyway
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
+KEYS_FRESH_S = 5.0  # a service's public keys from the registry are used this long as they are
+KEYS_STALE_S = 5.0  # then this long more while one lookup in the background refreshes them
 _RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 
 
@@ -174,9 +179,23 @@ class AsyncMesh(NowaitRequests):
                                 sender_key=self.e2e.public).SerializeToString()
 
     def _fresh_keys(self, dest: str) -> list[bytes] | None:
-        """The keys of ``dest`` while the cache holds them fresh; None: look them up."""
+        """The keys of ``dest`` while the cache holds them; None: wait for a lookup.
+
+        Past ``KEYS_FRESH_S`` they still serve, for ``KEYS_STALE_S`` more, while one lookup
+        in the background replaces them (stale while revalidate): under steady traffic no
+        request waits for the registry once the keys are known. An instance added or
+        removed is seen within the two periods; past them a request waits for the lookup."""
         hit = self._keys.get(dest)
-        return hit[1] if hit is not None and hit[0] > self._loop().time() else None
+        if hit is None:
+            return None
+        now = self._loop().time()
+        if hit[0] > now:
+            return hit[1]
+        if hit[0] + KEYS_STALE_S > now:
+            if dest not in self._lookups:
+                self._start_lookup(dest, dest.split("/"))
+            return hit[1]
+        return None
 
     def _seal(self, recipients: list[bytes], action: str, ident: int, payload: list[Any],
               idempotency_key: str | None = None, traceparent: str | None = None
@@ -315,8 +334,8 @@ class AsyncMesh(NowaitRequests):
 
     async def _recipients(self, dest: str) -> list[bytes]:
         """The public keys that may open a request to ``dest``, from the discovery registry
-        (cached for 5 s). One lookup per destination at a time: the requests that find the
-        cache expired meanwhile wait for that one instead of each asking the registry."""
+        (cached: :meth:`_fresh_keys`). One lookup per destination at a time: the requests
+        that find no keys meanwhile wait for that one instead of each asking the registry."""
         keys = self._fresh_keys(dest)
         if keys is not None:
             return keys
@@ -324,11 +343,13 @@ class AsyncMesh(NowaitRequests):
         if len(parts) not in (3, 4):
             raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
                               f"not {dest!r}")
-        lookup = self._lookups.get(dest)
-        if lookup is None:
-            lookup = self._lookups[dest] = self._loop().create_task(self._lookup(dest, parts))
-            lookup.add_done_callback(lambda done: self._lookup_done(dest, done))
+        lookup = self._lookups.get(dest) or self._start_lookup(dest, parts)
         return await asyncio.shield(lookup)  # a caller giving up cancels nobody else's wait
+
+    def _start_lookup(self, dest: str, parts: list[str]) -> asyncio.Task[list[bytes]]:
+        lookup = self._lookups[dest] = self._loop().create_task(self._lookup(dest, parts))
+        lookup.add_done_callback(lambda done: self._lookup_done(dest, done))
+        return lookup
 
     async def _lookup(self, dest: str, parts: list[str]) -> list[bytes]:
         records = await self.request("agp/system/registry", "lookup",
@@ -336,14 +357,17 @@ class AsyncMesh(NowaitRequests):
         keys = sorted({r["public_key"].encode() for r in records
                        if len(parts) == 3 or r["instance"] == parts[3]})
         if not keys:
+            self._keys.pop(dest, None)  # gone: stale keys must not outlive their service
             raise NoSuchService(f"no registered key for {dest!r}: cannot seal for it")
-        self._keys[dest] = (self._loop().time() + 5.0, keys)
+        self._keys[dest] = (self._loop().time() + KEYS_FRESH_S, keys)
         return keys
 
     def _lookup_done(self, dest: str, done: asyncio.Task[list[bytes]]) -> None:
         self._lookups.pop(dest, None)
-        if not done.cancelled():
-            done.exception()  # its waiters have it; none left waiting is no error to log
+        if not done.cancelled() and done.exception() is not None and dest in self._keys:
+            # a refresh behind stale keys failed (its waiters, if any, have the error): the
+            # keys serve until KEYS_STALE_S is over, and the next request asks again
+            _log.warning("refreshing the keys of %s failed: %r", dest, done.exception())
 
     # ------------------------------------------------------------------ fire-and-forget
     async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,

@@ -109,3 +109,52 @@ def test_requests_finding_the_key_cache_empty_share_one_registry_lookup(sealed_m
         del am.request
     assert out == list(range(50))
     assert lookups == ["agp/system/registry"]
+
+
+def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(sealed_mesh
+                                                                             ) -> None:
+    """Past KEYS_FRESH_S no request waits for the registry: the old keys seal it at once and
+    one lookup replaces them; past KEYS_STALE_S too, a request waits for a lookup."""
+    import asyncio
+
+    from mesh.aio import KEYS_STALE_S
+    from mesh.nowait import ReplyFuture
+
+    m, _, _ = sealed_mesh
+    am = m._amesh
+    dest = "test/e2e/echo"
+    assert m.request(dest, "echo", 0) == 0  # the keys are cached
+    lookups: list[str] = []
+    real = am.request
+
+    def counting(to, *args, **kwargs):  # a spy on the client's own calls, network real
+        if to == "agp/system/registry":
+            lookups.append(to)
+        return real(to, *args, **kwargs)
+
+    async def main() -> tuple[list[type], list[object], float, bool]:
+        loop = am._loop()
+        expiry, keys = am._keys[dest]
+        am._keys[dest] = (loop.time() - 0.001, keys)  # stale, within the grace period
+        futures = [am.request_nowait(dest, "echo", i) for i in range(20)]
+        kinds = [type(f) for f in futures]
+        refresh = am._lookups[dest]  # started by the first of them, shared by the rest
+        out = await asyncio.gather(*futures)
+        await refresh  # bounded by its own 5 s timeout
+        refreshed = am._keys[dest][0] > loop.time()
+        am._keys[dest] = (loop.time() - KEYS_STALE_S - 0.001, keys)  # past the grace too
+        late = am.request_nowait(dest, "echo", "late")
+        waited = isinstance(late, asyncio.Task)
+        assert await late == "late"
+        return kinds, out, refreshed, waited
+
+    am.request = counting
+    try:
+        kinds, out, refreshed, waited = m._io.call(main(), timeout=30)
+    finally:
+        del am.request
+    assert kinds == [ReplyFuture] * 20  # sealed at once with the stale keys
+    assert out == list(range(20))
+    assert refreshed
+    assert waited
+    assert lookups == ["agp/system/registry"] * 2  # one refresh, then one waited-for lookup
