@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any
 
@@ -63,11 +64,20 @@ class Echo(Agent):
     async def ingest(self, chunks: StreamIn, ctx: Context) -> Any:
         count = 0
         size = 0
-        async for chunk in chunks:
+        digest = hashlib.sha256() if isinstance(ctx.params, dict) and ctx.params.get(
+            "digest") else None
+        kinds: set[str] = set()
+        async for chunk in chunks.views():  # large chunks are read where libzmq put them
             count += 1
-            size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else 1
-        return {"chunks": count, "bytes": size, "instance": self.instance_name,
-                "direct": chunks.direct}
+            size += len(chunk) if isinstance(chunk, (bytes, memoryview)) else 1
+            if digest is not None:
+                kinds.add(type(chunk).__name__)
+                digest.update(chunk if isinstance(chunk, (bytes, memoryview)) else b"")
+        out = {"chunks": count, "bytes": size, "instance": self.instance_name,
+               "direct": chunks.direct}
+        if digest is not None:  # params {"digest": true}: what arrived, for a test to check
+            out.update(sha256=digest.hexdigest(), kinds=sorted(kinds))
+        return out
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -77,6 +78,23 @@ class StreamIn:
         return self
 
     async def __anext__(self) -> Any:
+        """The next chunk: ``bytes`` for a raw one, the decoded value otherwise."""
+        chunk = await self._next()
+        return bytes(chunk) if isinstance(chunk, memoryview) else chunk
+
+    async def views(self) -> AsyncIterator[Any]:
+        """The chunks, but a large raw chunk that came peer to peer is a read-only
+        ``memoryview`` of the buffer libzmq received it in, not a copy in ``bytes``: for a
+        handler that reads bulk data once (``numpy.frombuffer``, a file's ``write``,
+        ``len``). A view stays valid as long as it is referenced."""
+        while True:
+            try:
+                chunk = await self._next()
+            except StopAsyncIteration:
+                return
+            yield chunk.toreadonly() if isinstance(chunk, memoryview) else chunk
+
+    async def _next(self) -> Any:
         while not self._chunks:
             if self.overrun:
                 raise Error("stream sender ignored flow control")

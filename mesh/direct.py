@@ -171,7 +171,7 @@ class DirectServer:
             return
         for _ in range(DRAIN_BATCH):
             try:
-                msg, user = recv_frames_with_user(sock)
+                msg, user = recv_frames_with_user(sock, views=True)  # chunks: no copy
             except zmq.ZMQError:
                 return
             try:

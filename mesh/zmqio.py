@@ -48,18 +48,22 @@ def recv_frames(sock: Any) -> list[bytes]:
     return parts
 
 
-def recv_frames_with_user(sock: Any) -> tuple[list[bytes], str | None]:
+def recv_frames_with_user(sock: Any, views: bool = False) -> tuple[list[Any], str | None]:
     """``recv_frames`` plus the ``User-Id`` that ZAP authenticated for the connection the
-    message came on (read from its first frame), or None on an unauthenticated socket."""
+    message came on (read from its first frame), or None on an unauthenticated socket.
+
+    ``views``: a frame of ``COPY_THRESHOLD`` bytes or more comes as a memoryview of
+    libzmq's buffer (which it keeps alive) instead of a copy in ``bytes``: a 1 MiB copy is
+    ~5% of a core at 1.4 GB/s, taken from the CURVE I/O threads on a 2-core machine."""
     f = _recv(sock, NOBLOCK, False)
     try:
         user: str | None = f.get("User-Id")
     except ZMQError:
         user = None
-    parts = [f.bytes]
+    parts: list[Any] = [f.bytes]
     while f.more:
         f = _recv(sock, NOBLOCK, False)
-        parts.append(f.bytes)
+        parts.append(f.buffer if views and len(f) >= COPY_THRESHOLD else f.bytes)
     return parts, user
 
 

@@ -198,3 +198,27 @@ def test_garbage_on_the_direct_socket_is_refused_and_the_stream_goes_on(router,
             assert s.result["direct"]
 
     asyncio.run(main())
+
+
+def test_large_chunks_reach_the_handler_uncopied_and_whole(router, start_echo) -> None:
+    """Peer to peer a large raw chunk is handed to ``StreamIn.views()`` as a view of the
+    buffer libzmq received it in (no copy); through the router as bytes; the same bytes
+    arrive either way (the agent digests what it read)."""
+    import hashlib
+
+    start_echo()
+    chunks = [os.urandom(200 * 1024) for _ in range(5)] + [b"small"]
+    want = hashlib.sha256(b"".join(chunks)).hexdigest()
+    with Mesh.connect(router.ready_info["router"]) as m:
+        results = []
+        for direct in (True, False):
+            with m.stream(SVC, "ingest", {"digest": True}, direct=direct) as s:
+                for c in chunks:
+                    s.write(c, raw=True)
+            results.append(s.result)
+    peer, relayed = results
+    assert peer["direct"] is True
+    assert relayed["direct"] is False
+    assert peer["sha256"] == relayed["sha256"] == want
+    assert peer["kinds"] == ["bytes", "memoryview"]  # the small one is copied, as ever
+    assert relayed["kinds"] == ["bytes"]
