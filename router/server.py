@@ -13,6 +13,7 @@ Every message a peer sends is either delivered, or answered with an error, or co
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -53,6 +54,13 @@ _IDEMPOTENT = int(Flag.IDEMPOTENT)
 _DIRECT = int(Flag.DIRECT)
 _TRACED = telemetry.TRACED_FLAG
 SUB_REFUSED = b"\x01"  # address-frame marker: this FORBIDDEN refuses a subscription
+
+
+def poll_timeout_ms(next_tick: float, now: float) -> int:
+    """How long to poll before the next housekeeping tick, in whole milliseconds, rounded
+    up: truncated, the last millisecond before each tick was a busy loop of poll(0) that took
+    a core from the peers' threads ten times a second (the tick may run up to 1 ms late)."""
+    return max(0, math.ceil((next_tick - now) * 1000))
 
 
 class Router(Sessions, SystemServices, Outbound, Liveness):
@@ -131,8 +139,7 @@ class Router(Sessions, SystemServices, Outbound, Liveness):
         sock, xpub = self.sock, self.xpub
         try:
             while self._running:
-                wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-                for s, _ in poller.poll(wait_ms):
+                for s, _ in poller.poll(poll_timeout_ms(next_tick, time.monotonic())):
                     if s is sock:
                         self._drain()
                     elif s is xpub:
