@@ -163,11 +163,15 @@ def secure_env(secure: Mode) -> dict[str, str | None]:
     if not secure:
         return {"AGP_IDENTITY": None, "AGP_E2E": None}
     if not _HOME:
+        import atexit
+        import shutil
         import tempfile
 
         from security.home import enroll_identity, ensure_router, open_home
 
         root = tempfile.mkdtemp(prefix="agp-bench-home-")
+        # this process made it, this process removes it (the sides it spawns end first)
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         home = open_home(root)
         ensure_router(home)
         enroll_identity(home, AGENT_ID, roles=("agent",), namespace="bench/mesh")

@@ -40,3 +40,18 @@ def test_every_mesh_scenario_runs_and_lands_beside_its_baseline(tmp_path) -> Non
     written = report.write(tmp_path)
     assert written["json"].exists()
     assert written["md"].read_text().count("|") > 10
+
+
+def test_the_bench_home_is_removed_when_the_process_that_made_it_exits() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from bench import mesh_scenarios as ms; "
+         "home = ms.secure_env(True)['AGP_HOME']; "
+         "import os; assert os.path.isdir(home); print(home)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    home = Path(out.stdout.strip())
+    assert home.name.startswith("agp-bench-home-")
+    assert not home.exists()  # gone with its process: runs leave no keys in /tmp
