@@ -67,7 +67,10 @@ async def _find_on_lan(security: Security | None) -> str | None:
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
 KEYS_FRESH_S = 5.0  # a service's public keys from the registry are used this long as they are
-KEYS_STALE_S = 5.0  # then this long more while one lookup in the background refreshes them
+# then this long more while one lookup in the background refreshes them: under traffic they
+# are replaced within a round trip; after a quiet second, a request waits for the registry
+# (an instance registered meanwhile is not sealed for, and would refuse the request)
+KEYS_STALE_S = 1.0
 _RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 
 
