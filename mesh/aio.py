@@ -27,6 +27,7 @@ from mesh.errors import (
     DeadlineExceeded,
     Error,
     NoSuchService,
+    NotARecipient,
     Overloaded,
 )
 from mesh.nowait import NowaitRequests
@@ -284,6 +285,7 @@ class AsyncMesh(NowaitRequests):
         loop = self._loop()
         deadline = loop.time() + timeout
         attempt = 0
+        rekeyed = False
         progress_cb = None
         if on_progress is not None:
             def progress_cb(_instance: bytes, msg: list[bytes]) -> None:
@@ -317,6 +319,15 @@ class AsyncMesh(NowaitRequests):
                     breaker.abandon()
                 raise
             except Error as exc:
+                if isinstance(exc, NotARecipient) and boxes is not None and not rekeyed:
+                    # sealed for a list of keys older than the instance the router picked:
+                    # its handler did not run; fetch the keys again and send once more
+                    rekeyed = True
+                    self._keys.pop(dest, None)
+                    if breaker is not None:
+                        breaker.abandon()
+                    attempt -= 1
+                    continue
                 if breaker is not None:
                     breaker.record(exc)
                 safe = isinstance(exc, NEVER_DISPATCHED) or (

@@ -33,6 +33,7 @@ class ErrorCode(IntEnum):
     DRAINING = 14
     REPLAYED = 15
     VERSION_MISMATCH = 16
+    NOT_A_RECIPIENT = 17
 
 
 class Error(Exception):
@@ -51,6 +52,13 @@ class Error(Exception):
 
 class Unauthenticated(Error, PermissionError):
     code = ErrorCode.UNAUTHENTICATED
+
+
+class NotARecipient(Unauthenticated):
+    """A payload sealed end to end reached an instance it was not sealed for: the sender's
+    list of the service's keys predates that instance. Its handler did not run."""
+
+    code = ErrorCode.NOT_A_RECIPIENT
 
 
 class Forbidden(Error, PermissionError):
@@ -143,7 +151,7 @@ _BY_CODE: dict[int, type[Error]] = {
     for cls in (
         Unauthenticated, Forbidden, NoSuchService, Overloaded, DeadlineExceeded, Malformed,
         TooLarge, Unavailable, UnknownSession, HandlerError, NoSuchAction, Cancelled,
-        InternalError, Draining, Replayed, VersionMismatch,
+        InternalError, Draining, Replayed, VersionMismatch, NotARecipient,
     )
 }
 

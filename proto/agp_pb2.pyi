@@ -26,6 +26,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAINING: _ClassVar[ErrorCode]
     REPLAYED: _ClassVar[ErrorCode]
     VERSION_MISMATCH: _ClassVar[ErrorCode]
+    NOT_A_RECIPIENT: _ClassVar[ErrorCode]
 
 class PeerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ INTERNAL: ErrorCode
 DRAINING: ErrorCode
 REPLAYED: ErrorCode
 VERSION_MISMATCH: ErrorCode
+NOT_A_RECIPIENT: ErrorCode
 CLIENT: PeerKind
 AGENT: PeerKind
 ROUND_ROBIN: BalancePolicy

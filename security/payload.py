@@ -34,7 +34,7 @@ from typing import Any, Final
 import nacl.utils
 from nacl.exceptions import CryptoError
 
-from mesh.errors import Malformed, Unauthenticated
+from mesh.errors import Malformed, NotARecipient, Unauthenticated
 from security import aead
 from security.e2e import HEADER_LEN, NONCE_LEN, Opener, Sealer
 from security.keys import KeyPair, raw_key
@@ -94,7 +94,7 @@ class PayloadBoxes:
         kind = blob[0] if blob else 0
         if kind == _DIRECT and len(blob) == DIRECT_BLOB_LEN:
             if blob[1:1 + _KEY_ID] != self._id:
-                raise Unauthenticated("this payload was not sealed for this key")
+                raise NotARecipient("this payload was not sealed for this key")
             header = blob[1 + _KEY_ID:]
             out, key = self.opener.open_sealed(sender_public, header, frames, aad)
             return out, (key, header[:NONCE_LEN])
@@ -104,7 +104,7 @@ class PayloadBoxes:
             if blob[at:at + _KEY_ID] == self._id:
                 break
         else:
-            raise Unauthenticated("this payload was not sealed for this key")
+            raise NotARecipient("this payload was not sealed for this key")
         header = blob[at + _KEY_ID:at + _KEY_ID + HEADER_LEN]
         (content_key,), _ = self.opener.open_sealed(
             sender_public, header, [blob[at + _KEY_ID + HEADER_LEN:at + _ENTRY]], aad)

@@ -158,3 +158,51 @@ def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(seal
     assert refreshed
     assert waited
     assert lookups == ["agp/system/registry"] * 2  # one refresh, then one waited-for lookup
+
+
+def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_requests(
+        sealed_mesh, spawn, enroll) -> None:
+    """The router balances onto a new instance at once; a client whose cached keys predate
+    it seals without its key. That instance refuses before running the handler
+    (NotARecipient); ``request`` fetches the keys again and sends once more, so every call
+    is answered, by both instances; ``request_nowait`` fails that one call and drops the
+    stale keys, so the next one is sealed for both."""
+    import asyncio
+
+    from agents.procs import agent_process
+    from mesh import NotARecipient
+    from mesh.nowait import ReplyFuture
+
+    m, _, _ = sealed_mesh
+    am = m._amesh
+    dest = "test/e2e/echo"
+    assert m.request(dest, "whoami")["instance"] == f"{dest}/one"
+    old_keys = am._keys[dest][1]
+    enroll("echo-e2e-two", "test/e2e")
+    spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
+                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
+                               "--instance", "two"]))
+    wait_for(lambda: len(m.request("agp/system/registry", "lookup", {"name": dest})) == 2,
+             message="the second instance registered")
+
+    def with_old_keys() -> None:  # as if looked up just before "two" joined
+        am._keys[dest] = (am._loop().time() + 60.0, old_keys)
+
+    with_old_keys()
+    served = {m.request(dest, "whoami")["instance"] for _ in range(8)}
+    assert served == {f"{dest}/one", f"{dest}/two"}  # "two" answered too, after a re-key
+    assert len(am._keys[dest][1]) == 2
+
+    async def nowait_round() -> list[object]:
+        futures = [am.request_nowait(dest, "whoami") for _ in range(4)]
+        assert all(type(f) is ReplyFuture for f in futures)
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    with_old_keys()
+    out = m._io.call(nowait_round(), timeout=30)
+    refused = [r for r in out if isinstance(r, Exception)]
+    assert refused
+    assert all(isinstance(r, NotARecipient) for r in refused)  # typed: it never ran
+    assert dest not in am._keys  # dropped: the next call looks the keys up
+    assert {m.request(dest, "whoami")["instance"] for _ in range(4)} == {f"{dest}/one",
+                                                                         f"{dest}/two"}
