@@ -24,6 +24,7 @@ from mesh.errors import (
     Closed,
     Error,
     Malformed,
+    NotARecipient,
     Overloaded,
     Unauthenticated,
     Unavailable,
@@ -141,8 +142,18 @@ class AsyncStream:
     # ------------------------------------------------------------------ open
     async def open(self) -> AsyncStream:
         direct = self.want_direct
+        rekeyed = False
         while True:
-            await self._open(direct)
+            try:
+                await self._open(direct)
+            except NotARecipient:
+                if rekeyed:
+                    raise
+                # sealed for keys older than the instance the router picked (it did not
+                # start the handler): fetch them again and open once more
+                rekeyed = True
+                self.mesh._keys.pop(self.dest, None)
+                continue
             if not self._ticket:
                 return self
             if await self._bind():

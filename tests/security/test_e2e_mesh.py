@@ -165,8 +165,8 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     """The router balances onto a new instance at once; a client whose cached keys predate
     it seals without its key. That instance refuses before running the handler
     (NotARecipient); ``request`` fetches the keys again and sends once more, so every call
-    is answered, by both instances; ``request_nowait`` fails that one call and drops the
-    stale keys, so the next one is sealed for both."""
+    is answered, by both instances (a stream's open likewise); ``request_nowait`` fails that
+    one call and drops the stale keys, so the next one is sealed for both."""
     import asyncio
 
     from agents.procs import agent_process
@@ -206,3 +206,10 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     assert dest not in am._keys  # dropped: the next call looks the keys up
     assert {m.request(dest, "whoami")["instance"] for _ in range(4)} == {f"{dest}/one",
                                                                          f"{dest}/two"}
+    streamed = set()
+    with_old_keys()
+    for _ in range(4):  # a sealed stream open is re-keyed the same way
+        with m.stream(dest, "ingest") as s:
+            s.write(b"chunk", raw=True)
+        streamed.add(s.result["instance"])
+    assert streamed == {f"{dest}/one", f"{dest}/two"}
