@@ -8,7 +8,6 @@ agent), and pass through a per-destination circuit breaker.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,18 +25,16 @@ from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
     Error,
-    NoSuchService,
     NotARecipient,
     Overloaded,
 )
 from mesh.nowait import NowaitRequests
 from mesh.pubsub import Message, Subscription
 from mesh.replies import decode_reply, open_sealed_reply
+from mesh.service_keys import ServiceKeys
 from mesh.stream import AsyncStream
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
 from proto import agp_pb2
-
-_log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
 
@@ -67,11 +64,6 @@ async def _find_on_lan(security: Security | None) -> str | None:
 # where keys are found and the router's own service: they carry what is public anyway
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
-KEYS_FRESH_S = 5.0  # a service's public keys from the registry are used this long as they are
-# then this long more while one lookup in the background refreshes them: under traffic they
-# are replaced within a round trip; after a quiet second, a request waits for the registry
-# (an instance registered meanwhile is not sealed for, and would refuse the request)
-KEYS_STALE_S = 1.0
 _RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 
 
@@ -83,8 +75,7 @@ class AsyncMesh(NowaitRequests):
     def __init__(self, core: Core, *, breakers: bool = True, e2e: Any = None) -> None:
         self.core = core
         self.e2e = e2e  # security.payload.PayloadBoxes when payloads are sealed end to end
-        self._keys: dict[str, tuple[float, list[bytes]]] = {}
-        self._lookups: dict[str, asyncio.Task[list[bytes]]] = {}  # keys being fetched
+        self.service_keys = ServiceKeys(self._loop, self._registry_lookup)  # what e2e seals for
         self._headers: dict[str, bytes] = {}
         self._sealed_headers: dict[str, bytes] = {}  # action -> Envelope(action, sender_key)
         self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
@@ -181,25 +172,6 @@ class AsyncMesh(NowaitRequests):
         return agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
                                 traceparent=traceparent or "",
                                 sender_key=self.e2e.public).SerializeToString()
-
-    def _fresh_keys(self, dest: str) -> list[bytes] | None:
-        """The keys of ``dest`` while the cache holds them; None: wait for a lookup.
-
-        Past ``KEYS_FRESH_S`` they still serve, for ``KEYS_STALE_S`` more, while one lookup
-        in the background replaces them (stale while revalidate): under steady traffic no
-        request waits for the registry once the keys are known. An instance added or
-        removed is seen within the two periods; past them a request waits for the lookup."""
-        hit = self._keys.get(dest)
-        if hit is None:
-            return None
-        now = self._loop().time()
-        if hit[0] > now:
-            return hit[1]
-        if hit[0] + KEYS_STALE_S > now:
-            if dest not in self._lookups:
-                self._start_lookup(dest, dest.split("/"))
-            return hit[1]
-        return None
 
     def _seal(self, recipients: list[bytes], action: str, ident: int, payload: list[Any],
               idempotency_key: str | None = None, traceparent: str | None = None
@@ -304,7 +276,8 @@ class AsyncMesh(NowaitRequests):
             reply_key: Any = None
             if boxes is not None:
                 # the usual case is cached, without awaiting a coroutine
-                recipients = self._fresh_keys(dest) or await self._recipients(dest)
+                keys = self.service_keys
+                recipients = keys.fresh(dest) or await keys.get(dest)
                 send_header, send_payload, reply_key = self._seal(
                     recipients, action, ident, payload, idempotency_key, traceparent)
                 send_flags = flags | _ENCRYPTED
@@ -323,7 +296,7 @@ class AsyncMesh(NowaitRequests):
                     # sealed for a list of keys older than the instance the router picked:
                     # its handler did not run; fetch the keys again and send once more
                     rekeyed = True
-                    self._keys.pop(dest, None)
+                    self.service_keys.forget(dest)
                     if breaker is not None:
                         breaker.abandon()
                     attempt -= 1
@@ -346,42 +319,8 @@ class AsyncMesh(NowaitRequests):
                 return open_sealed_reply(msg, reply_key, ident)
             return decode_reply(msg)
 
-    async def _recipients(self, dest: str) -> list[bytes]:
-        """The public keys that may open a request to ``dest``, from the discovery registry
-        (cached: :meth:`_fresh_keys`). One lookup per destination at a time: the requests
-        that find no keys meanwhile wait for that one instead of each asking the registry."""
-        keys = self._fresh_keys(dest)
-        if keys is not None:
-            return keys
-        parts = dest.split("/")
-        if len(parts) not in (3, 4):
-            raise ConfigError(f"end-to-end sealing needs a full name (org/ns/service), "
-                              f"not {dest!r}")
-        lookup = self._lookups.get(dest) or self._start_lookup(dest, parts)
-        return await asyncio.shield(lookup)  # a caller giving up cancels nobody else's wait
-
-    def _start_lookup(self, dest: str, parts: list[str]) -> asyncio.Task[list[bytes]]:
-        lookup = self._lookups[dest] = self._loop().create_task(self._lookup(dest, parts))
-        lookup.add_done_callback(lambda done: self._lookup_done(dest, done))
-        return lookup
-
-    async def _lookup(self, dest: str, parts: list[str]) -> list[bytes]:
-        records = await self.request("agp/system/registry", "lookup",
-                                     {"name": "/".join(parts[:3])}, timeout=5.0)
-        keys = sorted({r["public_key"].encode() for r in records
-                       if len(parts) == 3 or r["instance"] == parts[3]})
-        if not keys:
-            self._keys.pop(dest, None)  # gone: stale keys must not outlive their service
-            raise NoSuchService(f"no registered key for {dest!r}: cannot seal for it")
-        self._keys[dest] = (self._loop().time() + KEYS_FRESH_S, keys)
-        return keys
-
-    def _lookup_done(self, dest: str, done: asyncio.Task[list[bytes]]) -> None:
-        self._lookups.pop(dest, None)
-        if not done.cancelled() and done.exception() is not None and dest in self._keys:
-            # a refresh behind stale keys failed (its waiters, if any, have the error): the
-            # keys serve until KEYS_STALE_S is over, and the next request asks again
-            _log.warning("refreshing the keys of %s failed: %r", dest, done.exception())
+    def _registry_lookup(self, name: str) -> Coroutine[Any, Any, Any]:
+        return self.request("agp/system/registry", "lookup", {"name": name}, timeout=5.0)
 
     # ------------------------------------------------------------------ fire-and-forget
     async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,
@@ -406,7 +345,7 @@ class AsyncMesh(NowaitRequests):
                 await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
 
     async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool) -> list[Any]:
-        recipients = await self._recipients(dest)
+        recipients = await self.service_keys.get(dest)
         ident = self.core.next_id()
         payload: list[Any] = [data] if raw else codec.encode(data)
         header, sealed, _ = self._seal(recipients, action, ident, payload)

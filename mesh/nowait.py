@@ -90,8 +90,7 @@ class NowaitRequests:
     breaker: Any
     request: Any
     _header: Any
-    _fresh_keys: Any
-    _keys: dict[str, Any]
+    service_keys: Any
     _seal: Any
     _never_sealed: frozenset[str]
 
@@ -109,7 +108,7 @@ class NowaitRequests:
         """
         loop = self._loop()
         sealed = dest not in self._never_sealed and self.e2e is not None
-        recipients = self._fresh_keys(dest) if sealed else None
+        recipients = self.service_keys.fresh(dest) if sealed else None
         if telemetry.ENABLED or metrics.CLIENT is not None or (sealed and recipients is None):
             return loop.create_task(self.request(
                 dest, action, data, timeout=timeout, raw=raw, idempotent=idempotent,
@@ -132,7 +131,7 @@ class NowaitRequests:
         else:
             header = self._header(action, idempotency_key)
             decode = decode_reply
-        stale = None if recipients is None else functools.partial(self._keys.pop, dest, None)
+        stale = None if recipients is None else functools.partial(self.service_keys.forget, dest)
         future = ReplyFuture(loop=loop)
 
         def on_cancel() -> None:

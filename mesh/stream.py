@@ -152,7 +152,7 @@ class AsyncStream:
                 # sealed for keys older than the instance the router picked (it did not
                 # start the handler): fetch them again and open once more
                 rekeyed = True
-                self.mesh._keys.pop(self.dest, None)
+                self.mesh.service_keys.forget(self.dest)
                 continue
             if not self._ticket:
                 return self
@@ -178,7 +178,7 @@ class AsyncStream:
             from security.stream_keys import ClientExchange
 
             exchange = ClientExchange(ident)
-            self._recipients = await mesh._recipients(self.dest)
+            self._recipients = await mesh.service_keys.get(self.dest)
             aad = self.action.encode() + b"\0" + ident.to_bytes(8, "little") + exchange.public
             blob, payload, self._reply_key = mesh.e2e.seal(self._recipients, payload, aad)
             header = agp_pb2.Envelope(action=self.action, nonce=blob,

@@ -62,7 +62,7 @@ def test_request_nowait_seals_too_and_fetches_keys_once(sealed_mesh) -> None:
 
     m, captured, _ = sealed_mesh
     am = m._amesh
-    am._keys.clear()
+    am.service_keys.clear()
     captured.clear()
 
     async def main() -> tuple[bool, list[object]]:
@@ -101,7 +101,7 @@ def test_requests_finding_the_key_cache_empty_share_one_registry_lookup(sealed_m
         return await asyncio.gather(*(am.request("test/e2e/echo", "echo", i)
                                       for i in range(50)))
 
-    am._keys.clear()
+    am.service_keys.clear()
     am.request = counting
     try:
         out = m._io.call(main(), timeout=30)
@@ -117,8 +117,8 @@ def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(seal
     one lookup replaces them; past KEYS_STALE_S too, a request waits for a lookup."""
     import asyncio
 
-    from mesh.aio import KEYS_STALE_S
     from mesh.nowait import ReplyFuture
+    from mesh.service_keys import KEYS_STALE_S
 
     m, _, _ = sealed_mesh
     am = m._amesh
@@ -134,15 +134,16 @@ def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(seal
 
     async def main() -> tuple[list[type], list[object], float, bool]:
         loop = am._loop()
-        expiry, keys = am._keys[dest]
-        am._keys[dest] = (loop.time() - 0.001, keys)  # stale, within the grace period
+        expiry, keys = am.service_keys.entries[dest]
+        am.service_keys.entries[dest] = (loop.time() - 0.001, keys)  # stale, in the grace
         futures = [am.request_nowait(dest, "echo", i) for i in range(20)]
         kinds = [type(f) for f in futures]
-        refresh = am._lookups[dest]  # started by the first of them, shared by the rest
+        refresh = am.service_keys.lookups[dest]  # started by the first of them, shared by the rest
         out = await asyncio.gather(*futures)
         await refresh  # bounded by its own 5 s timeout
-        refreshed = am._keys[dest][0] > loop.time()
-        am._keys[dest] = (loop.time() - KEYS_STALE_S - 0.001, keys)  # past the grace too
+        refreshed = am.service_keys.entries[dest][0] > loop.time()
+        # past the grace too
+        am.service_keys.entries[dest] = (loop.time() - KEYS_STALE_S - 0.001, keys)
         late = am.request_nowait(dest, "echo", "late")
         waited = isinstance(late, asyncio.Task)
         assert await late == "late"
@@ -177,7 +178,7 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     am = m._amesh
     dest = "test/e2e/echo"
     assert m.request(dest, "whoami")["instance"] == f"{dest}/one"
-    old_keys = am._keys[dest][1]
+    old_keys = am.service_keys.entries[dest][1]
     enroll("echo-e2e-two", "test/e2e")
     spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
                         extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
@@ -186,12 +187,12 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
              message="the second instance registered")
 
     def with_old_keys() -> None:  # as if looked up just before "two" joined
-        am._keys[dest] = (am._loop().time() + 60.0, old_keys)
+        am.service_keys.entries[dest] = (am._loop().time() + 60.0, old_keys)
 
     with_old_keys()
     served = {m.request(dest, "whoami")["instance"] for _ in range(8)}
     assert served == {f"{dest}/one", f"{dest}/two"}  # "two" answered too, after a re-key
-    assert len(am._keys[dest][1]) == 2
+    assert len(am.service_keys.entries[dest][1]) == 2
 
     async def nowait_round() -> list[object]:
         futures = [am.request_nowait(dest, "whoami") for _ in range(4)]
@@ -203,7 +204,7 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     refused = [r for r in out if isinstance(r, Exception)]
     assert refused
     assert all(isinstance(r, NotARecipient) for r in refused)  # typed: it never ran
-    assert dest not in am._keys  # dropped: the next call looks the keys up
+    assert dest not in am.service_keys.entries  # dropped: the next call looks the keys up
     assert {m.request(dest, "whoami")["instance"] for _ in range(4)} == {f"{dest}/one",
                                                                          f"{dest}/two"}
     streamed = set()
