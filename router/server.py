@@ -32,7 +32,7 @@ from mesh.wire import (
     check_sizes,
     error_frames,
 )
-from mesh.zmqio import recv_frames, recv_frames_with_user
+from mesh.zmqio import readable, recv_frames, recv_frames_with_user
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
 from router.liveness import Liveness
@@ -176,6 +176,9 @@ class Router(Sessions, SystemServices, Outbound, Liveness):
                 log.debug("message refused", exc_info=True)
             if not i % FLUSH_EVERY and outbox:
                 self._flush()  # a long burst does not hold back what is ready
+            if i == 1 and not readable(sock):
+                break  # most drains hold one message: a look at EVENTS (~1.6 us) ends them
+                # cheaper than the recv raising zmq.Again (~3.8 us), before the flush
         if outbox:
             self._flush()
 
