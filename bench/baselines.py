@@ -31,6 +31,10 @@ class Profile:
     rounds: int = 1  # latency scenarios run this many times beside their baselines (median)
     open_loop_s: float | None = None  # seconds of each open-loop round (default: duration)
 
+    @property
+    def open_loop_duration(self) -> float:
+        return self.open_loop_s or self.duration
+
 
 PROFILES: Final = {
     "full": Profile(count=5000, duration=3.0, rates=(5000.0, 10000.0), subscribers=(1, 10),
@@ -70,7 +74,7 @@ def baseline_steps(p: Profile) -> list[tuple[str, Any, Any]]:
         steps.append(
             (
                 f"open loop {rate:.0f}/s",
-                lambda s, rate=rate: reqrep_open_loop(rate=rate, duration=p.open_loop_s or d,
+                lambda s, rate=rate: reqrep_open_loop(rate=rate, duration=p.open_loop_duration,
                                                       secure=s),
                 lambda rep, r, sec, rate=rate: rep.add_latency(
                     RR,

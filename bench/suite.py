@@ -27,7 +27,7 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
     for rate in p.rates:
         out.append((f"open loop {rate:.0f}/s",
                     lambda s, rate=rate: ms.reqrep_open_loop(
-                        rate=rate, duration=p.open_loop_s or d, secure=s),
+                        rate=rate, duration=p.open_loop_duration, secure=s),
                     lambda rep, r, sec, rate=rate: rep.add_latency(
                         RR, f"open loop {rate:.0f}/s", summary=r["corrected"], security=sec,
                         note=f"lost {r['lost']}" if r["lost"] else ""),

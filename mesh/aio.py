@@ -25,7 +25,6 @@ from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
     Error,
-    NotARecipient,
     Overloaded,
 )
 from mesh.nowait import NowaitRequests
@@ -292,11 +291,10 @@ class AsyncMesh(NowaitRequests):
                     breaker.abandon()
                 raise
             except Error as exc:
-                if isinstance(exc, NotARecipient) and boxes is not None and not rekeyed:
+                if boxes is not None and not rekeyed and self.service_keys.refused(dest, exc):
                     # sealed for a list of keys older than the instance the router picked:
-                    # its handler did not run; fetch the keys again and send once more
+                    # its handler did not run; send once more for the keys looked up anew
                     rekeyed = True
-                    self.service_keys.forget(dest)
                     if breaker is not None:
                         breaker.abandon()
                     attempt -= 1

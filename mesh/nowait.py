@@ -12,14 +12,13 @@ a fraction of the interpreter's work. No retries: a retry needs something to wai
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 from mesh import codec, metrics, telemetry
 from mesh.breaker import CircuitBreaker
 from mesh.core import Core, flags_for
-from mesh.errors import NotARecipient
 from mesh.replies import decode_reply, open_sealed_reply
+from mesh.service_keys import ServiceKeys
 from mesh.wire import Cmd, Flag
 
 _ENCRYPTED = int(Flag.ENCRYPTED)
@@ -43,14 +42,14 @@ class ReplyWaiter:
     """What the core resolves with a REPLY's frames (or fails with an error): it decodes
     the frames with ``decode`` into ``future`` and tells the destination's breaker."""
 
-    __slots__ = ("future", "decode", "breaker", "stale_keys")
+    __slots__ = ("future", "decode", "breaker", "keys", "dest")
 
     def __init__(self, future: ReplyFuture, decode: Any, breaker: CircuitBreaker | None,
-                 stale_keys: Any = None) -> None:
+                 keys: ServiceKeys | None = None, dest: str = "") -> None:
         self.future = future
         self.decode = decode  # msg -> the caller's value (opens a sealed reply)
         self.breaker = breaker
-        self.stale_keys = stale_keys  # forgets the keys a refused sealed request used
+        self.keys, self.dest = keys, dest  # a sealed request: the keys it was sealed for
 
     def done(self) -> bool:
         return self.future.done()
@@ -69,8 +68,8 @@ class ReplyWaiter:
             future.set_result(value)
 
     def set_exception(self, exc: BaseException) -> None:
-        if self.stale_keys is not None and isinstance(exc, NotARecipient):
-            self.stale_keys()  # no retry here (see request_nowait); the next call looks up
+        if self.keys is not None:
+            self.keys.refused(self.dest, exc)  # no retry here; the next call looks them up
         future = self.future
         if future.done():
             return
@@ -90,7 +89,7 @@ class NowaitRequests:
     breaker: Any
     request: Any
     _header: Any
-    service_keys: Any
+    service_keys: ServiceKeys
     _seal: Any
     _never_sealed: frozenset[str]
 
@@ -131,7 +130,7 @@ class NowaitRequests:
         else:
             header = self._header(action, idempotency_key)
             decode = decode_reply
-        stale = None if recipients is None else functools.partial(self.service_keys.forget, dest)
+        keys = None if recipients is None else self.service_keys
         future = ReplyFuture(loop=loop)
 
         def on_cancel() -> None:
@@ -141,6 +140,6 @@ class NowaitRequests:
 
         future.on_cancel = on_cancel
         core.start_request(Cmd.REQUEST, address, header, payload,
-                           ReplyWaiter(future, decode, breaker, stale), flags=flags,
+                           ReplyWaiter(future, decode, breaker, keys, dest), flags=flags,
                            timeout=timeout, ident=ident)
         return future

@@ -6,8 +6,8 @@ the registry per request would double the traffic, so keys are cached: fresh for
 ``KEYS_FRESH_S``, then served ``KEYS_STALE_S`` more while one lookup in the background
 replaces them (stale while revalidate: under steady traffic no request waits for the
 registry). One lookup per service at a time: requests that find no keys wait for that one.
-An instance that joined since refuses what was not sealed for it (``NotARecipient``) and
-the caller ``forget``\\ s the keys, so the next lookup includes it.
+An instance that joined since refuses what was not sealed for it (``NotARecipient``):
+:meth:`ServiceKeys.refused` forgets the keys, so the next lookup includes it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mesh.errors import ConfigError, NoSuchService
+from mesh.errors import ConfigError, NoSuchService, NotARecipient
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,17 @@ class ServiceKeys:
         return await asyncio.shield(lookup)  # a caller giving up cancels nobody else's wait
 
     def forget(self, dest: str) -> None:
-        """Drop the keys of ``dest`` (an instance refused them): the next call looks up."""
+        """Drop the keys of ``dest``: the next call looks them up."""
         self.entries.pop(dest, None)
+
+    def refused(self, dest: str, exc: BaseException) -> bool:
+        """Whether ``exc`` is an instance refusing a message to ``dest`` that was not sealed
+        for it (``NotARecipient``: its handler did not run). Then the keys are forgotten and
+        the caller may send once more, sealed for the keys the next lookup finds."""
+        if not isinstance(exc, NotARecipient):
+            return False
+        self.forget(dest)
+        return True
 
     def clear(self) -> None:
         self.entries.clear()

@@ -24,7 +24,6 @@ from mesh.errors import (
     Closed,
     Error,
     Malformed,
-    NotARecipient,
     Overloaded,
     Unauthenticated,
     Unavailable,
@@ -146,13 +145,12 @@ class AsyncStream:
         while True:
             try:
                 await self._open(direct)
-            except NotARecipient:
-                if rekeyed:
-                    raise
+            except Error as exc:
                 # sealed for keys older than the instance the router picked (it did not
-                # start the handler): fetch them again and open once more
+                # start the handler): open once more for the keys looked up anew
+                if rekeyed or not self.mesh.service_keys.refused(self.dest, exc):
+                    raise
                 rekeyed = True
-                self.mesh.service_keys.forget(self.dest)
                 continue
             if not self._ticket:
                 return self

@@ -93,3 +93,16 @@ def test_a_failed_refresh_keeps_the_stale_keys_and_says_so(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="mesh.service_keys"):
         assert _run(Unavailable("registry down"), body) == [SVC, SVC]
     assert "refreshing the keys of org/ns/svc failed" in caplog.text
+
+
+def test_only_a_refusal_for_stale_keys_forgets_them() -> None:
+    from mesh.errors import NotARecipient, Unauthenticated
+
+    async def body(sk: ServiceKeys, loop: Any) -> None:
+        sk.entries[SVC] = (loop.time() + 60, [b"K1"])
+        assert not sk.refused(SVC, Unauthenticated("tampered"))  # not about the keys
+        assert sk.fresh(SVC) == [b"K1"]
+        assert sk.refused(SVC, NotARecipient("not sealed for this key"))
+        assert sk.fresh(SVC) is None  # the next call looks them up
+
+    assert _run(RECORDS, body) == []

@@ -4,6 +4,10 @@ tests/security/sealed_mesh.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import pytest
 
 from mesh import Unauthenticated
@@ -11,6 +15,25 @@ from tests.helpers import wait_for
 
 SECRET = "TOP-SECRET-7f3a"
 RAW_SECRET = b"RAW-SECRET-91c2"
+
+
+@contextmanager
+def _registry_calls(am: Any) -> Iterator[list[str]]:
+    """A spy on the client's own calls to the registry (the network stays real): the
+    destination of each, in order."""
+    calls: list[str] = []
+    real = am.request
+
+    def counting(dest: str, *args: Any, **kwargs: Any) -> Any:
+        if dest == "agp/system/registry":
+            calls.append(dest)
+        return real(dest, *args, **kwargs)
+
+    am.request = counting
+    try:
+        yield calls
+    finally:
+        del am.request
 
 
 def test_the_router_forwards_no_plaintext_payload(sealed_mesh) -> None:
@@ -89,24 +112,13 @@ def test_requests_finding_the_key_cache_empty_share_one_registry_lookup(sealed_m
 
     m, _, _ = sealed_mesh
     am = m._amesh
-    lookups: list[str] = []
-    real = am.request
-
-    def counting(dest, *args, **kwargs):  # a spy on the client's own calls, network real
-        if dest == "agp/system/registry":
-            lookups.append(dest)
-        return real(dest, *args, **kwargs)
-
     async def main() -> list[object]:
         return await asyncio.gather(*(am.request("test/e2e/echo", "echo", i)
                                       for i in range(50)))
 
     am.service_keys.clear()
-    am.request = counting
-    try:
+    with _registry_calls(am) as lookups:
         out = m._io.call(main(), timeout=30)
-    finally:
-        del am.request
     assert out == list(range(50))
     assert lookups == ["agp/system/registry"]
 
@@ -124,14 +136,6 @@ def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(seal
     am = m._amesh
     dest = "test/e2e/echo"
     assert m.request(dest, "echo", 0) == 0  # the keys are cached
-    lookups: list[str] = []
-    real = am.request
-
-    def counting(to, *args, **kwargs):  # a spy on the client's own calls, network real
-        if to == "agp/system/registry":
-            lookups.append(to)
-        return real(to, *args, **kwargs)
-
     async def main() -> tuple[list[type], list[object], float, bool]:
         loop = am._loop()
         expiry, keys = am.service_keys.entries[dest]
@@ -149,11 +153,8 @@ def test_stale_keys_serve_while_one_lookup_in_the_background_refreshes_them(seal
         assert await late == "late"
         return kinds, out, refreshed, waited
 
-    am.request = counting
-    try:
+    with _registry_calls(am) as lookups:
         kinds, out, refreshed, waited = m._io.call(main(), timeout=30)
-    finally:
-        del am.request
     assert kinds == [ReplyFuture] * 20  # sealed at once with the stale keys
     assert out == list(range(20))
     assert refreshed
