@@ -27,33 +27,17 @@ from typing import Any
 import zmq
 
 from mesh import batch
-from mesh.errors import (
-    Closed,
-    DeadlineExceeded,
-    Error,
-    ErrorCode,
-    Overloaded,
-    Unavailable,
-    error_from_code,
-)
+from mesh.errors import Closed, DeadlineExceeded, Error, Unavailable
+from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
-from mesh.wire import (
-    HEARTBEAT_FRAME,
-    ROUTE,
-    Cmd,
-    Flag,
-    pack_route,
-    parse_error,
-    parse_route,
-)
-from mesh.zmqio import readable, recv_frames, send_frames
+from mesh.wire import HEARTBEAT_FRAME, ROUTE, Cmd, Flag, pack_route, parse_route
+from mesh.zmqio import readable, recv_frames
 from proto import agp_pb2
 
 log = logging.getLogger("agp.client")
 
 _REPLY, _ERROR, _HEARTBEAT, _BATCH = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT, Cmd.BATCH
-_QUEUE_FULL = "outgoing queue to the router is full (router unreachable?)"
 _INBOUND = frozenset({Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_END,
                       Cmd.CANCEL})
 DRAIN_BATCH = 1000
@@ -74,7 +58,7 @@ class Pending:
         self.instance = b""
 
 
-class Core(SessionSide):
+class Core(Outgoing, SessionSide):
     def __init__(
         self,
         endpoint: str,
@@ -221,89 +205,6 @@ class Core(SessionSide):
     def next_id(self) -> int:
         return next(self._ids)
 
-    def send_frames(self, frames: list[Any]) -> None:
-        """Send now (after whatever is queued); raise Overloaded when the outgoing queue is
-        full, Closed after close()."""
-        sock = self.sock
-        if sock is None:
-            raise Closed("client closed")
-        if self._outbox:
-            self._send_outbox()
-        try:
-            send_frames(sock, frames)
-        except zmq.Again:
-            self.counters["send_errors"] += 1
-            raise Overloaded(_QUEUE_FULL) from None
-        finally:
-            self._after_send()
-
-    def queue_frames(self, frames: list[Any]) -> None:
-        """Send now, or coalesced with what else leaves in this loop turn (``mesh.batch``).
-
-        The first message of a turn goes at once (a lone request waits for nothing); the
-        ones after it wait for the turn's flush and leave together. One that cannot go then
-        is reported: its request fails with Overloaded, anything else goes to ``on_unsent``
-        and is counted."""
-        if not self.batching or not self._coalescing:
-            self.send_frames(frames)  # schedules _end_turn, even when it raises Overloaded
-            # this turn has begun sending: what follows waits for its end (_end_turn)
-            self._coalescing = self.batching
-            return
-        size = batch.batchable(frames)
-        if size < 0:
-            self.send_frames(frames)
-        elif self._outbox.add(None, frames, size):
-            self._send_outbox()
-
-    def flush(self) -> None:
-        """Send what is queued: the turn (or the drain holding its answers) is over."""
-        self._coalescing = False
-        if self._outbox:
-            self._send_outbox()
-
-    def _send_outbox(self) -> None:
-        """One message as itself, several as a BATCH."""
-        messages = self._outbox.take(None)
-        sock = self.sock
-        if sock is None:
-            self._unsent(messages, Closed("client closed"))
-            return
-        try:
-            send_frames(sock, batch.wire(messages))
-        except zmq.Again:
-            self._unsent(messages, Overloaded(_QUEUE_FULL))
-        except zmq.ZMQError as exc:
-            self._unsent(messages, Unavailable(f"send failed: {exc}"))
-        self._after_send()
-
-    def _after_send(self) -> None:
-        self._sent = True
-        if not self._turn_ending:
-            self._turn_ending = True
-            self.loop.call_soon(self._end_turn)  # type: ignore[union-attr]
-
-    def _end_turn(self) -> None:
-        """After a loop turn that sent: send what it queued, then look at EVENTS once
-        (libzmq's FD is edge-triggered and a send may consume the edge), however many
-        messages the turn sent. One callback for both: it runs for every request."""
-        self.flush()  # schedules no second _end_turn: this one looks at EVENTS
-        self._turn_ending = False
-        sock = self.sock
-        if sock is not None and not self._drain_scheduled and readable(sock):
-            self._on_readable()
-
-    def _unsent(self, messages: list[list[Any]], exc: Error) -> None:
-        """Report queued messages that could not be sent: nothing is dropped silently."""
-        for frames in messages:
-            self.counters["send_errors"] += 1
-            ident = ROUTE.unpack(frames[0])[5]
-            p = self.pending.get(ident)
-            if p is not None and p.frames is frames:
-                del self.pending[ident]
-                _fail(p.waiter, exc)
-            elif self.on_unsent is not None:
-                self.on_unsent(frames)
-
     def start_request(
         self,
         cmd: int,
@@ -439,44 +340,6 @@ class Core(SessionSide):
         elif cmd == Cmd.DISCONNECT:
             log.info("router said goodbye; waiting for it to come back")
             self.connected = False
-
-    def _on_error(self, route: Any, msg: list[bytes], ident: int) -> None:
-        code, message, details = parse_error(route, msg)
-        if code == ErrorCode.UNKNOWN_SESSION:
-            if ident in self.pending:
-                self._resend.append(ident)
-            self.connected = False
-            self._send_hello()
-            return
-        if ident and ident not in self._hello_ids:
-            p = self.pending.pop(ident, None)
-            if p is not None:
-                if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
-                    details.setdefault("instance", msg[1].decode(errors="replace"))
-                _fail(p.waiter, error_from_code(code, message, details))
-            else:
-                self.counters["late_replies"] += 1  # its caller already gave up
-            return
-        if code == ErrorCode.UNAUTHENTICATED:
-            self.connected = False
-            sec = self.security
-            if sec is not None and sec.token and sec.token_provider is None:
-                sec.token = ""  # expired or revoked: the next HELLO bootstraps a fresh one
-            exc = error_from_code(code, message, details)
-            for w in self._hello_waiters:
-                _fail(w, exc)
-            self._hello_waiters.clear()
-            for ident in self._resend:  # they waited for a session that was refused
-                p = self.pending.pop(ident, None)
-                if p is not None:
-                    _fail(p.waiter, exc)
-            self._resend.clear()
-            log.error("router refused this client: %s", message)
-            return
-        if code == ErrorCode.FORBIDDEN and len(msg) > 1 and msg[1][:1] == b"\x01":
-            self.subs.refused(msg[1][1:], error_from_code(code, message, details))
-            return
-        log.warning("error from router: %s %s", code.name, message)
 
     # ------------------------------------------------------------------ housekeeping
     def _tick(self) -> None:

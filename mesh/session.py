@@ -1,5 +1,6 @@
 """A client connection's session with the router: HELLO and WELCOME, the CURVE handshake's
-outcome, and the access token (fetched, presented, refreshed before it expires).
+outcome, the access token (fetched, presented, refreshed before it expires), and ERRORs
+(a request's, handed to its caller; the session's own: unknown, refused).
 
 A mixin of :class:`mesh.core.Core`, off the hot path: the core moves messages, this keeps
 the session they travel in alive across token expiry and router restarts.
@@ -16,8 +17,8 @@ from typing import Any
 import zmq
 
 from mesh import batch
-from mesh.errors import Error, Unauthenticated, Unavailable
-from mesh.wire import PROTOCOL_VERSION, Cmd, Flag, pack_route
+from mesh.errors import Error, ErrorCode, Unauthenticated, Unavailable, error_from_code
+from mesh.wire import PROTOCOL_VERSION, Cmd, Flag, pack_route, parse_error
 from proto import agp_pb2
 
 log = logging.getLogger("agp.client")
@@ -261,3 +262,43 @@ class SessionSide:
         self._hello_waiters.clear()
         if self.on_session is not None:
             self.on_session()
+
+    def _on_error(self, route: Any, msg: list[bytes], ident: int) -> None:
+        """An ERROR: a pending request's fails its caller; UNKNOWN_SESSION says HELLO again
+        (and resends what it refused); UNAUTHENTICATED fails whoever waits for a session."""
+        code, message, details = parse_error(route, msg)
+        if code == ErrorCode.UNKNOWN_SESSION:
+            if ident in self.pending:
+                self._resend.append(ident)
+            self.connected = False
+            self._send_hello()
+            return
+        if ident and ident not in self._hello_ids:
+            p = self.pending.pop(ident, None)
+            if p is not None:
+                if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
+                    details.setdefault("instance", msg[1].decode(errors="replace"))
+                _fail(p.waiter, error_from_code(code, message, details))
+            else:
+                self.counters["late_replies"] += 1  # its caller already gave up
+            return
+        if code == ErrorCode.UNAUTHENTICATED:
+            self.connected = False
+            sec = self.security
+            if sec is not None and sec.token and sec.token_provider is None:
+                sec.token = ""  # expired or revoked: the next HELLO bootstraps a fresh one
+            exc = error_from_code(code, message, details)
+            for w in self._hello_waiters:
+                _fail(w, exc)
+            self._hello_waiters.clear()
+            for ident in self._resend:  # they waited for a session that was refused
+                p = self.pending.pop(ident, None)
+                if p is not None:
+                    _fail(p.waiter, exc)
+            self._resend.clear()
+            log.error("router refused this client: %s", message)
+            return
+        if code == ErrorCode.FORBIDDEN and len(msg) > 1 and msg[1][:1] == b"\x01":
+            self.subs.refused(msg[1][1:], error_from_code(code, message, details))
+            return
+        log.warning("error from router: %s %s", code.name, message)
