@@ -48,7 +48,7 @@ def test_the_bench_home_is_removed_when_the_process_that_made_it_exits() -> None
     from pathlib import Path
 
     out = subprocess.run(
-        [sys.executable, "-c", "from bench import mesh_scenarios as ms; "
+        [sys.executable, "-c", "from bench import mesh_system as ms; "
          "home = ms.secure_env(True)['AGP_HOME']; "
          "import os; assert os.path.isdir(home); print(home)"],
         capture_output=True, text=True, timeout=60, check=True)
