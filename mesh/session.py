@@ -85,6 +85,7 @@ class SessionSide:
     counters: dict[str, int]
     subs: Any
     on_session: Callable[[], None] | None
+    on_send_refused: Callable[[str, Error], Any] | None
     _ids: Any
     _outbox: batch.Outbox
     _resend: list[int]
@@ -279,6 +280,12 @@ class SessionSide:
                 if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
                     details.setdefault("instance", msg[1].decode(errors="replace"))
                 _fail(p.waiter, error_from_code(code, message, details))
+            elif code == ErrorCode.NOT_A_RECIPIENT and self.on_send_refused is not None:
+                # an instance refused a sealed send of ours: the keys it was sealed for
+                # predate that instance (counted by the instance as a drop)
+                self.counters["sends_refused"] = self.counters.get("sends_refused", 0) + 1
+                self.on_send_refused(details.get("service", ""),
+                                     error_from_code(code, message, details))
             else:
                 self.counters["late_replies"] += 1  # its caller already gave up
             return

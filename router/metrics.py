@@ -26,6 +26,7 @@ class RouterCollector(Collector):
         msgs.add_metric(["send"], s.sends)
         msgs.add_metric(["publish"], s.published_messages)
         msgs.add_metric(["stream_chunk"], s.stream_chunks)
+        msgs.add_metric(["send_refusal"], s.send_refusals)
         yield msgs
         batches = CounterMetricFamily(
             "agp_router_batches_total", "BATCH messages (several small messages in one frame), "

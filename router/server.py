@@ -49,6 +49,7 @@ log = logging.getLogger("agp.router")
 _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLISH
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
+_NOT_A_RECIPIENT = int(ErrorCode.NOT_A_RECIPIENT)
 _BATCH, _HELLO = Cmd.BATCH, Cmd.HELLO
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 _DIRECT = int(Flag.DIRECT)
@@ -374,6 +375,15 @@ class Router(Sessions, SystemServices, Outbound, Liveness):
         crid = msg[2]
         entry = inst.inflight.pop((crid, ident), None)
         if entry is None:
+            if msg[1][1] == _ERROR and ROUTE.unpack(msg[1])[3] == _NOT_A_RECIPIENT \
+                    and crid in self.peers:
+                # an instance refused a sealed fire-and-forget not sealed for its key: the
+                # sender hears of it (nothing else is in flight to carry the news)
+                msg[0] = crid
+                msg[2] = inst.name
+                self.stats.send_refusals += 1
+                self._send(msg)
+                return
             self.stats.drop("late_reply")
             return
         if entry[2] & _STREAM:

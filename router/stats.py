@@ -14,7 +14,7 @@ class RouterStats:
     __slots__ = (
         "requests", "replies", "sends", "publishes", "published_messages", "stream_chunks",
         "bytes_in", "errors_sent", "hellos", "drops", "denials", "auth_failures", "malformed",
-        "batches_in", "batched_in", "batches_out", "batched_out",
+        "batches_in", "batched_in", "batches_out", "batched_out", "send_refusals",
     )
 
     def __init__(self) -> None:
@@ -35,6 +35,8 @@ class RouterStats:
         self.batched_in = 0
         self.batches_out = 0  # BATCH messages sent, and the messages they carried
         self.batched_out = 0
+        # sealed fire-and-forgets an instance refused (not sealed for its key), told their sender
+        self.send_refusals = 0
 
     def drop(self, reason: str, n: int = 1) -> None:
         """Count a message the router could not deliver, by reason."""
@@ -49,6 +51,7 @@ class RouterStats:
             "published_messages": self.published_messages,
             "stream_chunks": self.stream_chunks,
             "errors_sent": self.errors_sent,
+            "send_refusals": self.send_refusals,
             "hellos": self.hellos,
             "malformed": self.malformed,
             "batches": {"in": self.batches_in, "messages_in": self.batched_in,

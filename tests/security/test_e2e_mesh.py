@@ -215,3 +215,35 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
             s.write(b"chunk", raw=True)
         streamed.add(s.result["instance"])
     assert streamed == {f"{dest}/one", f"{dest}/two"}
+
+
+def test_an_instance_refusing_a_sealed_send_tells_its_sender_who_looks_the_keys_up_again(
+        sealed_mesh, spawn, enroll) -> None:
+    """A fire-and-forget has no reply to carry NotARecipient. The instance that refused it
+    (sealed for keys older than it) tells the sender anyway, through the router: the sender
+    drops those keys, and the sends after it reach the new instance too, though the old
+    keys would have served another minute."""
+    from agents.procs import agent_process
+
+    m, _, _ = sealed_mesh
+    am = m._amesh
+    dest = "test/e2e/echo"
+    m.request(dest, "whoami")
+    old_keys = am.service_keys.entries[dest][1]
+    assert len(old_keys) == 1
+    enroll("echo-e2e-two", "test/e2e")
+    spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
+                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
+                               "--instance", "two"]))
+    wait_for(lambda: len(m.request("agp/system/registry", "lookup", {"name": dest})) == 2,
+             message="the second instance registered")
+    am.service_keys.entries[dest] = (am._loop().time() + 60.0, old_keys)  # fresh a minute more
+
+    def reached_two() -> bool:
+        m.send(dest, "record", {"n": 1})  # balanced over both instances
+        return bool(m.request(f"{dest}/two", "recorded_items"))
+
+    wait_for(reached_two, timeout=20, message="a send reached the instance that joined")
+    assert am.core.counters.get("sends_refused", 0) >= 1  # told, not timed out
+    assert len(am.service_keys.entries[dest][1]) == 2  # looked up again: both keys
+

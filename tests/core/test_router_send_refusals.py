@@ -1,0 +1,48 @@
+"""A fire-and-forget an instance refused as not sealed for its key: the router carries the
+instance's NOT_A_RECIPIENT back to the sender (nothing else is in flight to tell it), and
+still drops, counted, any other answer to nothing in flight. Raw DEALER peers speak the
+wire to a real router pumped in this thread (helpers: tests/core/test_batch_router.py)."""
+
+from __future__ import annotations
+
+from mesh.errors import ErrorCode
+from mesh.wire import ROUTE, Cmd, Flag, error_frames, pack_route
+from proto import agp_pb2
+from tests.core import test_batch_router as wire
+from tests.core.test_batch_router import SERVICE, Peer, error_code, pump, register
+
+router, ctx = wire.router, wire.ctx  # its fixtures: a router pumped here, a zmq context
+
+
+def _a_send_reaches_the_agent(client: Peer, agent: Peer, ident: int) -> list[bytes]:
+    header = agp_pb2.Envelope(action="record").SerializeToString()
+    client.send([pack_route(Cmd.SEND, Flag.RAW, 0, 0, ident), SERVICE, header, b"x"])
+    return agent.expect(lambda m: m[0][1] == Cmd.SEND and ROUTE.unpack(m[0])[5] == ident)
+
+
+def test_a_refused_send_is_told_to_its_sender_and_counted(router, ctx) -> None:
+    agent = Peer(ctx, router, batches=False)
+    register(agent, "one")
+    client = Peer(ctx, router, batches=False)
+    sent = _a_send_reaches_the_agent(client, agent, 7)
+    crid = sent[1]
+    agent.send(error_frames(ErrorCode.NOT_A_RECIPIENT, "not sealed for this key", 7, crid))
+    told = client.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert ROUTE.unpack(told[0])[5] == 7
+    assert error_code(told) == ErrorCode.NOT_A_RECIPIENT
+    assert told[1] == SERVICE + b"/one"  # from which instance
+    assert router.stats.send_refusals == 1
+    assert router.stats.drops["late_reply"] == 0
+
+
+def test_any_other_answer_to_nothing_in_flight_is_dropped_and_counted(router, ctx) -> None:
+    agent = Peer(ctx, router, batches=False)
+    register(agent, "one")
+    client = Peer(ctx, router, batches=False)
+    crid = _a_send_reaches_the_agent(client, agent, 8)[1]
+    agent.send(error_frames(ErrorCode.INTERNAL, "boom", 8, crid))
+    agent.send([pack_route(Cmd.REPLY, Flag.RAW, 0, 0, 8), crid, b"", b"late"])
+    pump(router, lambda: router.stats.drops["late_reply"] == 2)
+    client.read()
+    assert not [m for m in client.inbox if m[0][1] in (Cmd.ERROR, Cmd.REPLY)]
+    assert router.stats.send_refusals == 0
