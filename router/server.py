@@ -35,6 +35,7 @@ from mesh.wire import (
 from mesh.zmqio import readable, recv_frames, recv_frames_with_user
 from router.access import Access, OpenAccess
 from router.config import RouterConfig
+from router.in_flight import InFlight
 from router.liveness import Liveness
 from router.outbound import FLUSH_EVERY, Outbound
 from router.outbound import STREAM_MARK as _STREAM
@@ -49,7 +50,6 @@ log = logging.getLogger("agp.router")
 _REQUEST, _REPLY, _SEND, _PUBLISH = Cmd.REQUEST, Cmd.REPLY, Cmd.SEND, Cmd.PUBLISH
 _STREAM_OPEN, _STREAM_DATA, _STREAM_CREDIT = Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_CREDIT
 _STREAM_END, _HEARTBEAT, _ERROR = Cmd.STREAM_END, Cmd.HEARTBEAT, Cmd.ERROR
-_NOT_A_RECIPIENT = int(ErrorCode.NOT_A_RECIPIENT)
 _BATCH, _HELLO = Cmd.BATCH, Cmd.HELLO
 _IDEMPOTENT = int(Flag.IDEMPOTENT)
 _DIRECT = int(Flag.DIRECT)
@@ -64,7 +64,7 @@ def poll_timeout_ms(next_tick: float, now: float) -> int:
     return max(0, math.ceil((next_tick - now) * 1000))
 
 
-class Router(Sessions, SystemServices, Outbound, Liveness):
+class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
     """The data plane. ``start()`` binds; ``run()`` loops until ``stop()``."""
 
     def __init__(
@@ -365,84 +365,6 @@ class Router(Sessions, SystemServices, Outbound, Liveness):
             peer = self.peers.get(crid)
             if peer is not None:
                 peer.streams.add(ident)
-        self._send(msg)
-
-    def _on_reply(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        inst = peer.instance
-        if inst is None or len(msg) < 3:
-            self._malformed(msg, "reply from a peer that serves nothing")
-            return
-        crid = msg[2]
-        entry = inst.inflight.pop((crid, ident), None)
-        if entry is None:
-            if msg[1][1] == _ERROR and ROUTE.unpack(msg[1])[3] == _NOT_A_RECIPIENT \
-                    and crid in self.peers:
-                # an instance refused a sealed fire-and-forget not sealed for its key: the
-                # sender hears of it (nothing else is in flight to carry the news)
-                msg[0] = crid
-                msg[2] = inst.name
-                self.stats.send_refusals += 1
-                self._send(msg)
-                return
-            self.stats.drop("late_reply")
-            return
-        if entry[2] & _STREAM:
-            self.streams.pop((crid, ident), None)
-            client = self.peers.get(crid)
-            if client is not None:
-                client.streams.discard(ident)
-        if self.traced:
-            started = self.traced.pop((crid, ident), None)
-            if started is not None:
-                telemetry.router_hop(entry[0][3], inst.service.name.decode(),
-                                     inst.name.decode(), started, time.time_ns(),
-                                     None if msg[1][1] == _REPLY else "error")
-        msg[0] = crid
-        msg[2] = inst.name
-        inst.served += 1
-        self.stats.replies += 1
-        self._send(msg)
-        svc = inst.service
-        if svc.queue:
-            self._drain_queue(svc)
-
-    def _on_stream_data(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        inst = self.streams.get((peer.rid, ident))
-        if inst is None or len(msg) < 3:
-            self.stats.drop("no_such_stream")
-            self._error(peer.rid, ErrorCode.CANCELLED, "no such stream", ident)
-            return
-        self.stats.stream_chunks += 1
-        msg[0] = inst.peer.rid
-        msg[2] = peer.rid
-        self._send(msg)
-
-    def _on_cancel(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        """Forward a CANCEL to the instance working on it (named by the address frame)."""
-        inst = self.streams.get((peer.rid, ident))
-        if inst is None and len(msg) > 2:
-            found = self.table.instances.get(msg[2])
-            if found is not None and (peer.rid, ident) in found.inflight:
-                inst = found
-        if inst is None:
-            self.stats.drop("cancel_unknown")
-            return
-        self._send([inst.peer.rid, msg[1], peer.rid, b""])
-
-    def _on_to_client(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        """Forward a STREAM_CREDIT or PROGRESS from an instance to its client: only for a
-        call that instance is working on (a stream's first credit may hand the client a
-        direct path, so no instance may speak for another's stream)."""
-        inst = peer.instance
-        if inst is None or len(msg) < 3:
-            self._malformed(msg, "credit or progress from a peer that serves nothing")
-            return
-        crid = msg[2]
-        if (crid, ident) not in inst.inflight:
-            self.stats.drop("credit_not_its_call")
-            return
-        msg[0] = crid
-        msg[2] = inst.name
         self._send(msg)
 
     def _on_publish(self, peer: Peer, msg: list[bytes]) -> None:
