@@ -39,6 +39,7 @@ from typing import Any
 
 from agents.calls import Calls
 from agents.context import Context, action
+from agents.presence import Presence
 from agents.stream_in import StreamIn, accept
 from mesh import codec, metrics, telemetry
 from mesh.core import Core
@@ -51,7 +52,6 @@ __all__ = ["Agent", "Context", "StreamIn", "action"]
 log = logging.getLogger("agp.agent")
 
 _PATTERNS = {Cmd.REQUEST: "request", Cmd.SEND: "send", Cmd.STREAM_OPEN: "stream"}
-_POLICIES = {"round_robin": 0, "weighted_round_robin": 1, "least_outstanding": 2}
 _EMPTY_ENVELOPE = agp_pb2.Envelope()
 STREAM_WINDOW = 16
 # plain ints on the per-message path: IntFlag arithmetic builds an enum per operation
@@ -60,7 +60,7 @@ _STREAM_DATA, _STREAM_END, _STREAM_OPEN = int(Cmd.STREAM_DATA), int(Cmd.STREAM_E
     Cmd.STREAM_OPEN)
 
 
-class Agent(Calls):
+class Agent(Presence, Calls):
     """Subclass, set ``name`` and mark handlers with ``@action``."""
 
     name: str = ""
@@ -84,7 +84,8 @@ class Agent(Calls):
             for attr_name, attr in vars(klass).items():
                 spec = getattr(attr, "_agp_action", None)
                 if spec is not None:
-                    if klass is not Agent and attr_name in vars(Agent):
+                    if klass not in _AGENT_MRO and any(attr_name in vars(base)
+                                                       for base in _AGENT_MRO):
                         raise TypeError(f"{cls.__name__}.{attr_name} would replace "
                                         f"Agent.{attr_name}: name the method otherwise and "
                                         f"use @action(name={spec[0]!r})")
@@ -173,40 +174,6 @@ class Agent(Calls):
     async def on_stop(self) -> None:
         """Hook: runs after draining, before the connection closes."""
 
-    def _on_session(self) -> None:
-        assert self.loop is not None
-        core = self.core
-        if core is not None and core.security is not None and not core.security.token:
-            return  # bootstrap session: READY waits for the token's HELLO
-        self.loop.create_task(self._announce())
-
-    async def _announce(self) -> None:
-        core = self.core
-        assert core is not None
-        assert self.loop is not None
-        ready = agp_pb2.Ready(
-            service=self.service, instance=self.instance, capacity=self.capacity,
-            weight=self.weight, policy=_POLICIES.get(self.policy, 1),
-            actions=sorted(self._actions), labels=self.labels, version=self.version,
-            public_key=core.security.public if core.security is not None else b"",
-        )
-        waiter = self.loop.create_future()
-        core.start_request(Cmd.READY, self.service.encode(), ready.SerializeToString(), [],
-                           waiter, timeout=10.0)
-        try:
-            msg = await waiter
-        except Error as exc:
-            log.error("READY refused: %s", exc)
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_exception(exc)
-            return
-        name = msg[1].decode()
-        log.info("serving %s as %s", self.service, name)
-        if self.register_with_registry and self._registry_task is None:
-            self._registry_task = self.loop.create_task(self._registry_lease())
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(name)
-
     @property
     def mesh(self) -> Any:
         """An AsyncMesh over this agent's own connection, to call other agents. With
@@ -224,50 +191,6 @@ class Agent(Calls):
 
                 self.core.subs.crypto = TopicKeyClient(self._mesh)
         return self._mesh
-
-    @property
-    def public_key(self) -> str:
-        """This agent's Curve25519 public key (z85): its CURVE key, or one made for the run."""
-        if self.core is not None and self.core.security is not None:
-            return self.core.security.public.decode()
-        if not hasattr(self, "_ephemeral_key"):
-            import zmq
-
-            self._ephemeral_key = zmq.curve_keypair()[0].decode()
-        return self._ephemeral_key
-
-    def registration(self) -> dict[str, Any]:
-        """This agent's record for the discovery registry."""
-        return {"name": self.service, "instance": self.instance, "public_key": self.public_key,
-                "capabilities": list(self.capabilities), "version": self.version,
-                "capacity": self.capacity, "weight": self.weight, "labels": self.labels}
-
-    async def _registry_lease(self) -> None:
-        """Register with the registry, then heartbeat the lease every second (soft state)."""
-        from discovery.service import REGISTRY_SERVICE
-        from mesh.errors import NoSuchService
-
-        hb = {"name": self.service, "instance": self.instance, "public_key": self.public_key}
-        misses = 0
-        while not self.draining:
-            try:
-                if not self.registered:
-                    await self.mesh.request(REGISTRY_SERVICE, "register", self.registration(),
-                                            timeout=2.0)
-                    self.registered = True
-                else:
-                    await self.mesh.request(REGISTRY_SERVICE, "heartbeat", hb, timeout=2.0)
-            except NoSuchService:
-                self.registered = False  # no registry yet, or it restarted: register again
-                continue_soon = True
-            except Error as exc:
-                log.debug("registry lease: %s", exc)
-                continue_soon = False
-            else:
-                continue_soon = False
-            # a registry that just restarted is retried quickly; none at all, slowly
-            misses = misses + 1 if continue_soon else 0
-            await asyncio.sleep(min(5.0, 0.2 * 2 ** misses) if continue_soon else 1.0)
 
     async def serve(self) -> None:
         """Run until stop() or drain(), then close."""
@@ -464,3 +387,7 @@ class Agent(Calls):
         from agents.runner import run_agent_main
 
         return run_agent_main(cls, argv)
+
+
+# Agent and its mixins: an action may not take the name of anything they define
+_AGENT_MRO = tuple(k for k in Agent.__mro__ if k is not object)

@@ -190,6 +190,11 @@ def test_an_action_may_not_shadow_an_agent_method() -> None:
             def run(self, data, ctx):
                 return data
 
+    # nor one of what its mixins define (the registry record, a reply's sealing)
+    for taken in ("registration", "_reply"):
+        with pytest.raises(TypeError, match=f"would replace Agent.{taken}"):
+            type("Bad", (Agent,), {taken: action()(lambda self, data, ctx: data)})
+
 
 def test_an_agent_takes_its_settings_from_a_file_the_environment_and_flags(
         router, enroll, spawn, tmp_path, monkeypatch) -> None:
