@@ -4,7 +4,7 @@ tests/security/sealed_mesh.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,27 @@ def _registry_calls(am: Any) -> Iterator[list[str]]:
         yield calls
     finally:
         del am.request
+
+
+def _second_instance_joins(m: Any, spawn: Any, enroll: Any, dest: str) -> Callable[[], None]:
+    """Start instance "two" of ``dest`` once the client holds the keys of "one" alone; wait
+    until the registry lists both. Returns what puts the old keys back in the client's
+    cache, fresh a minute more: as if looked up just before "two" joined."""
+    from agents.procs import agent_process
+
+    am = m._amesh
+    old_keys = am.service_keys.entries[dest][1]
+    enroll("echo-e2e-two", "test/e2e")
+    spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
+                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
+                               "--instance", "two"]))
+    wait_for(lambda: len(m.request("agp/system/registry", "lookup", {"name": dest})) == 2,
+             message="the second instance registered")
+
+    def with_old_keys() -> None:
+        am.service_keys.entries[dest] = (am._loop().time() + 60.0, old_keys)
+
+    return with_old_keys
 
 
 def test_the_router_forwards_no_plaintext_payload(sealed_mesh) -> None:
@@ -171,7 +192,6 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     one call and drops the stale keys, so the next one is sealed for both."""
     import asyncio
 
-    from agents.procs import agent_process
     from mesh import NotARecipient
     from mesh.nowait import ReplyFuture
 
@@ -179,17 +199,7 @@ def test_an_instance_that_joins_after_the_keys_were_fetched_gets_answered_reques
     am = m._amesh
     dest = "test/e2e/echo"
     assert m.request(dest, "whoami")["instance"] == f"{dest}/one"
-    old_keys = am.service_keys.entries[dest][1]
-    enroll("echo-e2e-two", "test/e2e")
-    spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
-                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
-                               "--instance", "two"]))
-    wait_for(lambda: len(m.request("agp/system/registry", "lookup", {"name": dest})) == 2,
-             message="the second instance registered")
-
-    def with_old_keys() -> None:  # as if looked up just before "two" joined
-        am.service_keys.entries[dest] = (am._loop().time() + 60.0, old_keys)
-
+    with_old_keys = _second_instance_joins(m, spawn, enroll, dest)
     with_old_keys()
     served = {m.request(dest, "whoami")["instance"] for _ in range(8)}
     assert served == {f"{dest}/one", f"{dest}/two"}  # "two" answered too, after a re-key
@@ -223,21 +233,13 @@ def test_an_instance_refusing_a_sealed_send_tells_its_sender_who_looks_the_keys_
     (sealed for keys older than it) tells the sender anyway, through the router: the sender
     drops those keys, and the sends after it reach the new instance too, though the old
     keys would have served another minute."""
-    from agents.procs import agent_process
 
     m, _, _ = sealed_mesh
     am = m._amesh
     dest = "test/e2e/echo"
     m.request(dest, "whoami")
-    old_keys = am.service_keys.entries[dest][1]
-    assert len(old_keys) == 1
-    enroll("echo-e2e-two", "test/e2e")
-    spawn(agent_process("agents.echo", am.core.endpoint, name="echo-e2e-two",
-                        extra=["--namespace", "test/e2e", "--identity", "echo-e2e-two",
-                               "--instance", "two"]))
-    wait_for(lambda: len(m.request("agp/system/registry", "lookup", {"name": dest})) == 2,
-             message="the second instance registered")
-    am.service_keys.entries[dest] = (am._loop().time() + 60.0, old_keys)  # fresh a minute more
+    assert len(am.service_keys.entries[dest][1]) == 1
+    _second_instance_joins(m, spawn, enroll, dest)()
 
     def reached_two() -> bool:
         m.send(dest, "record", {"n": 1})  # balanced over both instances
