@@ -161,6 +161,9 @@ class ClientStats:
                                      "2 open", labels=["destination"])
         late = CounterMetricFamily("agp_client_late_replies_total",
                                    "Replies that came after their caller gave up")
+        refused = CounterMetricFamily("agp_client_sends_refused_total",
+                                      "Sealed fire-and-forget sends an instance refused as not "
+                                      "sealed for it (keys older than it; each drops them)")
         unopened = CounterMetricFamily("agp_client_pubsub_unopened_total",
                                        "Sealed pub/sub messages a subscriber could not open, "
                                        "by reason", labels=["reason"])
@@ -168,7 +171,7 @@ class ClientStats:
                                      "Publishes dropped before leaving the client, by reason",
                                      labels=["reason"])
         n_pending = 0
-        n_late = 0
+        n_late = n_refused = 0
         states: dict[str, int] = {}
         by_reason: dict[tuple[str, str], int] = {}
         for m in list(self.clients):
@@ -176,6 +179,7 @@ class ClientStats:
             if core is not None:
                 n_pending += len(core.pending)
                 n_late += int(core.counters.get("late_replies", 0))
+                n_refused += int(core.counters.get("sends_refused", 0))
                 for key, n in _drop_reasons(core.counters).items():
                     by_reason[key] = by_reason.get(key, 0) + n
             for key, b in list((getattr(m, "_breakers", None) or {}).items()):
@@ -183,12 +187,14 @@ class ClientStats:
                 states[dest] = max(states.get(dest, 0), breaker_value(b))
         pending.add_metric([], n_pending)
         late.add_metric([], n_late)
+        refused.add_metric([], n_refused)
         for dest, v in sorted(states.items()):
             breakers.add_metric([dest], v)
         for (kind, reason), n in sorted(by_reason.items()):
             (unopened if kind == "unopened" else unsent).add_metric([reason], n)
         yield pending
         yield late
+        yield refused
         yield breakers
         yield unopened
         yield unsent
