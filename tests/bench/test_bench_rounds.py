@@ -41,6 +41,7 @@ def test_failed_rounds_are_left_out_and_all_failed_is_a_failure() -> None:
 def _fake_scenarios(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every scenario, raw and agp-mesh, answers at once; sequential p99s count up per run."""
     seq = itertools.count(1)
+    gbs = itertools.count(1)  # GB/s of each direct stream run, counting up
     lat = {"count": 10.0, "p50_ms": 0.1, "p95_ms": 0.2, "p99_ms": 0.3, "p99_9_ms": 0.4,
            "max_ms": 0.5}
 
@@ -55,7 +56,9 @@ def _fake_scenarios(monkeypatch: pytest.MonkeyPatch) -> None:
                             lambda **kw: {"delivered_per_s": 1e5, "lost": 0})
         monkeypatch.setattr(mod, "pubsub", lambda **kw: {
             "delivered_per_s": 1e6, "drop_pct": 0.0, "unaccounted": 0})
-        monkeypatch.setattr(mod, "stream", lambda **kw: {"gb_per_s": 2.0, "direct": True})
+        monkeypatch.setattr(mod, "stream", lambda **kw: {  # raw's peer to peer: relay=False
+            "gb_per_s": float(next(gbs)) if kw.get("direct", kw.get("relay") is False)
+            else 2.0, "direct": True})
     monkeypatch.setitem(b.PROFILES, "three", b.Profile(
         count=10, duration=0.1, rates=(1000.0,), subscribers=(1,), malloc_variants=False,
         rounds=3))
@@ -85,3 +88,10 @@ def test_latency_rounds_alternate_with_their_baselines_and_report_the_median(
     assert any(m.startswith("sequential: p99 (ms) of each round:") and "agp-mesh on 4 / 9 / 14"
                in m for m in report.messages)
     assert len([k for k in report.raw if "sequential [security on] (round" in k]) == 6
+    # the peer-to-peer stream too: raw off, mesh off, raw on, mesh on, mesh e2e per round,
+    # so agp-mesh "on" streamed 4, 9 and 14 GB/s -> 9, beside its baseline's 8
+    assert len([lab for lab in labels if "direct 1 MiB [" in lab and "round" in lab]) == 15
+    streamed = {(r.scenario, r.security): r for r in report.rows}[("direct 1 MiB", "on")]
+    assert (streamed.value, streamed.baseline) == (9.0, 8.0)
+    assert any(m.startswith("stream direct 1 MiB: GB/s of each round:")
+               and "agp-mesh on 4 / 9 / 14" in m for m in report.messages)
