@@ -2,10 +2,12 @@
 
 A tail percentile from one run on a 2-core VM says as much about the VM's moment as about
 the code: raw pyzmq's own p99 at an offered 10,000 req/s printed 1.26 to 3.59 ms across
-runs of the same code within an hour. So the latency scenarios run in rounds, each round's
-agp-mesh figure right beside its raw baseline's, and the report shows every figure's median
-over the rounds (the same for both sides, so their ratio stays fair). Counts add up over the
-rounds (a request lost in any round is lost), a maximum is the largest seen.
+runs of the same code within an hour (and a CURVE stream's GB/s wanders as much). So the
+latency scenarios and the peer-to-peer stream run in rounds (``bench.suite.rounds_of``),
+each round's agp-mesh figure right beside its raw baseline's, and the report shows every
+figure's median over the rounds (the same for both sides, so their ratio stays fair).
+Counts add up over the rounds (a request lost in any round is lost), a maximum is the
+largest seen.
 
 Pure functions over result dicts: no sockets, no processes.
 """
