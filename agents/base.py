@@ -319,13 +319,11 @@ class Agent(Presence, Calls):
                 codec.decode(payload) if payload and payload != [b""] else None)
         except Error as exc:
             self._count_drop(f"refused_{exc.code.name.lower()}")
-            if reply:
+            if reply or exc.code == ErrorCode.NOT_A_RECIPIENT:
+                # (a fire-and-forget sealed for keys older than this instance too: its
+                # sender hears of it and looks them up again, instead of sealing for stale
+                # keys, and losing every send balanced here, until they expire)
                 self._error(crid, ident, exc.code, exc.message)
-            elif exc.code == ErrorCode.NOT_A_RECIPIENT:
-                # a fire-and-forget sealed for keys older than this instance: its sender
-                # hears of it and looks them up again, instead of sealing for stale keys
-                # (and losing every send balanced here) until they expire
-                self._error(crid, ident, exc.code, exc.message, {"service": self.service})
             return
         if is_stream:
             try:

@@ -282,10 +282,14 @@ class SessionSide:
                 _fail(p.waiter, error_from_code(code, message, details))
             elif code == ErrorCode.NOT_A_RECIPIENT and self.on_send_refused is not None:
                 # an instance refused a sealed send of ours: the keys it was sealed for
-                # predate that instance (counted by the instance as a drop)
+                # predate that instance (counted by the instance as a drop). Its service is
+                # read from the instance name the router stamped ("service/instance"), not
+                # from anything the instance says: it can only speak for its own service.
                 self.counters["sends_refused"] = self.counters.get("sends_refused", 0) + 1
-                self.on_send_refused(details.get("service", ""),
-                                     error_from_code(code, message, details))
+                service = msg[1].decode(errors="replace").rpartition("/")[0] \
+                    if len(msg) > 1 else ""
+                if service:
+                    self.on_send_refused(service, error_from_code(code, message, details))
             else:
                 self.counters["late_replies"] += 1  # its caller already gave up
             return

@@ -1,7 +1,8 @@
 """A fire-and-forget an instance refused as not sealed for its key: the router carries the
 instance's NOT_A_RECIPIENT back to the sender (nothing else is in flight to tell it), and
-still drops, counted, any other answer to nothing in flight. Raw DEALER peers speak the
-wire to a real router pumped in this thread (helpers: tests/core/test_batch_router.py)."""
+still drops, counted, any other answer to nothing in flight; the sender's core hands the
+service the router named to whoever holds its keys. Raw DEALER peers speak the wire to a
+real router pumped in this thread (helpers: tests/core/test_batch_router.py)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,28 @@ def test_any_other_answer_to_nothing_in_flight_is_dropped_and_counted(router, ct
     client.read()
     assert not [m for m in client.inbox if m[0][1] in (Cmd.ERROR, Cmd.REPLY)]
     assert router.stats.send_refusals == 0
+
+
+def test_the_client_drops_the_keys_of_the_service_the_router_named() -> None:
+    """The client reads the refusing instance's service from the address the router stamped
+    ("service/instance"), not from what the instance wrote: an instance can make a client
+    look up again only its own service's keys. Fed as bytes to a client core (no socket)."""
+    from mesh.core import Core
+    from mesh.wire import parse_route
+    from proto import agp_pb2 as pb
+
+    core = Core("tcp://127.0.0.1:1")
+    told: list[str] = []
+    core.on_send_refused = lambda service, exc: told.append(service)
+    detail = pb.ErrorDetail(code=int(ErrorCode.NOT_A_RECIPIENT), message="not for this key")
+    detail.details["service"] = "other/ns/victim"  # what a lying instance might add
+    frames = [pack_route(Cmd.ERROR, 0, int(ErrorCode.NOT_A_RECIPIENT), 0, 41),
+              SERVICE + b"/two", detail.SerializeToString()]
+    core._on_error(parse_route(frames[0]), frames, 41)
+    assert told == [SERVICE.decode()]
+    assert core.counters["sends_refused"] == 1
+    assert core.counters["late_replies"] == 0
+    other = error_frames(ErrorCode.INTERNAL, "boom", 42, SERVICE + b"/two")
+    core._on_error(parse_route(other[0]), other, 42)  # anything else: a late reply
+    assert told == [SERVICE.decode()]
+    assert core.counters["late_replies"] == 1
