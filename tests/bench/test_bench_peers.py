@@ -39,7 +39,9 @@ def test_grpc_over_tls_runs_or_says_why_not() -> None:
 
 
 def test_redis_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    from bench import peer_redis
+
+    monkeypatch.setattr(peer_redis.shutil, "which", lambda name: None)
     assert peers.redis_missing() == "redis-server is not on PATH"
 
 
