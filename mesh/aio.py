@@ -25,14 +25,14 @@ from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
     Error,
-    Overloaded,
 )
 from mesh.nowait import NowaitRequests
 from mesh.pubsub import Message, Subscription
 from mesh.replies import decode_reply, open_sealed_reply
+from mesh.sends import FireAndForget
 from mesh.service_keys import ServiceKeys
 from mesh.stream import AsyncStream
-from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, pack_route, with_nonce
+from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, with_nonce
 from proto import agp_pb2
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
@@ -63,10 +63,10 @@ async def _find_on_lan(security: Security | None) -> str | None:
 # where keys are found and the router's own service: they carry what is public anyway
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
-_RAW, _ENCRYPTED, _IDEMPOTENT = int(Flag.RAW), int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
+_ENCRYPTED, _IDEMPOTENT = int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 
 
-class AsyncMesh(NowaitRequests):
+class AsyncMesh(FireAndForget, NowaitRequests):
     """A connected mesh client on the running asyncio loop."""
 
     _never_sealed = _NEVER_SEALED
@@ -320,48 +320,6 @@ class AsyncMesh(NowaitRequests):
 
     def _registry_lookup(self, name: str) -> Coroutine[Any, Any, Any]:
         return self.request("agp/system/registry", "lookup", {"name": name}, timeout=5.0)
-
-    # ------------------------------------------------------------------ fire-and-forget
-    async def send(self, dest: str, action: str, data: Any = None, *, raw: bool = False,
-                   timeout: float = 10.0) -> None:
-        """Deliver to one instance of ``dest`` with no reply; wait (up to ``timeout``) while
-        the outgoing queue is full. Refusals by the router are counted and logged."""
-        loop = self._loop()
-        deadline = loop.time() + timeout
-        sealed: list[Any] | None = None
-        if self.e2e is not None:  # sealed for the service's keys, like a request
-            sealed = await self._sealed_send(dest, action, data, raw)
-        while True:
-            try:
-                if sealed is not None:
-                    self.core.send_frames(sealed)
-                else:
-                    self.send_nowait(dest, action, data, raw=raw)
-                return
-            except Overloaded:
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
-
-    async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool) -> list[Any]:
-        recipients = await self.service_keys.get(dest)
-        ident = self.core.next_id()
-        payload: list[Any] = [data] if raw else codec.encode(data)
-        header, sealed, _ = self._seal(recipients, action, ident, payload)
-        flags = _ENCRYPTED | (_RAW if raw else 0)
-        return [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
-
-    def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
-        """Fire-and-forget now (plain payload; use ``send`` on an end-to-end mesh)."""
-        if self.e2e is not None:
-            raise ConfigError("this client seals payloads end to end: use `await send(...)`")
-        address = self._address(dest)
-        payload: list[Any] = [data] if raw else codec.encode(data)
-        frames = [pack_route(Cmd.SEND, Flag.RAW if raw else 0, 0, 0, self.core.next_id()),
-                  address, self._header(action), *payload]
-        self.core.send_frames(frames)
-        if metrics.CLIENT is not None:
-            metrics.CLIENT.sent("send", metrics.payload_bytes(payload))
 
     # ------------------------------------------------------------------ pub/sub
     def publish(self, topic: str, data: Any, *, raw: bool = False) -> None:
