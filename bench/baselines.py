@@ -28,7 +28,7 @@ class Profile:
     subscribers: tuple[int, ...]
     inflight: int = 100
     malloc_variants: bool = True  # also measure streaming with glibc's default thresholds
-    rounds: int = 1  # latency scenarios run this many times beside their baselines (median)
+    rounds: int = 1  # latency and peer-to-peer stream: runs beside their baselines (median)
     open_loop_s: float | None = None  # seconds of each open-loop round (default: duration)
 
     @property

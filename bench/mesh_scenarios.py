@@ -21,10 +21,8 @@ from bench.mesh_system import (
     START_S,
     Mode,
     connect,
-    router_side,
     secure_env,
     start_mesh,
-    start_system,
     uv_run,
 )
 from bench.procs import Control, Group
@@ -293,9 +291,7 @@ def pubsub(*, subscribers: int = 1, duration: float = 2.0, size: int = 64,
     run = duration + START_S
     env = secure_env(secure)
     with Group() as g:
-        router = g.spawn("router", router_side, secure, max_run=run + MARGIN_S, env=env)
-        endpoint, _ = router.wait_ready()
-        start_system(g, run, secure, endpoint)
+        endpoint, _ = start_mesh(g, run, secure, agent=False)
         subs = [g.spawn(f"sub{i}", _subscriber, endpoint, max_run=run + MARGIN_S, env=env)
                 for i in range(subscribers)]
         for s in subs:

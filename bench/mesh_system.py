@@ -179,14 +179,16 @@ def secure_env(secure: Mode) -> dict[str, str | None]:
             "AGP_E2E": "1" if secure == "e2e" else None}
 
 
-def start_mesh(g: Group, run: float, secure: Mode, env: dict[str, Any] | None = None
-               ) -> tuple[str, Any]:
-    """Start the router, the system agents (e2e runs) and the echo agent for a run of
-    ``run`` seconds; the router's endpoint and the agent's handle."""
+def start_mesh(g: Group, run: float, secure: Mode, env: dict[str, Any] | None = None, *,
+               agent: bool = True) -> tuple[str, Any]:
+    """Start the router, the system agents (e2e runs) and (``agent``) the echo agent for a
+    run of ``run`` seconds; the router's endpoint and the agent's handle (or None)."""
     env = {**secure_env(secure), **(env or {})}
     router = g.spawn("router", router_side, secure, max_run=run + MARGIN_S, env=env)
     endpoint, _ = router.wait_ready()
     start_system(g, run, secure, endpoint)
-    agent = g.spawn("agent", agent_side, endpoint, secure, max_run=run + MARGIN_S, env=env)
-    agent.wait_ready()
-    return str(endpoint), agent
+    if not agent:
+        return str(endpoint), None
+    echo = g.spawn("agent", agent_side, endpoint, secure, max_run=run + MARGIN_S, env=env)
+    echo.wait_ready()
+    return str(endpoint), echo

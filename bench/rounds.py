@@ -59,4 +59,3 @@ def _one_number(key: str, values: list[Any]) -> float:
     if key in LARGEST:
         return max(values)
     return statistics.median(values)
-

@@ -71,14 +71,22 @@ def _path_note(asked_direct: bool, r: dict[str, Any]) -> str:
 
 
 
+def _round_figure(step_name: str) -> tuple[str, str] | None:
+    """The figure a step's rounds are told apart by (key, label), for the steps that run
+    in rounds: the latency ones (a tail percentile is the VM's moment as much as the
+    code's) and the peer-to-peer stream (its figure is this VM's CURVE speed of the moment:
+    raw pyzmq's own ran 0.95-1.7 GB/s within a day). None: the step runs once."""
+    if step_name == _DIRECT_STREAM:
+        return "gb_per_s", "GB/s"
+    if step_name == "sequential" or step_name.startswith("open loop"):
+        return "p99_ms", "p99 (ms)"
+    return None
+
+
 def rounds_of(p: Profile, step_name: str) -> int:
     """How many times a step runs: ``p.rounds`` times, each round beside its baseline, for
-    the latency ones (a tail percentile is the VM's moment as much as the code's) and the
-    peer-to-peer stream (its figure is this VM's CURVE speed of the moment: raw pyzmq's own
-    ran 0.95-1.7 GB/s within a day); the others once."""
-    if step_name in ("sequential", _DIRECT_STREAM) or step_name.startswith("open loop"):
-        return p.rounds
-    return 1
+    the steps :func:`_round_figure` names; the others once."""
+    return p.rounds if _round_figure(step_name) else 1
 
 
 def _sides(p: Profile, security: tuple[str, ...], mesh_security: tuple[str, ...]
@@ -116,15 +124,15 @@ def run_side_by_side(report: Any, *, profile: str = "full",
     """Every scenario over raw pyzmq and through agp-mesh back to back, security mode by
     security mode (raw off, mesh off, raw on, mesh on, mesh e2e): this machine's speed
     wanders by up to 2x within minutes, so a figure and its baseline are taken in the same
-    few seconds, not half a run apart. Latency scenarios repeat that ``rounds`` times and
-    report each figure's median round (:mod:`bench.rounds`). Raw steps with no agp-mesh twin
-    run at the end. Returns ``{"agp-mesh": {...}, "raw": {...}}``, each keyed
-    ``"<step> [security <s>]"``."""
+    few seconds, not half a run apart. The latency scenarios and the peer-to-peer stream
+    repeat that ``rounds`` times and report each figure's median round
+    (:mod:`bench.rounds`). Raw steps with no agp-mesh twin run at the end. Returns
+    ``{"agp-mesh": {...}, "raw": {...}}``, each keyed ``"<step> [security <s>]"``."""
     p = PROFILES[profile]
     out: dict[str, dict[str, Any]] = {"agp-mesh": {}, "raw": {}}
     label = {"agp-mesh": "agp-mesh", "raw": report.baseline_label}
     for step, runs in _sides(p, security, mesh_security):
-        n = rounds_of(p, step[0])
+        n, figure = rounds_of(p, step[0]), _round_figure(step[0])
         got: list[list[dict[str, Any]]] = [[] for _ in runs]
         for k in range(n):
             tag = f" (round {k + 1}/{n})" if n > 1 else ""
@@ -135,16 +143,16 @@ def run_side_by_side(report: Any, *, profile: str = "full",
             r = out[side][f"{st[0]} [security {sec}]"] = median_of_rounds(rounds)
             if "error" not in r:
                 st[2](report, r, sec)
-        if n > 1:
-            report.message(_each_round(step[0], runs, got, label))
+        if figure and n > 1:
+            report.message(_each_round(step[0], figure, runs, got, label))
     return out
 
 
-def _each_round(name: str, runs: list[tuple[str, Any, str]],
+def _each_round(name: str, figure: tuple[str, str], runs: list[tuple[str, Any, str]],
                 got: list[list[dict[str, Any]]], label: dict[str, str]) -> str:
-    """One line: every round's p99 (a stream's GB/s), per side and mode: the spread behind
-    a median."""
-    key, what = ("gb_per_s", "GB/s") if name == _DIRECT_STREAM else ("p99_ms", "p99 (ms)")
+    """One line: every round's ``figure`` (p99, a stream's GB/s), per side and mode: the
+    spread behind a median."""
+    key, what = figure
     parts = []
     for (side, _, sec), rounds in zip(runs, got, strict=True):
         values = [r.get("corrected", r).get(key) for r in rounds if "error" not in r]

@@ -75,7 +75,7 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         self.core = core
         self.e2e = e2e  # security.payload.PayloadBoxes when payloads are sealed end to end
         self.service_keys = ServiceKeys(self._loop, self._registry_lookup)  # what e2e seals for
-        core.on_send_refused = self.service_keys.refused  # stale keys: the next call asks again
+        core.on_send_refused = self.service_keys.forget  # stale keys: the next call asks again
         self._headers: dict[str, bytes] = {}
         self._sealed_headers: dict[str, bytes] = {}  # action -> Envelope(action, sender_key)
         self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None

@@ -112,8 +112,8 @@ class Core(Outgoing, SessionSide):
         self.on_unsent: Callable[[list[Any]], None] | None = None  # a queued message failed
         self.on_inbound: Callable[[int, int, int, int, list[bytes]], None] | None = None
         self.on_session: Callable[[], None] | None = None  # after each WELCOME (agents: READY)
-        # (service, NotARecipient): an instance refused a sealed send not sealed for its key
-        self.on_send_refused: Callable[[str, Error], Any] | None = None
+        # (service): an instance of it refused a sealed send that was not sealed for its key
+        self.on_send_refused: Callable[[str], None] | None = None
         self.stream_acks: dict[int, Callable[[int, list[bytes]], None]] = {}
         self._direct: Any = None  # mesh.direct.DirectLinks, made by the first direct stream
         self.subs = SubscriberSide(self)

@@ -4,7 +4,8 @@ A send is delivered to one instance of a service with no reply. On a client that
 to end it is sealed like a request, for the keys the registry lists (``send`` awaits them
 the first time); ``send_nowait`` sends at once and so takes plain payloads only. An
 instance that refuses a sealed send (keys older than it) tells the client through the
-router, which drops those keys (``Core.on_send_refused``): the send itself is lost, counted.
+router, and the client drops those keys (``Core.on_send_refused``): the send itself is lost,
+counted.
 """
 
 from __future__ import annotations

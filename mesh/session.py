@@ -85,7 +85,7 @@ class SessionSide:
     counters: dict[str, int]
     subs: Any
     on_session: Callable[[], None] | None
-    on_send_refused: Callable[[str, Error], Any] | None
+    on_send_refused: Callable[[str], None] | None
     _ids: Any
     _outbox: batch.Outbox
     _resend: list[int]
@@ -289,7 +289,7 @@ class SessionSide:
                 service = msg[1].decode(errors="replace").rpartition("/")[0] \
                     if len(msg) > 1 else ""
                 if service:
-                    self.on_send_refused(service, error_from_code(code, message, details))
+                    self.on_send_refused(service)
             else:
                 self.counters["late_replies"] += 1  # its caller already gave up
             return

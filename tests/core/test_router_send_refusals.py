@@ -59,7 +59,7 @@ def test_the_client_drops_the_keys_of_the_service_the_router_named() -> None:
 
     core = Core("tcp://127.0.0.1:1")
     told: list[str] = []
-    core.on_send_refused = lambda service, exc: told.append(service)
+    core.on_send_refused = told.append
     detail = pb.ErrorDetail(code=int(ErrorCode.NOT_A_RECIPIENT), message="not for this key")
     detail.details["service"] = "other/ns/victim"  # what a lying instance might add
     frames = [pack_route(Cmd.ERROR, 0, int(ErrorCode.NOT_A_RECIPIENT), 0, 41),
