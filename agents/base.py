@@ -187,7 +187,7 @@ class Agent(Presence, Calls):
                                  and not self.service.startswith("agp/system/")) else None
             self._mesh = AsyncMesh(self.core, breakers=True, e2e=e2e)
             if e2e is not None:
-                from security.key_service import TopicKeyClient
+                from security.topic_key_client import TopicKeyClient
 
                 self.core.subs.crypto = TopicKeyClient(self._mesh)
         return self._mesh

@@ -1,14 +1,9 @@
-"""Durable workflows on the mesh: the step caller, a library entry point, and a service.
+"""Durable workflows on the mesh: a library entry point, and a service.
 
-:class:`MeshStepCaller` is the workflow runner's ``call_step`` over the mesh. A step
-requests ``step.agent`` / ``step.action`` with ``{"params", "inputs", "run", "step"}``,
-under the step's timeout, with the idempotency key ``<run>/<step>`` (an agent that already
-answered that key answers again from its cache instead of redoing the work). The instance
-that served or failed a step is learnt from the reply's address frame and from progress
-reports; a failure names it in ``details["instance"]`` so the runner's retry asks the
-router for the service's instances and addresses one it has not tried. Retries are the
-workflow's (``retries`` per step), not the router's: the request is not marked idempotent,
-so a killed agent fails the attempt visibly and the retry goes elsewhere.
+Steps are called by :class:`agents.step_caller.MeshStepCaller` (one request per attempt,
+idempotency key ``<run>/<step>``, the instance that failed a step avoided by its retry).
+Retries are the workflow's (``retries`` per step), not the router's: the request is not
+marked idempotent, so a killed agent fails the attempt visibly and the retry goes elsewhere.
 
 :func:`run_workflow` runs one workflow from a script or the CLI; :class:`Orchestrator`
 serves ``agp/system/orchestrator`` (run, status, cancel, list, resume, outputs) and resumes
@@ -29,41 +24,28 @@ from typing import Any, Final
 
 from agents.base import Context, action
 from agents.common import WorkAgent, work
-from mesh import codec
+from agents.step_caller import DEFAULT_STEP_TIMEOUT, MeshStepCaller, ProgressHook
 from mesh.aio import AsyncMesh
-from mesh.errors import (
-    ConfigError,
-    Error,
-    InternalError,
-)
-from mesh.replies import decode_reply
-from mesh.wire import MAX_ADDRESS_BYTES, Cmd
+from mesh.errors import ConfigError, Error, InternalError
 from mesh.workflow import (
-    CURRENT_RUN,
     ArtifactStore,
     Event,
     RunRecord,
     RunState,
     StepRecord,
     StepResult,
-    StepSpec,
     Store,
     WorkflowRunner,
     WorkflowSpec,
     load_spec,
     open_store,
 )
-from proto import agp_pb2
 
 log = logging.getLogger("agp.orchestrator")
 
 ORCHESTRATOR_SERVICE: Final = "agp/system/orchestrator"
 DEFAULT_STORE: Final = "sqlite:///run/workflows.db"
-DEFAULT_STEP_TIMEOUT: Final = 600.0
 CANCEL_POLL_S: Final = 0.25
-MAX_TRACKED_RUNS: Final = 100
-ProgressHook = Callable[[str, str, str, float, str], None]
-"""``(run_id, step, instance, fraction, message)`` for each progress report of a step."""
 
 
 def artifacts_dir_for(store_url: str) -> Path:
@@ -73,112 +55,6 @@ def artifacts_dir_for(store_url: str) -> Path:
     if "://" not in store_url:
         return Path(store_url).parent / "artifacts"
     return Path("run/artifacts")
-
-
-class MeshStepCaller:
-    """``call_step`` over an AsyncMesh: one request per attempt, instance-aware."""
-
-    def __init__(self, mesh: AsyncMesh, *, on_progress: ProgressHook | None = None,
-                 default_timeout: float = DEFAULT_STEP_TIMEOUT) -> None:
-        self.mesh = mesh
-        self.on_progress = on_progress
-        self.default_timeout = default_timeout
-        self.progress: dict[str, dict[str, dict[str, Any]]] = {}
-        self.destinations: set[str] = set()
-
-    async def __call__(self, step: StepSpec, inputs: dict[str, Any], attempt: int,
-                       avoid: set[str]) -> StepResult:
-        run_id = CURRENT_RUN.get("")
-        dest = await self.destination(step.agent, avoid)
-        payload = {"params": dict(step.params), "inputs": inputs, "run": run_id,
-                   "step": step.name, "attempt": attempt}
-        timeout = step.timeout or self.default_timeout
-        value, instance = await self.request(dest, step.action, payload, f"{run_id}/{step.name}",
-                                             timeout, lambda inst, f, m: self._progress(
-                                                 run_id, step.name, inst, f, m))
-        return StepResult(output=value, instance=instance)
-
-    def _progress(self, run_id: str, step: str, instance: str, fraction: float,
-                  message: str) -> None:
-        if run_id not in self.progress and len(self.progress) >= MAX_TRACKED_RUNS:
-            self.progress.pop(next(iter(self.progress)))
-        runs = self.progress.setdefault(run_id, {})
-        runs[step] = {"instance": instance, "fraction": fraction, "message": message}
-        if self.on_progress is not None:
-            self.on_progress(run_id, step, instance, fraction, message)
-
-    async def destination(self, agent: str, avoid: set[str]) -> str:
-        """The service name, or, when some instances failed this step already, the least
-        loaded instance of the service that has not (the router balances blind to that)."""
-        if not avoid:
-            return agent
-        try:
-            services = await self.mesh.request("agp/router", "services", timeout=2.0)
-        except Error:
-            return agent
-        matches = [s for s in services if s["service"] == agent
-                   or s["service"].endswith("/" + agent)]
-        if len(matches) != 1:
-            return agent  # unknown or ambiguous: let the router say so
-        free = [i for i in matches[0]["instances"] if i["accepting"] and i["name"] not in avoid]
-        if not free:
-            return agent
-        best = min(free, key=lambda i: (i["inflight"] / max(1, i["capacity"]), i["name"]))
-        return str(best["name"])
-
-    async def request(self, dest: str, action_name: str, payload: Any, key: str,
-                      timeout: float, on_progress: Callable[[str, float, str], None]
-                      ) -> tuple[Any, str | None]:
-        """One request; returns (reply, instance that sent it). A failure gains
-        ``details["instance"]`` when the instance is known (from its progress reports)."""
-        address = dest.encode()
-        if not address or len(address) > MAX_ADDRESS_BYTES:
-            raise ConfigError(f"bad destination {dest!r}")
-        self.destinations.add(dest)
-        breaker = self.mesh.breaker(dest)
-        if breaker is not None:
-            breaker.before_call()  # CircuitOpen: the attempt fails at once, retried later
-        seen: list[str] = []
-
-        def progress(instance: bytes, msg: list[bytes]) -> None:
-            name = instance.decode(errors="replace")
-            if name and (not seen or seen[-1] != name):
-                seen.append(name)
-            report = codec.decode(msg[3:]) if len(msg) > 3 else {}
-            on_progress(name, float(report.get("fraction", 0.0)), str(report.get("message", "")))
-
-        header = agp_pb2.Envelope(action=action_name, idempotency_key=key).SerializeToString()
-        core = self.mesh.core
-        waiter = asyncio.get_running_loop().create_future()
-        ident = core.start_request(Cmd.REQUEST, address, header, codec.encode(payload), waiter,
-                                   timeout=timeout, on_progress=progress)
-        try:
-            msg = await waiter
-        except asyncio.CancelledError:
-            core.cancel_request(ident)  # the agent is told to stop (its ctx.progress raises)
-            if breaker is not None:
-                breaker.abandon()
-            raise
-        except Error as exc:
-            if breaker is not None:
-                # The breaker tracks reachability: an agent's own error (a poison input)
-                # proves the destination is up, and must not leave a half-open trial stuck.
-                breaker.record(exc)
-            if seen:
-                exc.details.setdefault("instance", seen[-1])
-            raise
-        if breaker is not None:
-            breaker.on_success()
-        return decode_reply(msg), (msg[1].decode(errors="replace") or None)
-
-    def breaker_states(self) -> dict[str, str]:
-        """Circuit-breaker state of every destination called so far."""
-        out = {}
-        for dest in sorted(self.destinations):
-            b = self.mesh.breaker(dest)
-            if b is not None:
-                out[dest] = b.state.value
-        return out
 
 
 def run_status(store: Store, run_id: str, caller: MeshStepCaller | None = None) -> dict[str, Any]:

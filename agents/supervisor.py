@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.autoscale import ScalePolicy
 from agents.procs import ManagedProcess, agent_process, router_process
 from agents.supervisor_config import AgentSpec, MeshConfig, proc_starttime, write_state
 
@@ -76,9 +77,7 @@ class Supervisor:
         self.mesh: Any = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
-        self._hot: dict[str, float] = {}
-        self._idle: dict[str, float] = {}
-        self._last_change: dict[str, float] = {}
+        self.policy = ScalePolicy(config.scaling)
         self.events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
@@ -309,40 +308,33 @@ class Supervisor:
         except Error as exc:
             log.debug("services: %s", exc)
             return
-        sc = self.config.scaling
         for spec in self.config.agents:
             svc = services.get(spec.full_name)
-            replicas = [c for c in self.children if c.spec is spec and not c.retiring]
             if svc is None:
                 continue
+            replicas = [c for c in self.children if c.spec is spec and not c.retiring]
             queued = int(svc.get("queued", 0))
             insts = svc.get("instances", [])
             inflight = sum(int(i.get("inflight", 0)) for i in insts)
             capacity = sum(int(i.get("capacity", 0)) for i in insts)
-            hot = queued > sc.up_queue or (capacity > 0 and inflight / capacity >= sc.up_load)
-            idle = queued == 0 and inflight == 0
-            key = spec.full_name
-            self._hot[key] = self._hot.get(key, now) if hot else now
-            self._idle[key] = self._idle.get(key, now) if idle else now
-            if now - self._last_change.get(key, -1e9) < sc.cooldown:
-                continue
-            if hot and now - self._hot[key] >= sc.up_after and len(replicas) < spec.max:
+            key, n = spec.full_name, len(replicas)
+            decision = self.policy.decide(key, now, queued=queued, inflight=inflight,
+                                          capacity=capacity, replicas=n, minimum=spec.min,
+                                          maximum=spec.max)
+            if decision == "up":
                 child = self._new_replica(spec)
-                log.warning("scaling %s up to %d (queued %d, %d/%d in flight)", key,
-                            len(replicas) + 1, queued, inflight, capacity)
-                self._scaled(key, now, "up", len(replicas) + 1)
+                log.warning("scaling %s up to %d (queued %d, %d/%d in flight)", key, n + 1,
+                            queued, inflight, capacity)
+                self._scaled(key, "up", n + 1)
                 threading.Thread(target=self._start_new, args=(child,), daemon=True).start()
-            elif idle and now - self._idle[key] >= sc.down_after and len(replicas) > spec.min:
+            elif decision == "down":
                 victim = max(replicas, key=lambda c: c.started)
                 victim.retiring = True
-                log.warning("scaling %s down to %d (idle)", key, len(replicas) - 1)
-                self._scaled(key, now, "down", len(replicas) - 1)
+                log.warning("scaling %s down to %d (idle)", key, n - 1)
+                self._scaled(key, "down", n - 1)
                 threading.Thread(target=self._retire, args=(victim,), daemon=True).start()
 
-    def _scaled(self, key: str, now: float, direction: str, replicas: int) -> None:
-        self._last_change[key] = now
-        self._hot.pop(key, None)
-        self._idle.pop(key, None)
+    def _scaled(self, key: str, direction: str, replicas: int) -> None:
         self.events.append({"event": f"scaled_{direction}", "service": key,
                             "replicas": replicas, "time": time.time()})
 

@@ -8,7 +8,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from bench import suite
-    from bench.report import RESULTS_DIR, Progress, Report
+    from bench.progress import Progress
+    from bench.report import RESULTS_DIR, Report
 
     ap = argparse.ArgumentParser(prog="make bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs (under a minute)")

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bench.baselines [--quick] [--security off,on] [--out DIR]``: raw only."""
     import argparse
 
-    from bench.report import RESULTS_DIR, Progress, Report
+    from bench.progress import Progress
+    from bench.report import RESULTS_DIR, Report
 
     ap = argparse.ArgumentParser(prog="bench.baselines", description="raw pyzmq baselines")
     ap.add_argument("--quick", action="store_true", help="short runs")

@@ -34,7 +34,8 @@ from typing import Any, Final
 from bench.latency import Recorder
 from bench.peer_redis import redis_missing, redis_pubsub
 from bench.procs import Control, Group
-from bench.report import RESULTS_DIR, Progress, Report
+from bench.progress import Progress
+from bench.report import RESULTS_DIR, Report
 
 MiB: Final = 1 << 20
 _START: Final = 30.0

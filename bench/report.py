@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from bench.machine import machine_info
 from bench.plot import plot_latency
 
 #: Result-dict keys of a latency summary (bench.latency.summarize) and their row labels.
@@ -31,7 +27,6 @@ LATENCY_KEYS: Final = (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"),
 #: Units whose figures are better when lower (the rest are throughputs).
 LOWER_IS_BETTER: Final = frozenset({"ms", "%"})
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-_REPO: Final = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -313,94 +308,3 @@ def _clean(obj: Any) -> Any:
 
 def _stamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-_MACHINE: dict[str, Any] = {}
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, OS, Python, pyzmq/libzmq versions, git commit (cached)."""
-    if _MACHINE:
-        return dict(_MACHINE)
-    import zmq
-
-    cpu = platform.processor() or "unknown cpu"
-    mem_kib = 0
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_kib = int(line.split()[1])
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    _MACHINE.update(
-        cpu_model=cpu,
-        cpus=os.cpu_count() or 0,
-        cpus_usable=usable,
-        memory_gib=round(mem_kib / 1024 / 1024, 1),
-        os=platform.platform(),
-        python=platform.python_version(),
-        python_impl=platform.python_implementation(),
-        pyzmq=zmq.pyzmq_version(),
-        libzmq=zmq.zmq_version(),
-        curve=bool(zmq.has("curve")),
-        git_commit=_git_commit(),
-    )
-    return dict(_MACHINE)
-
-
-def _git_commit() -> str:
-    """HEAD's hash (read-only git), or 'unknown' outside a repo or before the first commit."""
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    try:
-        out = subprocess.run(
-            [git, "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-class Progress:
-    """One status line on stderr: rewritten in place on a TTY, one line per step otherwise."""
-
-    def __init__(self, total: int | None = None, stream: TextIO | None = None) -> None:
-        self.total = total
-        self.n = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._t0 = time.monotonic()
-
-    def step(self, label: str) -> None:
-        """Announce the next step."""
-        self.n += 1
-        of = f"/{self.total}" if self.total else ""
-        self._show(f"[{self.n}{of} {time.monotonic() - self._t0:5.0f}s] {label}")
-
-    def _show(self, text: str) -> None:
-        if self.tty:
-            cols = shutil.get_terminal_size((100, 20)).columns
-            self.stream.write("\r\x1b[2K" + text[: max(10, cols - 1)])
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def done(self, text: str = "") -> None:
-        """Clear the line (TTY) and optionally leave a final one."""
-        if self.tty:
-            self.stream.write("\r\x1b[2K")
-        if text:
-            self.stream.write(text + "\n")
-        self.stream.flush()

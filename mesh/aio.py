@@ -126,7 +126,7 @@ class AsyncMesh(FireAndForget, NowaitRequests):
             boxes = PayloadBoxes(KeyPair(security.public, security.secret))
         mesh = cls(core, breakers=breakers, e2e=boxes)
         if boxes is not None:  # pub/sub too: batches sealed with per-topic keys
-            from security.key_service import TopicKeyClient
+            from security.topic_key_client import TopicKeyClient
 
             core.subs.crypto = TopicKeyClient(mesh)
         return mesh

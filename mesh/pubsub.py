@@ -18,7 +18,7 @@ restarts with it, so it cannot tell. So every batch also carries its publisher's
 numbering per topic (header frame: publisher id, first number), and a subscriber that sees
 a publisher skip numbers the router did not account for counts them in ``lost``.
 
-End to end (``crypto`` set by ``AsyncMesh.connect(e2e=True)``, see security/key_service.py):
+End to end (``crypto`` set by ``AsyncMesh.connect(e2e=True)``, see security/topic_key_client.py):
 each batch frame leaves sealed with its topic's key (flag ENCRYPTED), one seal per batch;
 sealed frames are opened before unbatching, and one that cannot be opened is counted in
 ``unopened`` by reason (and in the subscription's ``refused``), never silently dropped.
@@ -72,7 +72,7 @@ class SubscriberSide:
         self.lost = 0
         self._pub_next: dict[tuple[bytes, bytes], int] = {}  # (topic, publisher) -> number
         self._explained: dict[bytes, int] = {}  # router-counted gaps publishers still show
-        self.crypto: Any = None  # security.key_service.TopicKeyClient when e2e is on
+        self.crypto: Any = None  # security.topic_key_client.TopicKeyClient when e2e is on
         self.unopened: dict[str, int] = {}  # sealed messages not opened, by reason
         self._drain_scheduled = False
         # publisher side

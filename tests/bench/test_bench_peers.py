@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import peers
-from bench.report import Progress, Report
+from bench.progress import Progress
+from bench.report import Report
 
 TINY = peers.PROFILES["tiny"]
 

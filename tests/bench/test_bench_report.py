@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import Progress, Report, fmt, machine_info
+from bench.machine import machine_info
+from bench.progress import Progress
+from bench.report import Report, fmt
 
 LAT = {"count": 100.0, "p50_ms": 0.3, "p95_ms": 0.4, "p99_ms": 0.5, "p99_9_ms": 0.9,
        "max_ms": 1.0}  # fmt: skip
