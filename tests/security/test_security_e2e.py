@@ -196,6 +196,19 @@ def test_wrong_claimed_sender_refused(sealer, opener, bob):
         opener.open(mallory.public_raw, sealer.seal(bob.public_raw, b"from alice"))
 
 
+def test_an_established_session_opens_only_for_its_sender(sealer, opener, alice, bob):
+    # the second message of a session takes the short path: it must check the sender too
+    opener.open(alice.public_raw, sealer.seal(bob.public_raw, b"first"))
+    mallory = keys.generate()
+    parts = sealer.seal(bob.public_raw, b"second")
+    with pytest.raises(OpenError):
+        opener.open(mallory.public_raw, parts)
+    # the sender's key in its other form (z85) is the same sender
+    assert opener.open(alice.public, parts) == b"second"
+    with pytest.raises(Replayed):
+        opener.open(alice.public_raw, parts)
+
+
 def test_impersonation_without_the_senders_key_refused(opener, alice, bob, clock):
     mallory = keys.generate()
     forged = Sealer(mallory, clock=clock).seal(bob.public_raw, b"I am alice")
