@@ -30,8 +30,7 @@ def steps(p: Profile) -> list[tuple[str, Any, Any]]:
                         rate=rate, duration=p.open_loop_duration, secure=s),
                     lambda rep, r, sec, rate=rate: rep.add_latency(
                         RR, f"open loop {rate:.0f}/s", summary=r["corrected"], security=sec,
-                        note=f"lost {r['lost']}" if r["lost"] else ""),
-                    ALL_MODES))
+                        note=f"lost {r['lost']}" if r["lost"] else "")))
     out.append(("fire-and-forget", lambda s: ms.fire_and_forget(duration=d, secure=s),
                 lambda rep, r, sec: rep.add(FAF, "throughput", r["delivered_per_s"], "msg/s",
                                             security=sec,

@@ -80,8 +80,6 @@ _U64: Final = struct.Struct(">Q")
 _NONCE_PAD: Final = bytes(aead.NONCE_LEN - NONCE_LEN)
 _ONE_OF_ONE: Final = _POSITION.pack(0, 1)
 _seal, _open = aead.seal, aead.open_
-_NOT_AUTHENTIC: Final = ("payload did not authenticate (tampered, reordered, dropped, or "
-                         "associated data mismatch)")
 
 
 class OpenError(Unauthenticated):
@@ -123,6 +121,13 @@ class SealedParts:
 
 def _peer_raw(key: bytes) -> bytes:
     return bytes(key) if len(key) == KEY_LEN else raw_key(key)
+
+
+def _sender_raw(key: bytes) -> bytes:
+    try:
+        return _peer_raw(key)
+    except ConfigError:
+        raise Malformed("malformed sender key") from None
 
 
 class _StaticKeys:
@@ -216,16 +221,16 @@ class Sealer:
 
 
 class _RecvSession:
-    __slots__ = ("created", "given", "key", "prefix", "proof", "sender", "tail", "window")
+    __slots__ = ("created", "given", "key", "prefix", "sender", "tail", "window")
 
-    def __init__(self, sender: bytes, key: bytes, prefix: bytes, proof: bytes, created: float,
-                 window: int, given: bytes | None, tail: bytes) -> None:
-        self.sender, self.key, self.prefix, self.proof = sender, key, prefix, proof
-        self.created, self.window = created, ReplayWindow(window)
-        # the sender's key as the caller gave it when the session was verified, and what
-        # follows the nonce in every header of the session (session_pub || proof): equal
-        # bytes prove what the full path checks, in two comparisons
-        self.given, self.tail = given, tail
+    def __init__(self, sender: bytes, key: bytes, prefix: bytes, tail: bytes, created: float,
+                 window: int, given: bytes | None) -> None:
+        self.sender, self.key, self.prefix, self.created = sender, key, prefix, created
+        self.tail = tail  # what follows the nonce in every header: session_pub || proof
+        self.window = ReplayWindow(window)
+        # the sender's key as the caller gave it when the session was verified: the same
+        # bytes again name the same sender without decoding and comparing its raw form
+        self.given = given
 
 
 class Opener:
@@ -262,39 +267,18 @@ class Opener:
         """Open what :meth:`Sealer.seal_frames` made: ``header`` and its sealed frames.
         Returns the frames and the session key (which seals the answer)."""
         n = len(frames)
-        if n == 1 and type(header) is bytes and len(header) == HEADER_LEN:
-            # the usual message: one frame, a session seen before, a counter above the window
-            session = self._sessions.get(header[NONCE_LEN:NONCE_LEN + KEY_LEN])
-            if (session is not None and sender_public == session.given
-                    and header[NONCE_LEN:] == session.tail
-                    and header[:PREFIX_LEN] == session.prefix):
-                first = _U64.unpack_from(header, PREFIX_LEN)[0]
-                window = session.window
-                if first > window.top and (self._clock() - session.created
-                                           <= self.max_session_age):
-                    try:
-                        out = _open(session.key, header[:NONCE_LEN] + _NONCE_PAD,
-                                    aad + _ONE_OF_ONE, frames[0])
-                    except (CryptoError, ValueError, TypeError):
-                        raise OpenError(_NOT_AUTHENTIC) from None
-                    window.commit(first, 1)
-                    self._sessions.move_to_end(header[NONCE_LEN:NONCE_LEN + KEY_LEN])
-                    return [out], session.key
         if len(header) != HEADER_LEN or not 1 <= n <= MAX_FRAMES:
             raise Malformed("malformed sealed payload")
         header = bytes(header)
         session_pub = header[NONCE_LEN:NONCE_LEN + KEY_LEN]
-        try:
-            sender = _peer_raw(sender_public)
-        except ConfigError:
-            raise Malformed("malformed sender key") from None
         session = self._sessions.get(session_pub)
         fresh = session is None
         if session is None:
-            session = self._verify_session(sender, header, sender_public)
-        elif not (hmac.compare_digest(session.sender, sender)
-                  and header.startswith(session.prefix)
-                  and header.endswith(session.proof)):
+            session = self._verify_session(_sender_raw(sender_public), header, sender_public)
+        elif not ((sender_public == session.given  # the key the session was verified with
+                   or hmac.compare_digest(session.sender, _sender_raw(sender_public)))
+                  and header[NONCE_LEN:] == session.tail
+                  and header.startswith(session.prefix)):
             raise OpenError("session does not match its sender, nonce prefix or proof")
         if self._clock() - session.created > self.max_session_age:
             raise Replayed("session older than the maximum age")
@@ -309,7 +293,8 @@ class Opener:
                 out = [_open(key, prefix + _U64.pack(first + i) + _NONCE_PAD,
                              aad + _POSITION.pack(i, n), f) for i, f in enumerate(frames)]
         except (CryptoError, ValueError, TypeError):
-            raise OpenError(_NOT_AUTHENTIC) from None
+            raise OpenError("payload did not authenticate (tampered, reordered, dropped, or "
+                            "associated data mismatch)") from None
         # authentic: now a duplicate is a replay (checked after, so tampering reads as such)
         window = session.window
         window.check(first, n)
@@ -341,8 +326,8 @@ class Opener:
             key = Box(self._private, PublicKey(session_pub)).shared_key()
         except (CryptoError, ValueError, TypeError):
             raise OpenError("unusable session key") from None
-        return _RecvSession(sender, key, prefix, proof, created, self._window,
-                            given if type(given) is bytes else None, header[NONCE_LEN:])
+        return _RecvSession(sender, key, prefix, header[NONCE_LEN:], created, self._window,
+                            given if type(given) is bytes else None)
 
     def _store(self, session_pub: bytes, session: _RecvSession) -> None:
         self._sessions[session_pub] = session

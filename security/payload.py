@@ -40,7 +40,6 @@ from security.e2e import HEADER_LEN, NONCE_LEN, Opener, Sealer
 from security.keys import KeyPair, raw_key
 
 MAX_RECIPIENTS: Final = 64
-MAX_LEADS: Final = 4096  # recipients whose blob lead is kept
 _DIRECT: Final = 1
 _WRAPPED: Final = 2
 _KEY_ID: Final = 8
@@ -66,7 +65,6 @@ class PayloadBoxes:
         self._id = keypair.public_raw[:_KEY_ID]
         self.sealer = Sealer(keypair)
         self.opener = Opener(keypair)
-        self._leads: dict[bytes, bytes] = {}  # recipient key -> 0x01 || key_id
 
     def seal(self, recipients: Sequence[bytes], frames: Sequence[Any], aad: bytes
              ) -> tuple[bytes, list[Any], ReplyKey]:
@@ -74,14 +72,9 @@ class PayloadBoxes:
         ``recipients`` to open."""
         frames = list(frames) or [b""]
         if len(recipients) == 1:
-            recipient = recipients[0]
-            header, sealed, key = self.sealer.seal_frames(recipient, frames, aad)
-            lead = self._leads.get(recipient)
-            if lead is None:  # kind and key id: the same for every message to that key
-                lead = bytes((_DIRECT,)) + raw_key(recipient)[:_KEY_ID]
-                if len(self._leads) < MAX_LEADS:
-                    self._leads[recipient] = lead
-            return lead + header, sealed, (key, header[:NONCE_LEN])
+            header, sealed, key = self.sealer.seal_frames(recipients[0], frames, aad)
+            blob = b"".join((b"\x01", raw_key(recipients[0])[:_KEY_ID], header))
+            return blob, sealed, (key, header[:NONCE_LEN])
         if not 1 <= len(recipients) <= MAX_RECIPIENTS:
             raise Malformed(f"1 to {MAX_RECIPIENTS} recipients, not {len(recipients)}")
         content_key = nacl.utils.random(32)
