@@ -27,6 +27,7 @@ from proto import agp_pb2
 from security.payload import DIRECT_BLOB_LEN, seal_reply
 
 log = logging.getLogger("agp.agent")
+_PAST_DEADLINE = "past its deadline"  # the cancel message of a handler whose time ran out
 
 IDEMPOTENCY_CACHE = 10_000
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
@@ -69,8 +70,11 @@ class Calls:
             result: Any = await coro
             exc: BaseException | None = None
         except asyncio.CancelledError as cancelled:
-            exc = (DeadlineExceeded("handler passed its deadline") if ctx.deadline
-                   <= self.loop.time() else Cancelled("cancelled by the caller"))
+            # told by who cancelled, not by the clock: the loop's timers may fire a little
+            # before the deadline (uvloop's round to the millisecond)
+            exc = (DeadlineExceeded("handler passed its deadline")
+                   if cancelled.args[:1] == (_PAST_DEADLINE,)
+                   else Cancelled("cancelled by the caller"))
             del cancelled
             result = None
         except Exception as e:
@@ -108,7 +112,7 @@ class Calls:
     def _expire(self, task: asyncio.Task[Any] | None, ctx: Context) -> None:
         ctx.cancel()
         if task is not None:
-            task.cancel()
+            task.cancel(_PAST_DEADLINE)
 
     def _finish(self, ctx: Context, reply: bool, result: Any, exc: BaseException | None) -> None:
         key = (ctx.crid, ctx.ident)

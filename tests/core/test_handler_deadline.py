@@ -1,0 +1,43 @@
+"""Why an async handler stopped is told by who stopped it, not read off the clock: the
+loop's timers may fire a little before the deadline (uvloop rounds them to the
+millisecond), and the caller must still hear DEADLINE_EXCEEDED, not CANCELLED."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.context import Context
+from agents.echo import Echo
+from mesh.errors import ErrorCode
+from proto import agp_pb2
+
+
+def _serve_until_stopped(stop: str) -> list[int]:
+    """Run Echo's ``sleep`` handler under a 60 s deadline; stop it by its deadline timer
+    firing early ("deadline") or by the caller's CANCEL ("caller"); the error codes sent."""
+    codes: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        agent = Echo(endpoint="tcp://127.0.0.1:1", namespace="test/deadline")
+        agent.loop = loop
+        agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
+        ctx = Context(agent, b"client", 7, "sleep", loop.time() + 60.0, agp_pb2.Envelope())
+        task = loop.create_task(agent._run_async(agent.sleep(30.0, ctx), ctx, True))
+        await asyncio.sleep(0)  # the handler is sleeping now
+        if stop == "deadline":
+            agent._expire(task, ctx)  # the timer, 60 s early: the clock says not yet
+        else:
+            task.cancel()
+        await task
+
+    asyncio.run(main())
+    return codes
+
+
+def test_a_deadline_timer_that_fires_early_still_reads_as_deadline_exceeded() -> None:
+    assert _serve_until_stopped("deadline") == [ErrorCode.DEADLINE_EXCEEDED]
+
+
+def test_a_callers_cancel_reads_as_cancelled() -> None:
+    assert _serve_until_stopped("caller") == [ErrorCode.CANCELLED]
