@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from bench.chaos import Chaos, StallDetector
+    from bench.chaos_procs import Chaos, StallDetector
 
 
 def _pct(a: np.ndarray, q: float) -> float | None:
