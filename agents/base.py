@@ -37,6 +37,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from agents.calls import Calls
 from agents.context import Context, action
 from agents.presence import Presence
@@ -242,14 +244,13 @@ class Agent(Presence, Calls):
     # ------------------------------------------------------------------ inbound
     def _on_inbound(self, cmd: int, flags: int, value: int, ident: int, msg: list[bytes]) -> None:
         crid = msg[1]
-        if cmd == _STREAM_DATA:
+        if cmd == _STREAM_DATA or cmd == _STREAM_END:
             st = self._streams.get((crid, ident))
-            if st is not None:
+            if st is None:  # (it ended, was cancelled or refused: its caller knows)
+                self._count_drop("stream_unknown")
+            elif cmd == _STREAM_DATA:
                 st.push(msg)
-            return
-        if cmd == _STREAM_END:
-            st = self._streams.get((crid, ident))
-            if st is not None:
+            else:
                 st.end()
             return
         if cmd == Cmd.CANCEL:
@@ -268,6 +269,7 @@ class Agent(Presence, Calls):
         if self.metrics is not None:
             self.metrics.inbound(_PATTERNS.get(cmd, "other"), metrics.payload_bytes(msg[3:]))
         if self.draining:
+            self._count_drop("draining")
             if reply:
                 self._error(crid, ident, ErrorCode.DRAINING, "agent is draining")
             return
@@ -275,12 +277,18 @@ class Agent(Presence, Calls):
         env = self._envelopes.get(header)
         nonce = None
         if env is None:
-            if flags & _ENCRYPTED:
-                env, nonce = self._sealed_envelope(header)
-            else:
-                env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
-                if len(self._envelopes) < 4096:
-                    self._envelopes[header] = env  # the same action from the same client
+            try:
+                if flags & _ENCRYPTED:
+                    env, nonce = self._sealed_envelope(header)
+                else:
+                    env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
+                    if len(self._envelopes) < 4096:
+                        self._envelopes[header] = env  # the same action from the same client
+            except DecodeError:
+                self._count_drop("malformed_envelope")
+                if reply:  # answered, so the call ends now and its slot here is freed
+                    self._error(crid, ident, ErrorCode.MALFORMED, "undecodable envelope")
+                return
         spec = self._actions.get(env.action)
         if spec is None:
             self._count_drop("no_such_action")
@@ -290,6 +298,7 @@ class Agent(Presence, Calls):
             return
         fn, is_stream, inline = spec
         if cmd == _STREAM_OPEN and not is_stream or cmd != _STREAM_OPEN and is_stream:
+            self._count_drop("stream_action_mismatch")
             if reply:
                 self._error(crid, ident, ErrorCode.NO_SUCH_ACTION,
                             f"action {env.action!r} is {'' if is_stream else 'not '}a stream")
