@@ -69,7 +69,13 @@ class ManagedProcess:
         self._reader = threading.Thread(target=self._read, name=f"read-{self.name}",
                                         daemon=True)
         self._reader.start()
-        return self.wait_ready(ready_timeout) if ready_timeout is not None else {}
+        if ready_timeout is None:
+            return {}
+        try:
+            return self.wait_ready(ready_timeout)
+        except BaseException:
+            self.stop(timeout=5)  # never ready: not left running behind its caller
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         self.ready_info = self.wait_event("ready", timeout)
@@ -105,8 +111,13 @@ class ManagedProcess:
                 return ev
             if ev.get("event") == "exited":
                 self._events.put(ev)  # every later wait learns it too
-                code = self.proc.wait() if self.proc else "?"
-                raise Unavailable(f"{self.name} exited with {code} before {event!r} (see its log)")
+                how = "exited"
+                if self.proc is not None:
+                    try:
+                        how = f"exited with {self.proc.wait(10)}"
+                    except subprocess.TimeoutExpired:
+                        how = "closed its output (still running)"
+                raise Unavailable(f"{self.name} {how} before {event!r} (see its log)")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -41,7 +41,7 @@ class InFlight:
     def _on_reply(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         inst = peer.instance
         if inst is None or len(msg) < 3:
-            self._malformed(msg, "reply from a peer that serves nothing")
+            self._malformed(msg, "reply_from_non_instance", "reply from a peer that serves nothing")
             return
         crid = msg[2]
         entry = inst.inflight.pop((crid, ident), None)
@@ -106,7 +106,8 @@ class InFlight:
         direct path, so no instance may speak for another's stream)."""
         inst = peer.instance
         if inst is None or len(msg) < 3:
-            self._malformed(msg, "credit or progress from a peer that serves nothing")
+            self._malformed(msg, "credit_from_non_instance",
+                            "credit or progress from a peer that serves nothing")
             return
         crid = msg[2]
         if (crid, ident) not in inst.inflight:

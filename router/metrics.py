@@ -57,8 +57,11 @@ class RouterCollector(Collector):
         for reason, n in sorted(s.auth_failures.items()):
             auth.add_metric([reason], n)
         yield auth
-        yield CounterMetricFamily("agp_router_malformed_total", "Malformed messages refused",
-                                  value=s.malformed)
+        malformed = CounterMetricFamily("agp_router_malformed_total",
+                                        "Malformed messages refused, by reason", labels=["reason"])
+        for reason, n in sorted(s.malformed_by.items()):
+            malformed.add_metric([reason], n)
+        yield malformed
         yield GaugeMetricFamily("agp_router_peers", "Connected peers", value=len(r.peers))
         inst = GaugeMetricFamily("agp_router_instances", "Instances per service",
                                  labels=["service"])

@@ -165,10 +165,13 @@ class Outbound:
         self.stats.errors_sent += 1
         self._send([rid, *error_frames(code, message, ident, address)])
 
-    def _malformed(self, msg: list[bytes], why: str) -> None:
-        self.stats.malformed += 1
+    def _malformed(self, msg: list[bytes], reason: str, why: str, ident: int = 0) -> None:
+        """Refuse a malformed message: counted by ``reason``, and its sender (a peer) told
+        ``why``; ``ident`` names the sender's own call (a request), which then ends with the
+        error instead of its deadline (an answer's id names another's call: never given)."""
+        self.stats.refuse(reason)
         if msg and msg[0] in self.peers:
-            self._error(msg[0], ErrorCode.MALFORMED, why)
+            self._error(msg[0], ErrorCode.MALFORMED, why, ident)
 
     def _deny(self, peer: Peer, action: str, name: bytes, ident: int) -> None:
         self.stats.denials[action] += 1

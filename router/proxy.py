@@ -87,7 +87,7 @@ class PubSubProxy:
                 return
             data = frame.bytes
             if not data or data[0] not in (0, 1) or len(data) - 1 > MAX_ADDRESS_BYTES:
-                self.stats.malformed += 1
+                self.stats.refuse("bad_subscription")
                 continue
             topic = data[1:]
             if data[0] == 0:

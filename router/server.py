@@ -173,7 +173,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
             try:
                 handle(msg, identity)
             except Exception:  # nothing a peer sends may stop the router
-                self.stats.malformed += 1
+                self.stats.refuse("unhandled")
                 log.debug("message refused", exc_info=True)
             if not i % FLUSH_EVERY and outbox:
                 self._flush()  # a long burst does not hold back what is ready
@@ -186,7 +186,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
     def _handle(self, msg: list[bytes], identity: str | None) -> None:
         n = len(msg)
         if n < 2 or len(msg[1]) != 16:
-            self._malformed(msg, "short message or bad route frame")
+            self._malformed(msg, "bad_route_frame", "short message or bad route frame")
             return
         rf = msg[1]
         version, cmd, flags, code, value, ident = ROUTE.unpack(rf)
@@ -220,12 +220,12 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
         """Handle each message of a BATCH as if it had come alone (its sender's session and
         size checks hold for the whole batch); a nested BATCH or a HELLO is refused."""
         if len(msg) != 3:
-            self._malformed(msg, "a batch is a route frame and one body")
+            self._malformed(msg, "bad_batch", "a batch is a route frame and one body")
             return
         try:
             messages = batch.unpack(msg[2], count)
         except Malformed as exc:
-            self._malformed(msg, exc.message)
+            self._malformed(msg, "bad_batch", exc.message)
             return
         rid = peer.rid
         route = self._route
@@ -235,15 +235,15 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
         for sub in messages:
             rf = sub[0]
             if len(rf) != 16 or rf[0] != PROTOCOL_VERSION or rf[1] == _BATCH or rf[1] == _HELLO:
-                self._malformed([rid], "a batched message must be a single, current-version, "
-                                "non-HELLO message")
+                self._malformed([rid], "bad_batched_message", "a batched message must be a "
+                                "single, current-version, non-HELLO message")
                 continue
             sub.insert(0, rid)
             _, cmd, flags, code, value, ident = ROUTE.unpack(rf)
             try:
                 route(peer, sub, cmd, flags, code, value, ident)
             except Exception:  # one bad message spoils none of the others
-                stats.malformed += 1
+                stats.refuse("unhandled")
                 log.debug("batched message refused", exc_info=True)
             if rid not in self.peers:  # it said goodbye: the rest has no session
                 return
@@ -269,13 +269,13 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
         elif cmd == Cmd.DISCONNECT:
             self._on_disconnect(peer, code)
         else:
-            self._malformed(msg, f"command {cmd} not accepted from a peer")
+            self._malformed(msg, "bad_command", f"command {cmd} not accepted from a peer")
 
     def _on_request(
         self, peer: Peer, msg: list[bytes], cmd: int, flags: int, value: int, ident: int
     ) -> None:
         if len(msg) < 4:
-            self._malformed(msg, "request without address and header")
+            self._malformed(msg, "short_request", "request without address and header", ident)
             return
         dest = msg[2]
         if self.secure and peer.session is not None:
@@ -369,7 +369,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
 
     def _on_publish(self, peer: Peer, msg: list[bytes]) -> None:
         if len(msg) < 4 or len(msg[2]) > MAX_ADDRESS_BYTES:
-            self._malformed(msg, "publish without topic and header")
+            self._malformed(msg, "short_publish", "publish without topic and header")
             return
         topic = msg[2]
         if self.secure and not self.access.allowed(peer.session, "publish", topic):

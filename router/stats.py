@@ -14,6 +14,7 @@ class RouterStats:
     __slots__ = (
         "requests", "replies", "sends", "publishes", "published_messages", "stream_chunks",
         "bytes_in", "errors_sent", "hellos", "drops", "denials", "auth_failures", "malformed",
+        "malformed_by",
         "batches_in", "batched_in", "batches_out", "batched_out", "send_refusals",
     )
 
@@ -31,6 +32,7 @@ class RouterStats:
         self.denials: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.malformed = 0
+        self.malformed_by: Counter[str] = Counter()  # the same, by reason
         self.batches_in = 0  # BATCH messages received, and the messages they carried
         self.batched_in = 0
         self.batches_out = 0  # BATCH messages sent, and the messages they carried
@@ -41,6 +43,11 @@ class RouterStats:
     def drop(self, reason: str, n: int = 1) -> None:
         """Count a message the router could not deliver, by reason."""
         self.drops[reason] += n
+
+    def refuse(self, reason: str) -> None:
+        """Count a message refused as malformed, by reason."""
+        self.malformed += 1
+        self.malformed_by[reason] += 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -54,6 +61,7 @@ class RouterStats:
             "send_refusals": self.send_refusals,
             "hellos": self.hellos,
             "malformed": self.malformed,
+            "malformed_by": dict(self.malformed_by),
             "batches": {"in": self.batches_in, "messages_in": self.batched_in,
                         "out": self.batches_out, "messages_out": self.batched_out},
             "drops": dict(self.drops),

@@ -203,6 +203,19 @@ def test_a_malformed_batch_is_refused_and_the_session_goes_on(router, ctx, body)
     assert replies_of(client) == {9: b"after"}
 
 
+def test_a_request_without_header_is_refused_naming_the_call_and_counted_by_reason(router,
+                                                                                  ctx):
+    client = Peer(ctx, router, batches=False)
+    client.send([pack_route(Cmd.REQUEST, 0, 0, 10_000, 42), SERVICE])  # no header, no body
+    err = client.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert parse_route(err[0])[5] == 42  # the caller's call ends with this, not its deadline
+    assert error_code(err) == ErrorCode.MALFORMED
+    client.send([pack_route(Cmd.WELCOME, 0, 0, 0, 43), b""])  # a command peers may not send
+    client.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert router.stats.malformed_by == {"short_request": 1, "bad_command": 1}
+    assert router.stats.as_dict()["malformed"] == 2
+
+
 def test_a_nested_batch_or_a_hello_inside_is_refused_and_the_rest_served(router, ctx):
     agent = Peer(ctx, router, batches=False)
     register(agent, "one")
