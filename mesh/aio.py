@@ -129,6 +129,8 @@ class AsyncMesh(FireAndForget, NowaitRequests):
             from security.topic_key_client import TopicKeyClient
 
             core.subs.crypto = TopicKeyClient(mesh)
+        if metrics.CLIENT is not None:  # its drops count from the start, requests or not
+            metrics.CLIENT.track(mesh)
         return mesh
 
     async def __aenter__(self) -> AsyncMesh:

@@ -200,7 +200,8 @@ class Core(Outgoing, SessionSide):
 
             assert self.loop is not None
             sec = self.security
-            self._direct = DirectLinks(self.loop, (sec.public, sec.secret) if sec else None)
+            self._direct = DirectLinks(self.loop, (sec.public, sec.secret) if sec else None,
+                                       self.counters)
         return self._direct
 
     # ------------------------------------------------------------------ sending
@@ -245,8 +246,8 @@ class Core(Outgoing, SessionSide):
             try:
                 self.sock.send_multipart([pack_route(Cmd.CANCEL, 0, 0, 0, ident), p.instance],
                                          zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            except zmq.ZMQError:  # (the instance works on until the call's deadline)
+                self.counters["send_errors"] += 1
 
     # ------------------------------------------------------------------ receiving
     def _on_readable(self) -> None:

@@ -240,9 +240,13 @@ class DirectLinks:
     """A client's connections to agents' stream endpoints, one per endpoint, reused."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 keypair: tuple[bytes, bytes] | None) -> None:
+                 keypair: tuple[bytes, bytes] | None,
+                 counters: dict[str, int] | None = None) -> None:
         self.loop = loop
         self.keypair = keypair
+        # what an agent sent that no stream takes, counted as ``direct_<reason>`` (the
+        # client's counters: agp_client_dropped_total)
+        self.counters: dict[str, int] = counters if counters is not None else {}
         self.ctx: zmq.Context[Any] | None = None
         self.socks: dict[tuple[str, bytes], zmq.Socket[Any]] = {}
         self.on_credit: dict[int, Callable[[int], None]] = {}
@@ -279,16 +283,26 @@ class DirectLinks:
             except zmq.ZMQError:
                 return
             if not msg or len(msg[0]) != ROUTE.size:
+                self._drop("direct_malformed")
                 continue
             _, cmd, _, _, value, ident = ROUTE.unpack(msg[0])
             if cmd == Cmd.STREAM_CREDIT:
                 cb = self.on_credit.get(ident)
-                if cb is not None:
+                if cb is None:
+                    self._drop("direct_late")  # the stream ended meanwhile
+                else:
                     cb(value)
             elif cmd == Cmd.ERROR:
                 err = self.on_error.get(ident)
-                if err is not None:
+                if err is None:
+                    self._drop("direct_late")
+                else:
                     err(msg)
+            else:
+                self._drop("direct_malformed")
+
+    def _drop(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def forget(self, ident: int) -> None:
         self.on_credit.pop(ident, None)

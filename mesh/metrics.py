@@ -17,6 +17,8 @@ counters, one metric per meaning with labels for the dimensions:
     agp_client_request_errors_total{code}       failed calls by error code
     agp_client_pending_requests                 calls waiting for a reply
     agp_breaker_state{destination}              0 closed, 1 half-open, 2 open
+    agp_client_dropped_total{reason}            messages a client discarded (malformed, unsent)
+    agp_client_subscription_dropped_total{topic,reason}   queue_full, router_gap, lost, ...
     agp_agent_messages_total{service,pattern}   inbound requests/sends/streams
     agp_agent_received_bytes_total{service}
     agp_agent_served_total / agp_agent_failed_total{service}
@@ -165,15 +167,23 @@ class ClientStats:
                                       "Sealed fire-and-forget sends an instance refused as not "
                                       "sealed for it (keys older than it; each drops them)")
         unopened = CounterMetricFamily("agp_client_pubsub_unopened_total",
-                                       "Sealed pub/sub messages a subscriber could not open, "
-                                       "by reason", labels=["reason"])
+                                       "Pub/sub messages a subscriber could not read (or, "
+                                       "sealed, open), by reason", labels=["reason"])
         unsent = CounterMetricFamily("agp_client_publish_dropped_total",
                                      "Publishes dropped before leaving the client, by reason",
                                      labels=["reason"])
+        dropped = CounterMetricFamily("agp_client_dropped_total",
+                                      "Messages a client discarded, by reason (undecodable, "
+                                      "unsent, stale)", labels=["reason"])
+        sub_dropped = CounterMetricFamily("agp_client_subscription_dropped_total",
+                                          "Pub/sub messages a subscription lost, by reason",
+                                          labels=["topic", "reason"])
         n_pending = 0
         n_late = n_refused = 0
         states: dict[str, int] = {}
         by_reason: dict[tuple[str, str], int] = {}
+        other: dict[str, int] = {}
+        by_topic: dict[tuple[str, str], int] = {}
         for m in list(self.clients):
             core = getattr(m, "core", None)
             if core is not None:
@@ -182,6 +192,10 @@ class ClientStats:
                 n_refused += int(core.counters.get("sends_refused", 0))
                 for key, n in _drop_reasons(core.counters).items():
                     by_reason[key] = by_reason.get(key, 0) + n
+                for reason, n in _other_drops(core.counters).items():
+                    other[reason] = other.get(reason, 0) + n
+                for key, n in _subscription_drops(core).items():
+                    by_topic[key] = by_topic.get(key, 0) + n
             for key, b in list((getattr(m, "_breakers", None) or {}).items()):
                 dest = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
                 states[dest] = max(states.get(dest, 0), breaker_value(b))
@@ -192,29 +206,63 @@ class ClientStats:
             breakers.add_metric([dest], v)
         for (kind, reason), n in sorted(by_reason.items()):
             (unopened if kind == "unopened" else unsent).add_metric([reason], n)
+        for reason, n in sorted(other.items()):
+            dropped.add_metric([reason], n)
+        for (topic, reason), n in sorted(by_topic.items()):
+            sub_dropped.add_metric([topic, reason], n)
         yield pending
         yield late
         yield refused
         yield breakers
         yield unopened
         yield unsent
+        yield dropped
+        yield sub_dropped
 
 
 def _drop_reasons(counters: dict[str, int]) -> dict[tuple[str, str], int]:
-    """Core.counters' pub/sub drops by reason: ``pubsub_refused_<reason>`` (sealed messages
-    not opened) and ``publish_dropped`` (all publishes dropped in the client), of which
-    ``publish_dropped_e2e_<reason>`` waited for a topic key; the rest met a full queue."""
+    """Core.counters' pub/sub drops by reason: ``pubsub_refused_<reason>`` (messages not
+    read or opened) and ``publish_dropped`` (all publishes dropped in the client), of which
+    ``publish_dropped_e2e_<reason>`` waited for a topic key and ``publish_dropped_<code>``
+    met another error (the client closed); the rest met a full queue."""
     out: dict[tuple[str, str], int] = {}
-    e2e = 0
+    explained = 0
     for name, n in list(counters.items()):
         if name.startswith("pubsub_refused_"):
             out[("unopened", name[15:])] = int(n)
-        elif name.startswith("publish_dropped_e2e_"):
-            out[("unsent", name[20:])] = int(n)
-            e2e += int(n)
-    rest = int(counters.get("publish_dropped", 0)) - e2e
+        elif name.startswith("publish_dropped_"):
+            reason = name[20:] if name.startswith("publish_dropped_e2e_") else name[16:]
+            out[("unsent", reason)] = int(n)
+            explained += int(n)
+    rest = int(counters.get("publish_dropped", 0)) - explained
     if rest > 0:
         out[("unsent", "queue_full")] = rest
+    return out
+
+
+_EXPORTED_APART = ("late_replies", "sends_refused", "publish_dropped", "pubsub_refused_")
+
+
+def _other_drops(counters: dict[str, int]) -> dict[str, int]:
+    """Core.counters not exported by a metric of their own: each a reason of
+    agp_client_dropped_total (zeros too, so a dashboard sees the series from the start)."""
+    return {name: int(n) for name, n in list(counters.items())
+            if not name.startswith(_EXPORTED_APART)}
+
+
+def _subscription_drops(core: Any) -> dict[tuple[str, str], int]:
+    """(topic prefix, reason) -> messages: a subscription's own queue overflowed
+    (``queue_full``), the router skipped them for it (``router_gap``), they died with a
+    router (``lost``), or its callback raised on them (``callback_error``)."""
+    out: dict[tuple[str, str], int] = {}
+    subs = getattr(getattr(core, "subs", None), "subs", None) or {}
+    for prefix, lst in list(subs.items()):
+        topic = prefix.decode(errors="replace")
+        for s in list(lst):
+            for reason, n in (("queue_full", s.dropped), ("router_gap", s.gaps),
+                              ("lost", s.lost), ("callback_error", s.callback_errors)):
+                if n:
+                    out[(topic, reason)] = out.get((topic, reason), 0) + n
     return out
 
 

@@ -37,7 +37,7 @@ import msgpack
 import zmq
 
 from mesh import codec
-from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
+from mesh.errors import Closed, DeadlineExceeded, Error, Malformed, Overloaded
 from mesh.subscription import MAX_BATCH, MAX_BATCH_BYTES, Message, Subscription, unbatch
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
 from mesh.zmqio import readable, recv_frames
@@ -161,9 +161,13 @@ class SubscriberSide:
                     pub_seq.clear()
                 pub_seq[topic] = seq + ROUTE.unpack(frames[0])[4]  # numbered once sent
             except Error as exc:
-                log.warning("publish of %d messages dropped: %s", ROUTE.unpack(frames[0])[4], exc)
-                self.core.counters["publish_dropped"] = (
-                    self.core.counters.get("publish_dropped", 0) + ROUTE.unpack(frames[0])[4])
+                n = ROUTE.unpack(frames[0])[4]
+                log.warning("publish of %d messages dropped: %s", n, exc)
+                counters = self.core.counters
+                counters["publish_dropped"] = counters.get("publish_dropped", 0) + n
+                if not isinstance(exc, Overloaded):  # (the rest met a full queue)
+                    why = f"publish_dropped_{exc.code.name.lower()}"
+                    counters[why] = counters.get(why, 0) + n
 
     # ------------------------------------------------------------------ subscribing
     def on_session(self, welcome: Welcome, restarted: bool) -> None:
@@ -300,11 +304,15 @@ class SubscriberSide:
             else:
                 self.crypto.incoming(topic, flags, count, msg[3])
             return
-        self.fanout(topic, flags, count, msg[3:])
+        try:
+            self.fanout(topic, flags, count, msg[3:])
+        except (Error, ValueError):  # undecodable: every message the PUBLISH carried
+            self.refuse(topic, count, "malformed", None)
 
     def refuse(self, topic: bytes, count: int, reason: str, exc: Error | None) -> None:
-        """Sealed messages that could not be opened: counted by reason, here, in the core's
-        counters and on each matching subscription; a refused key fails the subscription."""
+        """Messages that could not be read (sealed ones: not opened): counted by reason,
+        here, in the core's counters and on each matching subscription; a refused key fails
+        the subscription."""
         self.unopened[reason] = self.unopened.get(reason, 0) + count
         self.count(f"pubsub_refused_{reason}", count)
         for prefix, subs in self.subs.items():

@@ -17,7 +17,14 @@ from typing import Any
 import zmq
 
 from mesh import batch
-from mesh.errors import Error, ErrorCode, Unauthenticated, Unavailable, error_from_code
+from mesh.errors import (
+    Error,
+    ErrorCode,
+    Malformed,
+    Unauthenticated,
+    Unavailable,
+    error_from_code,
+)
 from mesh.wire import PROTOCOL_VERSION, Cmd, Flag, pack_route, parse_error
 from proto import agp_pb2
 
@@ -155,8 +162,11 @@ class SessionSide:
 
             msg = await waiter
             body = codec.decode(msg[3:])
-            token = str(body["access_token"])
-            lifetime = float(body.get("expires_in", 300))
+            try:
+                token = str(body["access_token"])
+                lifetime = float(body.get("expires_in", 300))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise Malformed("the auth service answered without a token") from None
         sec.token = token
         sec.token_lifetime = lifetime
         sec.token_expires = self.loop.time() + lifetime

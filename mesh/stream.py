@@ -289,7 +289,7 @@ class AsyncStream:
             try:
                 self.core.send_frames([pack_route(Cmd.CANCEL, 0, 0, 0, self.ident),
                                        self.instance])
-            except Error:
+            except Error:  # counted in send_errors, or the client is closed
                 pass
             self.core.cancel_request(self.ident)
             self._finish()

@@ -68,6 +68,7 @@ class Subscription:
         self.dropped = 0  # dropped from our own queue because the consumer was slow
         self.gaps = 0  # messages the router dropped for us (sequence gaps)
         self.lost = 0  # messages lost on the way that the router could not count (restarts)
+        self.callback_errors = 0  # messages whose callback raised (logged, and lost)
         self.refused: dict[str, int] = {}  # sealed messages we could not open, by reason
         self.closed = False
         self.error: Error | None = None
@@ -85,6 +86,7 @@ class Subscription:
                 try:
                     cb(Message(topic, data))
                 except Exception:
+                    self.callback_errors += 1
                     log.exception("subscription callback raised")
             return
         q = self.queue

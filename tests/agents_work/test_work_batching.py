@@ -12,6 +12,15 @@ from agents.work.errors import DataError
 from mesh.errors import Closed, Overloaded
 
 
+async def _until_queued(b: MicroBatcher, n: int, max_steps: int = 100) -> None:
+    """Yield to the loop until ``n`` rows wait in ``b``'s queue (a bounded number of steps)."""
+    for _ in range(max_steps):
+        if b.stats()["queued"] == n:
+            return
+        await asyncio.sleep(0)  # one loop step: lets the submitting tasks run
+    assert b.stats()["queued"] == n, f"{n} rows not queued within {max_steps} loop steps"
+
+
 def test_concurrent_rows_are_predicted_together() -> None:
     sizes: list[int] = []
 
@@ -64,7 +73,7 @@ def test_full_queue_raises_overloaded() -> None:
         first = [asyncio.create_task(b.submit([float(i)])) for i in range(2)]
         await entered.wait()  # those two are now being predicted, out of the queue
         queued = [asyncio.create_task(b.submit([float(i)])) for i in range(2, 5)]
-        await asyncio.sleep(0)  # let the three tasks enqueue
+        await _until_queued(b, 3)  # the three tasks have enqueued
         with pytest.raises(Overloaded):
             await b.submit([9.0])
         assert b.stats()["rejected"] == 1
@@ -94,9 +103,9 @@ def test_errors_reach_every_caller_and_bad_rows_only_their_own() -> None:
             assert await good == 1.0
         closing = MicroBatcher(ok, max_delay_ms=1000)
         pending = asyncio.create_task(closing.submit([5.0, 5.0]))
-        await asyncio.sleep(0)
+        await _until_queued(closing, 1)  # the row waits in the queue (1 s batching delay)
         await closing.aclose()
-        with pytest.raises(Closed):
+        with pytest.raises(Closed, match="before this row ran"):  # failed while queued
             await pending
         with pytest.raises(Closed):
             await closing.submit([1.0, 1.0])

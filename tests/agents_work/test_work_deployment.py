@@ -63,7 +63,7 @@ def test_hot_swap_under_concurrent_predictions(raw, arts) -> None:
     observed = {v: threading.Event() for v in range(1, 8)}
 
     def client() -> None:
-        started.wait()
+        started.wait(timeout=30)
         while not stop.is_set():
             try:
                 out = reg.predict(X)
@@ -77,11 +77,11 @@ def test_hot_swap_under_concurrent_predictions(raw, arts) -> None:
         """Wait until a client has been served by the version now active."""
         assert observed[reg.active_version].wait(timeout=30)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
     try:
-        started.wait()
+        started.wait(timeout=30)
         swapped_while_serving()  # version 1 served a client before the first swap
         for round_ in range(3):
             for art in arts[1:]:
@@ -93,7 +93,8 @@ def test_hot_swap_under_concurrent_predictions(raw, arts) -> None:
     finally:
         stop.set()
         for t in threads:
-            t.join()
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a client thread did not finish"
     assert not failures
     assert {v for v, _ in seen} == {1, 2, 3, 4, 5, 6, 7}  # clients ran across every swap
     for v, pred in seen:  # and every answer is wholly one version's answer

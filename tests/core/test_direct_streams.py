@@ -97,18 +97,25 @@ def test_a_stolen_ticket_does_not_get_in(router, start_echo, enroll) -> None:
                 agent_key = next(iter(m.core.direct_links().socks))[1]
                 ctx = zmq.Context()
                 sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
                 mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                               | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-                sock.curve_publickey, sock.curve_secretkey = thief.public, thief.secret
-                sock.curve_serverkey = agent_key
-                sock.connect(endpoint)
-                sock.send_multipart([pack_route(Cmd.STREAM_OPEN, 0, 0, 0, s.ident), s._ticket])
-                assert mon.poll(5000), "no handshake outcome within 5 s"
-                event = recv_monitor_message(mon)["event"]
-                sock.disable_monitor()
-                mon.close(0)
-                sock.close(0)
-                ctx.term()
+                mon.setsockopt(zmq.LINGER, 0)
+                try:
+                    sock.curve_publickey, sock.curve_secretkey = thief.public, thief.secret
+                    sock.curve_serverkey = agent_key
+                    sock.connect(endpoint)
+                    sock.send_multipart([pack_route(Cmd.STREAM_OPEN, 0, 0, 0, s.ident),
+                                         s._ticket])
+                    # off the event loop: the mesh keeps running while this waits
+                    assert await asyncio.to_thread(mon.poll, 5000), \
+                        "no handshake outcome within 5 s"
+                    event = recv_monitor_message(mon)["event"]
+                finally:
+                    sock.disable_monitor()
+                    mon.close(0)
+                    sock.close(0)
+                    ctx.term()
                 assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH  # ZAP: this key holds no offer
                 await s.write(CHUNK, raw=True)  # the owner's stream goes on
             assert s.result["chunks"] == 2
@@ -181,16 +188,21 @@ def test_garbage_on_the_direct_socket_is_refused_and_the_stream_goes_on(router,
                 endpoint, agent_key = next(iter(m.core.direct_links().socks))
                 ctx = zmq.Context()
                 sock = ctx.socket(zmq.DEALER)
-                sock.curve_publickey, sock.curve_secretkey = me.public, me.secret
-                sock.curve_serverkey = agent_key  # admitted: this key holds an offer
-                sock.connect(endpoint)
-                sock.send_multipart([b"short"])  # no route frame: dropped, counted
-                sock.send_multipart([pack_route(Cmd.STREAM_DATA, 0, 0, 0, 99),
-                                     b"no-such-ticket!!", b"data"])
-                assert sock.poll(5000), "no answer to an unknown ticket within 5 s"
-                answer = sock.recv_multipart()
-                sock.close(0)
-                ctx.term()
+                sock.setsockopt(zmq.LINGER, 0)
+                try:
+                    sock.curve_publickey, sock.curve_secretkey = me.public, me.secret
+                    sock.curve_serverkey = agent_key  # admitted: this key holds an offer
+                    sock.connect(endpoint)
+                    sock.send_multipart([b"short"])  # no route frame: dropped, counted
+                    sock.send_multipart([pack_route(Cmd.STREAM_DATA, 0, 0, 0, 99),
+                                         b"no-such-ticket!!", b"data"])
+                    # off the event loop: the mesh keeps running while this waits
+                    assert await asyncio.to_thread(sock.poll, 5000), \
+                        "no answer to an unknown ticket within 5 s"
+                    answer = sock.recv_multipart()
+                finally:
+                    sock.close(0)
+                    ctx.term()
                 code, message, _ = parse_error(parse_route(answer[0]), answer)
                 assert (code, message) == (ErrorCode.CANCELLED, "no such direct stream")
                 await s.write(CHUNK, raw=True)

@@ -23,8 +23,14 @@ def _serve_until_stopped(stop: str) -> list[int]:
         agent.loop = loop
         agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
         ctx = Context(agent, b"client", 7, "sleep", loop.time() + 60.0, agp_pb2.Envelope())
-        task = loop.create_task(agent._run_async(agent.sleep(30.0, ctx), ctx, True))
-        await asyncio.sleep(0)  # the handler is sleeping now
+        started = asyncio.Event()
+
+        async def handler() -> object:  # Echo's sleep, telling us when it has begun
+            started.set()
+            return await agent.sleep(30.0, ctx)
+
+        task = loop.create_task(agent._run_async(handler(), ctx, True))
+        await asyncio.wait_for(started.wait(), timeout=5)  # the handler is sleeping now
         if stop == "deadline":
             agent._expire(task, ctx)  # the timer, 60 s early: the clock says not yet
         else:

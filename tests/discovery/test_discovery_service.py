@@ -118,11 +118,21 @@ def test_watch_snapshot_then_changes_without_gap(router, registry, start_echo) -
         replica = Replica()
         sub = m.subscribe(EVENTS_TOPIC)
         replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
+
+        def apply_events_until(done, what: str, max_events: int = 100,
+                               timeout: float = 20.0) -> None:
+            deadline = time.monotonic() + timeout
+            for _ in range(max_events):
+                if done():
+                    return
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"{what}: not seen within {timeout:g}s"
+                replica.apply(parse_event(sub.get(timeout=remaining).data))
+            assert done(), f"{what}: not seen within {max_events} events"
+
         late = start_echo(instance="late")
-        while not replica.get("test/ns/echo", "late"):
-            replica.apply(parse_event(sub.get(timeout=10).data))
+        apply_events_until(lambda: replica.get("test/ns/echo", "late"), "late registered")
         late.kill()
-        while replica.get("test/ns/echo", "late"):
-            replica.apply(parse_event(sub.get(timeout=10).data))
+        apply_events_until(lambda: not replica.get("test/ns/echo", "late"), "late removed")
         assert replica.in_sync
         assert [r.instance for r in replica.records()] == ["early"]
