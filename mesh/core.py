@@ -323,26 +323,35 @@ class Core(Outgoing, SessionSide):
             return
         elif cmd == Cmd.STREAM_CREDIT:
             ack = self.stream_acks.get(ident)
-            if ack is not None:
-                p = self.pending.get(ident)
-                if p is not None and len(msg) > 1:
-                    p.instance = msg[1]
-                ack(value, msg)
+            if ack is None:
+                self._count("late_credits")  # the stream ended or was given up meanwhile
+                return
+            p = self.pending.get(ident)
+            if p is not None and len(msg) > 1:
+                p.instance = msg[1]
+            ack(value, msg)
         elif cmd == Cmd.PROGRESS:
             p = self.pending.get(ident)
-            if p is not None:
-                p.instance = msg[1] if len(msg) > 1 else b""
-                if p.on_progress is not None:
-                    p.on_progress(p.instance, msg)
+            if p is None:
+                self._count("late_progress")
+                return
+            p.instance = msg[1] if len(msg) > 1 else b""
+            if p.on_progress is not None:
+                p.on_progress(p.instance, msg)
         elif cmd == Cmd.WELCOME:
             self._on_welcome(msg, ident)
         elif cmd == Cmd.READY:
             p = self.pending.pop(ident, None)
-            if p is not None:
-                _resolve(p.waiter, msg)
+            if p is None:
+                self._count("late_replies")
+                return
+            _resolve(p.waiter, msg)
         elif cmd == Cmd.DISCONNECT:
             log.info("router said goodbye; waiting for it to come back")
             self.connected = False
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
 
     # ------------------------------------------------------------------ housekeeping
     def _tick(self) -> None:

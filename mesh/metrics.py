@@ -43,6 +43,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from mesh.drop_reasons import other_drops, pubsub_drops, subscription_drops
+
 # seconds: from a sub-millisecond local hop to a minute-long training step
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                       0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -190,11 +192,11 @@ class ClientStats:
                 n_pending += len(core.pending)
                 n_late += int(core.counters.get("late_replies", 0))
                 n_refused += int(core.counters.get("sends_refused", 0))
-                for key, n in _drop_reasons(core.counters).items():
+                for key, n in pubsub_drops(core.counters).items():
                     by_reason[key] = by_reason.get(key, 0) + n
-                for reason, n in _other_drops(core.counters).items():
+                for reason, n in other_drops(core.counters).items():
                     other[reason] = other.get(reason, 0) + n
-                for key, n in _subscription_drops(core).items():
+                for key, n in subscription_drops(core).items():
                     by_topic[key] = by_topic.get(key, 0) + n
             for key, b in list((getattr(m, "_breakers", None) or {}).items()):
                 dest = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
@@ -218,52 +220,6 @@ class ClientStats:
         yield unsent
         yield dropped
         yield sub_dropped
-
-
-def _drop_reasons(counters: dict[str, int]) -> dict[tuple[str, str], int]:
-    """Core.counters' pub/sub drops by reason: ``pubsub_refused_<reason>`` (messages not
-    read or opened) and ``publish_dropped`` (all publishes dropped in the client), of which
-    ``publish_dropped_e2e_<reason>`` waited for a topic key and ``publish_dropped_<code>``
-    met another error (the client closed); the rest met a full queue."""
-    out: dict[tuple[str, str], int] = {}
-    explained = 0
-    for name, n in list(counters.items()):
-        if name.startswith("pubsub_refused_"):
-            out[("unopened", name[15:])] = int(n)
-        elif name.startswith("publish_dropped_"):
-            reason = name[20:] if name.startswith("publish_dropped_e2e_") else name[16:]
-            out[("unsent", reason)] = int(n)
-            explained += int(n)
-    rest = int(counters.get("publish_dropped", 0)) - explained
-    if rest > 0:
-        out[("unsent", "queue_full")] = rest
-    return out
-
-
-_EXPORTED_APART = ("late_replies", "sends_refused", "publish_dropped", "pubsub_refused_")
-
-
-def _other_drops(counters: dict[str, int]) -> dict[str, int]:
-    """Core.counters not exported by a metric of their own: each a reason of
-    agp_client_dropped_total (zeros too, so a dashboard sees the series from the start)."""
-    return {name: int(n) for name, n in list(counters.items())
-            if not name.startswith(_EXPORTED_APART)}
-
-
-def _subscription_drops(core: Any) -> dict[tuple[str, str], int]:
-    """(topic prefix, reason) -> messages: a subscription's own queue overflowed
-    (``queue_full``), the router skipped them for it (``router_gap``), they died with a
-    router (``lost``), or its callback raised on them (``callback_error``)."""
-    out: dict[tuple[str, str], int] = {}
-    subs = getattr(getattr(core, "subs", None), "subs", None) or {}
-    for prefix, lst in list(subs.items()):
-        topic = prefix.decode(errors="replace")
-        for s in list(lst):
-            for reason, n in (("queue_full", s.dropped), ("router_gap", s.gaps),
-                              ("lost", s.lost), ("callback_error", s.callback_errors)):
-                if n:
-                    out[(topic, reason)] = out.get((topic, reason), 0) + n
-    return out
 
 
 def breaker_value(breaker: Any) -> int:

@@ -300,8 +300,9 @@ class SessionSide:
                     if len(msg) > 1 else ""
                 if service:
                     self.on_send_refused(service)
-            else:
-                self.counters["late_replies"] += 1  # its caller already gave up
+            else:  # a fire-and-forget's refusal, or the answer to a call given up
+                why = f"unclaimed_error_{ErrorCode(code).name.lower()}"
+                self.counters[why] = self.counters.get(why, 0) + 1
             return
         if code == ErrorCode.UNAUTHENTICATED:
             self.connected = False

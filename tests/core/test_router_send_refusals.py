@@ -67,8 +67,8 @@ def test_the_client_drops_the_keys_of_the_service_the_router_named() -> None:
     core._on_error(parse_route(frames[0]), frames, 41)
     assert told == [SERVICE.decode()]
     assert core.counters["sends_refused"] == 1
-    assert core.counters["late_replies"] == 0
+    assert "unclaimed_error_not_a_recipient" not in core.counters
     other = error_frames(ErrorCode.INTERNAL, "boom", 42, SERVICE + b"/two")
-    core._on_error(parse_route(other[0]), other, 42)  # anything else: a late reply
+    core._on_error(parse_route(other[0]), other, 42)  # anything else: unclaimed, by code
     assert told == [SERVICE.decode()]
-    assert core.counters["late_replies"] == 1
+    assert core.counters["unclaimed_error_internal"] == 1
