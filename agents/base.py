@@ -72,6 +72,7 @@ class Agent(Presence, Calls):
     policy: str = "weighted_round_robin"
     version: str = "1"
     capabilities: tuple[str, ...] = ()
+    drain_timeout: float = 30.0  # seconds a stop waits for handlers in flight
     register_with_registry: bool = True  # lease in agp/system/registry when one runs
     require_e2e: bool = False  # refuse payloads that are not sealed end to end
     plain_actions: frozenset[str] = frozenset()  # actions served without sealing anyway
@@ -118,6 +119,7 @@ class Agent(Presence, Calls):
         self.served = 0
         self.failed = 0
         self.dropped: dict[str, int] = {}
+        self.left_running = 0  # handlers still running when the drain's time ran out
         self.metrics: metrics.AgentStats | None = None  # set by metrics.agent_metrics(self)
         self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
@@ -197,7 +199,7 @@ class Agent(Presence, Calls):
     async def serve(self) -> None:
         """Run until stop() or drain(), then close."""
         await self._stop.wait()
-        await self._shutdown()
+        await self._shutdown(self.drain_timeout)
 
     def stop(self) -> None:
         """Begin a graceful stop (drain, then close). Safe from signal handlers."""
@@ -231,7 +233,9 @@ class Agent(Presence, Calls):
                     pass
         tasks = [t for t, _ in self._tasks.values() if t is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=drain_timeout)
+            _, running = await asyncio.wait(tasks, timeout=drain_timeout)
+            # (their threads cannot be stopped: the runner leaves without them)
+            self.left_running = len(running)
         await self.on_stop()
         if core.subs.crypto is not None:
             core.subs.crypto.close()

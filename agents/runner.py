@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 _ENV_TO_FILE = {"AGP_ROUTER": "endpoint", "AGP_NAMESPACE": "namespace",
                 "AGP_AGENT_NAME": "name", "AGP_INSTANCE": "instance", "AGP_CAPACITY": "capacity",
                 "AGP_WEIGHT": "weight", "AGP_POLICY": "policy", "AGP_INSECURE": "insecure",
-                "AGP_IDENTITY": "identity", "AGP_LOG_LEVEL": "log_level"}
+                "AGP_IDENTITY": "identity", "AGP_LOG_LEVEL": "log_level",
+                "AGP_DRAIN_TIMEOUT": "drain_timeout"}
 _FILE_KEYS = ("endpoint", "namespace", "name", "instance", "capacity", "weight", "policy",
-              "identity", "insecure", "log_level")
+              "identity", "insecure", "log_level", "drain_timeout")
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -78,6 +79,10 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
                    if os.environ.get("AGP_METRICS_PORT") else None,
                    help="serve Prometheus /metrics on 127.0.0.1 here (0 picks a port)")
     p.add_argument("--log-level", default=env("AGP_LOG_LEVEL", "INFO"))
+    p.add_argument("--drain-timeout", type=float,
+                   default=float(env("AGP_DRAIN_TIMEOUT", cls.drain_timeout)),
+                   help="seconds a SIGTERM waits for handlers in flight; a handler thread "
+                        "still running after them does not keep the process up")
     p.add_argument("--no-mdns", action="store_true",
                    help="neither find the router nor announce this agent over mDNS "
                         "(also AGP_MDNS=0)")
@@ -108,6 +113,7 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
     agent = cls(endpoint=args.endpoint, namespace=args.namespace, name=args.name,
                 instance=args.instance, capacity=args.capacity, weight=args.weight,
                 policy=args.policy, security=security)
+    agent.drain_timeout = args.drain_timeout
     from mesh import metrics, telemetry
 
     telemetry.setup_tracing(agent.service)  # exports only when OTLP or AGP_TRACE_FILE is set
@@ -129,6 +135,13 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
                            version=a.version)
 
         await agent.run(announce)
+        if agent.left_running:  # told to stop (ctx.cancelled) and did not: their threads
+            # would hold the exit (the interpreter and the loop's executor join them)
+            presence.close()
+            logging.getLogger("agp.agent").warning(
+                "leaving %d handler(s) still running after the %gs drain",
+                agent.left_running, args.drain_timeout)
+            _leave_now(0)
 
     try:
         import uvloop
@@ -139,3 +152,14 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
     finally:
         presence.close()  # mDNS goodbyes
     return 0
+
+
+def _leave_now(code: int) -> None:
+    """Exit without joining threads, after flushing what the process wrote and traced."""
+    from mesh import telemetry
+
+    telemetry.shutdown_tracing()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
