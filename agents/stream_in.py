@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from mesh import codec
-from mesh.errors import Error, Unauthenticated
+from mesh.errors import Overloaded, Unauthenticated
 from mesh.wire import Cmd, Flag, pack_route
 
 if TYPE_CHECKING:
@@ -50,9 +50,10 @@ class StreamIn:
     def push(self, frames: list[bytes], direct: bool = False) -> None:
         """A chunk arrived: through the router, or (``direct``) on the agent's own CURVE
         connection with the stream's client."""
-        if len(self._chunks) >= self.window:
+        if self.overrun or len(self._chunks) >= self.window:
             self.overrun = True  # the sender ignored its credit: end the stream with an error
             self._ended = True
+            self.agent._count_drop("stream_overrun")
         else:
             self._chunks.append((frames, direct))
             self.received += 1
@@ -97,7 +98,8 @@ class StreamIn:
     async def _next(self) -> Any:
         while not self._chunks:
             if self.overrun:
-                raise Error("stream sender ignored flow control")
+                raise Overloaded("stream sender ignored flow control: more chunks than its "
+                                 "credit")
             if self._ended:
                 raise StopAsyncIteration
             self._event.clear()
