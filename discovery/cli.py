@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from discovery.events import parse_event, parse_snapshot
-from discovery.replica import Replica
+from discovery.replica import ApplyResult, Replica
 from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
-from mesh import DeadlineExceeded, Mesh
+from mesh import DeadlineExceeded, Error, Mesh
 
 
 def render(records: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> str:
@@ -61,12 +61,25 @@ def main(argv: list[str] | None = None) -> int:
                 msg = sub.get(timeout=min(1.0, max(0.01, stop_at - time.monotonic())))
             except DeadlineExceeded:
                 continue
-            event = parse_event(msg.data)
-            replica.apply(event)
-            line = {"seq": event.seq, "kind": event.kind.value, **event.record.to_wire()}
-            print(json.dumps(line) if args.json else
-                  f"{event.kind.value:<6} {event.record.name}/{event.record.instance}",
-                  flush=True)
+            try:
+                event = parse_event(msg.data)
+            except Error as exc:  # not the registry's: said, and skipped
+                print(f"skipped an undecodable event: {exc}", file=sys.stderr, flush=True)
+                continue
+            result = replica.apply(event)
+            if result in (ApplyResult.GAP, ApplyResult.OVERFLOW):
+                # events were lost on the way (a slow watcher): the registry's state again,
+                # whole, rather than joins and leaves that no longer add up
+                replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
+                print(json.dumps({"resync": replica.seq}) if args.json else
+                      f"events lost; the registry as of event {replica.seq}:\n"
+                      + render([r.to_wire() for r in replica.records()], _router_load(m)),
+                      flush=True)
+            elif result is ApplyResult.APPLIED:
+                line = {"seq": event.seq, "kind": event.kind.value, **event.record.to_wire()}
+                print(json.dumps(line) if args.json else
+                      f"{event.kind.value:<6} {event.record.name}/{event.record.instance}",
+                      flush=True)
     return 0
 
 

@@ -136,3 +136,49 @@ def test_watch_snapshot_then_changes_without_gap(router, registry, start_echo) -
         apply_events_until(lambda: not replica.get("test/ns/echo", "late"), "late removed")
         assert replica.in_sync
         assert [r.instance for r in replica.records()] == ["early"]
+
+
+def test_discover_watch_prints_joins_and_leaves_as_json(router, registry, start_echo) -> None:
+    import json
+    import queue
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "discover", "--endpoint",
+                             router.ready_info["router"], "--watch", "--json", "--seconds",
+                             "60"], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
+    reader.start()
+
+    def next_line(match, what: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        for _ in range(1000):  # bounded: the lines of one watch
+            left = deadline - time.monotonic()
+            assert left > 0, f"{what} not printed within {timeout}s"
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if match(line):
+                return line
+        raise AssertionError("too many lines")
+
+    def next_event(kind: str, instance: str) -> dict:
+        def match(line: str) -> bool:
+            ev = json.loads(line) if line.startswith("{") else {}
+            return ev.get("kind") == kind and ev.get("instance") == instance
+        return json.loads(next_line(match, f"{kind} of {instance}"))
+
+    try:
+        # subscribed and synced: the registry's table as of its snapshot comes first
+        next_line(lambda line: line.startswith("NAME"), "the table")
+        agent = start_echo(instance="w1")
+        joined = next_event("join", "w1")
+        agent.stop()
+        left = next_event("leave", "w1")
+        assert left["seq"] > joined["seq"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
