@@ -32,7 +32,13 @@ from typing import Any
 
 from agents.autoscale import ScalePolicy
 from agents.procs import ManagedProcess, agent_process, router_process
-from agents.supervisor_config import AgentSpec, MeshConfig, proc_starttime, write_state
+from agents.supervisor_config import (
+    AgentSpec,
+    MeshConfig,
+    proc_starttime,
+    write_state,
+    write_targets,
+)
 
 log = logging.getLogger("agp.supervisor")
 
@@ -203,6 +209,14 @@ class Supervisor:
                 t.start()
             for t in threads:
                 t.join(timeout + 15)
+        # a replica a scaling or restart thread was starting meanwhile stops itself once
+        # started (it sees _stopping); wait for those, so none outlives this supervisor
+        deadline = time.monotonic() + timeout + 60
+        while any(c.starting for c in self.children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for c in self.children:
+            if c.proc is not None and c.proc.alive():
+                codes[c.name] = c.proc.stop(timeout)
         self.save(state="stopped")
         return codes
 
@@ -367,19 +381,6 @@ class Supervisor:
                 except Exception:
                     log.exception("scaling round failed")
 
-    def _write_targets(self) -> None:
-        """Prometheus file_sd targets: every agent that reported a metrics port."""
-        import json
-
-        targets = [{"targets": [f"127.0.0.1:{c.info['metrics_port']}"],
-                    "labels": {"role": c.role, "process": c.name,
-                               "service": c.spec.full_name if c.spec else c.name}}
-                   for c in list(self.children)
-                   if c.info.get("metrics_port") and c.proc is not None and c.proc.alive()]
-        tmp = self.run_dir / "prometheus_agents.json.tmp"
-        tmp.write_text(json.dumps(targets, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "prometheus_agents.json")
-
     def save(self, state: str = "running") -> None:
         with self._lock:
             procs = [{"name": c.name, "role": c.role,
@@ -389,7 +390,12 @@ class Supervisor:
                       "restarts": c.restarts, "last_recovery_s": c.last_recovery,
                       "log": str(self.log_dir / f"{c.name}.log")}
                      for c in self.children]
-        self._write_targets()
+        write_targets(self.run_dir, [
+            {"targets": [f"127.0.0.1:{c.info['metrics_port']}"],
+             "labels": {"role": c.role, "process": c.name,
+                        "service": c.spec.full_name if c.spec else c.name}}
+            for c in list(self.children)
+            if c.info.get("metrics_port") and c.proc is not None and c.proc.alive()])
         write_state(self.run_dir, {
             "state": state, "config": self.config_path, "home": self.home,
             "supervisor": {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())},

@@ -210,6 +210,15 @@ def write_state(run_dir: str | Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_targets(run_dir: str | Path, targets: list[dict[str, Any]]) -> None:
+    """Prometheus file_sd targets (every agent that reported a metrics port), replaced
+    atomically as the state file is."""
+    path = Path(run_dir) / "prometheus_agents.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(targets, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def read_state(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(state_path(run_dir).read_text())

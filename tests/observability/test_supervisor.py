@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,29 @@ capacity = {capacity}
 
 @pytest.fixture
 def supervise(spawn: Callable[..., ManagedProcess], mesh_home: Home,
-              tmp_path: Path) -> Callable[..., tuple[ManagedProcess, Path]]:
-    """Start `agp up` (foreground supervisor) for a config; returns (process, run dir)."""
+              tmp_path: Path) -> Iterator[Callable[..., tuple[ManagedProcess, Path]]]:
+    """Start `agp up` (foreground supervisor) for a config; returns (process, run dir).
+    Whatever the test did (a killed supervisor, a failed assert), `agp down` then stops
+    every process the state file names, by pid and start time."""
+    run_dirs: list[Path] = []
 
     def start(config: Path) -> tuple[ManagedProcess, Path]:
         run_dir = tmp_path / "run"
+        run_dirs.append(run_dir)
         proc = spawn(ManagedProcess("supervisor", ["-m", "agents.supervisor_cli", "up",
                                                    "--config", str(config),
                                                    "--run-dir", str(run_dir)]), 60)
         return proc, run_dir
 
-    return start
+    yield start
+    for run_dir in run_dirs:
+        state = read_state(run_dir)
+        if state is not None and state.get("state") != "stopped":
+            agp("down", "--run-dir", str(run_dir), "--timeout", "10")
+        state = read_state(run_dir) or {"processes": []}
+        left = [p["name"] for p in state["processes"]
+                if same_process(p["pid"], p["starttime"])]
+        assert not left, f"processes the supervisor started outlived the test: {left}"
 
 
 def agp(*args: str) -> subprocess.CompletedProcess[str]:
