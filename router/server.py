@@ -278,20 +278,29 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
             self._malformed(msg, "short_request", "request without address and header", ident)
             return
         dest = msg[2]
-        if self.secure and peer.session is not None:
-            action = "request" if cmd == _REQUEST else "send" if cmd == _SEND else "stream"
-            if not self.access.allowed(peer.session, action, dest):
-                self._deny(peer, action, dest, ident)
-                return
-        if (cmd == _STREAM_OPEN and flags & _DIRECT and self.secure
-                and not self._direct_key_is_own(peer, msg)):
-            self._deny(peer, "stream", b"(a direct stream under a key not the connection's)",
-                       ident)
-            return
-        if self.secure and dest == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
-            self._deny(peer, "register", b"(registration outside its namespace or key)", ident)
+        if len(dest) > MAX_ADDRESS_BYTES:
+            self._malformed(msg, "long_address",
+                            f"an address is at most {MAX_ADDRESS_BYTES} bytes", ident)
             return
         target = self.table.resolve(dest)
+        if self.secure:
+            # policy is decided on the name the address resolves to: a short alias reaches
+            # nothing its full name may not
+            name = dest if target is None else target.name
+            if peer.session is not None:
+                action = "request" if cmd == _REQUEST else "send" if cmd == _SEND else "stream"
+                if not self.access.allowed(peer.session, action, name):
+                    self._deny(peer, action, name, ident)
+                    return
+            if (cmd == _STREAM_OPEN and flags & _DIRECT
+                    and not self._direct_key_is_own(peer, msg)):
+                self._deny(peer, "stream",
+                           b"(a direct stream under a key not the connection's)", ident)
+                return
+            if name == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
+                self._deny(peer, "register", b"(registration outside its namespace or key)",
+                           ident)
+                return
         if target is None:
             if dest == ROUTER_SERVICE and cmd == _REQUEST:
                 self._on_router_service(peer, msg, ident)

@@ -23,7 +23,7 @@ from nacl.signing import SigningKey
 
 from agents.echo import Echo
 from agents.procs import ManagedProcess, agent_process, router_process
-from mesh import Forbidden, Mesh, NoSuchService, Unauthenticated, codec
+from mesh import Forbidden, Malformed, Mesh, NoSuchService, Unauthenticated, codec
 from mesh.core import Security
 from mesh.wire import PROTOCOL_VERSION, ROUTE, Cmd, pack_route, parse_error, parse_route
 from proto import agp_pb2
@@ -57,6 +57,9 @@ POLICY["roles"]["ticker"] = {"allow": [
 POLICY["roles"]["tenant"] = {"allow": [
     {"actions": ["publish", "subscribe"], "topics": ["tenants.{tenant}.>"]},
 ]}
+# "walled" may call anything but the echo's namespace: its short name must not get it there
+POLICY["roles"]["walled"] = {"allow": [{"actions": ["request"], "names": ["**"]}],
+                             "deny": [{"actions": ["request"], "names": ["test/ns/**"]}]}
 TICKERS = ("ticker-req", "ticker-pub", "ticker-sub", "ticker-empty", "ticker-partial",
            "ticker-tenant", "ticker-notice")
 
@@ -106,6 +109,7 @@ def secure_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMesh
     ensure_router(home)
     enroll_identity(home, "tester", roles=("admin",))
     enroll_identity(home, "echo-agent", roles=("agent",), namespace="test/ns")
+    enroll_identity(home, "walled", roles=("walled",))
     for name in TICKERS:  # bound before the router starts: a subscription is checked
         # against the policy of the last periodic reload (see security/access.py allowed_prefix)
         enroll_identity(home, name, roles=("ticker",))
@@ -496,6 +500,42 @@ class TestMeshRefusals:
                 m.request(f"{SVC}/{INSTANCE}", "echo", "by instance")  # not in its policy
             with pytest.raises(Forbidden):  # refused before lookup: no existence oracle
                 m.request("acme/hr/payroll", "list")
+        secure_mesh.assert_still_serves()
+
+    def test_a_short_name_is_judged_as_the_service_it_reaches(
+            self, secure_mesh: SecureMesh, ticker: Callable[[str], Security]) -> None:
+        with secure_mesh.connect(secure_mesh.security("walled")) as m:
+            with pytest.raises(Forbidden):
+                m.request(SVC, "echo", "by its full name")
+            with pytest.raises(Forbidden):  # "echo" resolves to test/ns/echo: denied as it
+                m.request("echo", "echo", "by its short name")
+            with pytest.raises(NoSuchService):  # allowed, and nothing by that name
+                m.request("acme/none/here", "echo", 1)
+        with secure_mesh.connect(ticker("ticker-req")) as m:  # may call test/ns/echo only
+            assert m.request("echo", "echo", "short") == "short"
+        secure_mesh.assert_still_serves()
+
+    def test_an_address_longer_than_any_name_is_refused_malformed(
+            self, secure_mesh: SecureMesh) -> None:
+        from mesh import AsyncMesh
+        from mesh.nowait import ReplyFuture, ReplyWaiter
+        from mesh.replies import decode_reply
+
+        async def main() -> None:  # the client refuses it: sent as a hand-made client would
+            m = await AsyncMesh.connect(secure_mesh.endpoint,
+                                        security=secure_mesh.security("walled"))
+            try:
+                future = ReplyFuture(loop=asyncio.get_running_loop())
+                m.core.start_request(Cmd.REQUEST, b"a" * 100_000, b"", [b"x"],
+                                     ReplyWaiter(future, decode_reply, None, None, "long"),
+                                     timeout=DEADLINE)
+                with pytest.raises(Malformed, match="at most 255 bytes"):
+                    await future  # (and not kept in any cache of policy decisions)
+            finally:
+                await m.close()
+
+        asyncio.run(main())
+        assert secure_mesh.stats()["malformed_by"].get("long_address", 0) == 1
         secure_mesh.assert_still_serves()
 
     def test_forbidden_publish(self, secure_mesh: SecureMesh,
