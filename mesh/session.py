@@ -284,22 +284,23 @@ class SessionSide:
             self.connected = False
             self._send_hello()
             return
+        if not ident and code == ErrorCode.NOT_A_RECIPIENT and len(msg) > 1 and msg[1]:
+            # an instance refused a sealed send of ours: the keys it was sealed for predate
+            # that instance (counted by the instance as a drop). The router sends it with no
+            # call id, so it fails no call of ours; the service is read from the instance
+            # name the router stamped ("service/instance"), not from anything the instance
+            # says: it can only speak for its own service.
+            self.counters["sends_refused"] = self.counters.get("sends_refused", 0) + 1
+            service = msg[1].decode(errors="replace").rpartition("/")[0]
+            if service and self.on_send_refused is not None:
+                self.on_send_refused(service)
+            return
         if ident and ident not in self._hello_ids:
             p = self.pending.pop(ident, None)
             if p is not None:
                 if len(msg) > 1 and msg[1] and msg[1][:1] != b"\x01":
                     details.setdefault("instance", msg[1].decode(errors="replace"))
                 _fail(p.waiter, error_from_code(code, message, details))
-            elif code == ErrorCode.NOT_A_RECIPIENT and self.on_send_refused is not None:
-                # an instance refused a sealed send of ours: the keys it was sealed for
-                # predate that instance (counted by the instance as a drop). Its service is
-                # read from the instance name the router stamped ("service/instance"), not
-                # from anything the instance says: it can only speak for its own service.
-                self.counters["sends_refused"] = self.counters.get("sends_refused", 0) + 1
-                service = msg[1].decode(errors="replace").rpartition("/")[0] \
-                    if len(msg) > 1 else ""
-                if service:
-                    self.on_send_refused(service)
             else:  # a fire-and-forget's refusal, or the answer to a call given up
                 why = f"unclaimed_error_{ErrorCode(code).name.lower()}"
                 self.counters[why] = self.counters.get(why, 0) + 1

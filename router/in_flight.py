@@ -49,7 +49,10 @@ class InFlight:
             if msg[1][1] == _ERROR and ROUTE.unpack(msg[1])[3] == _NOT_A_RECIPIENT \
                     and crid in self.peers:
                 # an instance refused a sealed fire-and-forget not sealed for its key: the
-                # sender hears of it (nothing else is in flight to carry the news)
+                # sender hears of it (nothing else is in flight to carry the news), under no
+                # call id: an instance must not fail calls it does not serve
+                version, cmd, flags, code, value, _ = ROUTE.unpack(msg[1])
+                msg[1] = ROUTE.pack(version, cmd, flags, code, value, 0)
                 msg[0] = crid
                 msg[2] = inst.name
                 self.stats.send_refusals += 1

@@ -29,11 +29,34 @@ def test_a_refused_send_is_told_to_its_sender_and_counted(router, ctx) -> None:
     crid = sent[1]
     agent.send(error_frames(ErrorCode.NOT_A_RECIPIENT, "not sealed for this key", 7, crid))
     told = client.expect(lambda m: m[0][1] == Cmd.ERROR)
-    assert ROUTE.unpack(told[0])[5] == 7
+    assert ROUTE.unpack(told[0])[5] == 0  # no call id: it can fail none of the sender's calls
     assert error_code(told) == ErrorCode.NOT_A_RECIPIENT
     assert told[1] == SERVICE + b"/one"  # from which instance
     assert router.stats.send_refusals == 1
     assert router.stats.drops["late_reply"] == 0
+
+
+def test_an_instance_cannot_fail_another_clients_call(router, ctx) -> None:
+    """A refusal the router carries has no call id, so an instance guessing another
+    client's routing id and call id fails nothing (the call is still served)."""
+    honest = Peer(ctx, router, batches=False)
+    register(honest, "honest")
+    victim = Peer(ctx, router, batches=False)
+    header = agp_pb2.Envelope(action="echo").SerializeToString()
+    victim.send([pack_route(Cmd.REQUEST, Flag.RAW, 0, 10_000, 5), SERVICE, header, b"q"])
+    request = honest.expect(lambda m: m[0][1] == Cmd.REQUEST)
+    victim_rid = request[1]  # what a rogue instance would guess
+    rogue = Peer(ctx, router, batches=False)
+    rogue_ready = agp_pb2.Ready(service="test/other/svc", instance="rogue", capacity=10)
+    rogue.send([pack_route(Cmd.READY, 0, 0, 0, 2), b"", rogue_ready.SerializeToString()])
+    rogue.expect(lambda m: m[0][1] == Cmd.READY)
+    rogue.send(error_frames(ErrorCode.NOT_A_RECIPIENT, "forged", 5, victim_rid))
+    told = victim.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert ROUTE.unpack(told[0])[5] == 0  # not call 5
+    honest.send([pack_route(Cmd.REPLY, Flag.RAW, 0, 0, 5), victim_rid, b"", b"a"])
+    answer = victim.expect(lambda m: m[0][1] == Cmd.REPLY)
+    assert ROUTE.unpack(answer[0])[5] == 5
+    assert answer[-1] == b"a"
 
 
 def test_any_other_answer_to_nothing_in_flight_is_dropped_and_counted(router, ctx) -> None:
@@ -62,9 +85,9 @@ def test_the_client_drops_the_keys_of_the_service_the_router_named() -> None:
     core.on_send_refused = told.append
     detail = pb.ErrorDetail(code=int(ErrorCode.NOT_A_RECIPIENT), message="not for this key")
     detail.details["service"] = "other/ns/victim"  # what a lying instance might add
-    frames = [pack_route(Cmd.ERROR, 0, int(ErrorCode.NOT_A_RECIPIENT), 0, 41),
+    frames = [pack_route(Cmd.ERROR, 0, int(ErrorCode.NOT_A_RECIPIENT), 0, 0),
               SERVICE + b"/two", detail.SerializeToString()]
-    core._on_error(parse_route(frames[0]), frames, 41)
+    core._on_error(parse_route(frames[0]), frames, 0)
     assert told == [SERVICE.decode()]
     assert core.counters["sends_refused"] == 1
     assert "unclaimed_error_not_a_recipient" not in core.counters
