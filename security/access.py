@@ -54,7 +54,9 @@ class SecureAccess:
         self.verifier: TokenVerifier = tokens.verifier()
         self.policy = policy
         self._generation = 0
-        self._by_identity: dict[str, Principal] = {}
+        # the last full session of each key: its subscriber connection (the proxy's, which
+        # carries no token) may subscribe while that session is live, and not after
+        self._by_identity: dict[str, Session] = {}
 
     # ------------------------------------------------------------------ Access protocol
     def hello(self, identity: str | None, token: str, peer_name: str) -> Any:
@@ -67,9 +69,10 @@ class SecureAccess:
         claims = self.verifier.verify(token, identity)
         principal = Principal(sub=str(claims["sub"]), key=identity,
                               roles=tuple(claims.get("roles", ())))
-        self._by_identity[identity] = principal
-        return Session(identity, principal, float(claims["exp"]), str(claims["jti"]),
-                       self._generation)
+        session = Session(identity, principal, float(claims["exp"]), str(claims["jti"]),
+                          self._generation)
+        self._by_identity[identity] = session
+        return session
 
     def allowed(self, session: Any, action: str, name: bytes) -> bool:
         s: Session = session
@@ -109,9 +112,14 @@ class SecureAccess:
         return policy.check(principal, action, text)
 
     def allowed_prefix(self, identity: str | None, prefix: bytes) -> bool:
-        principal = self._by_identity.get(identity or "")
-        if principal is None:
+        session = self._by_identity.get(identity or "")
+        if session is None:
             return False
+        if self.expired(session, time.time()):  # expired or revoked token, revoked key
+            del self._by_identity[session.identity]
+            return False
+        principal = session.principal
+        assert principal is not None  # only full sessions are kept
         if prefix.startswith(KEY_NOTICES):
             return True
         if self.policy.policy.check_subscribe_prefix(principal, prefix).allowed:
@@ -122,7 +130,10 @@ class SecureAccess:
 
     def expired(self, session: Any, now: float) -> bool:
         s: Session = session
-        if s.expires and now > s.expires:
+        # (with the leeway the token was verified with: else a token taken within it would
+        # open a session that the next look ends)
+        leeway = self.verifier.leeway if s.principal is not None else 0.0
+        if s.expires and now > s.expires + leeway:
             return True
         if s.jti and self.tokens.is_revoked(s.jti):
             return True

@@ -23,7 +23,15 @@ from nacl.signing import SigningKey
 
 from agents.echo import Echo
 from agents.procs import ManagedProcess, agent_process, router_process
-from mesh import Forbidden, Malformed, Mesh, NoSuchService, Unauthenticated, codec
+from mesh import (
+    DeadlineExceeded,
+    Forbidden,
+    Malformed,
+    Mesh,
+    NoSuchService,
+    Unauthenticated,
+    codec,
+)
 from mesh.core import Security
 from mesh.wire import PROTOCOL_VERSION, ROUTE, Cmd, pack_route, parse_error, parse_route
 from proto import agp_pb2
@@ -536,6 +544,21 @@ class TestMeshRefusals:
 
         asyncio.run(main())
         assert secure_mesh.stats()["malformed_by"].get("long_address", 0) == 1
+        secure_mesh.assert_still_serves()
+
+    def test_a_revoked_key_subscribes_no_more(self, secure_mesh: SecureMesh) -> None:
+        sec = secure_mesh.identity("revoked-sub")
+        with secure_mesh.connect(sec) as m:
+            m.subscribe("news.", timeout=DEADLINE)  # a live session: allowed
+            secure_mesh.home.trust().revoke("revoked-sub")
+            wait_for(lambda: not m.core.connected, timeout=DEADLINE,
+                     message="router dropped the revoked session")
+            before = secure_mesh.stats()["denials"].get("subscribe", 0)
+            # its subscriber connection is still open: no new subscription through it (the
+            # refusal's notice would go by the session it no longer has: never confirmed)
+            with pytest.raises(DeadlineExceeded):
+                m.subscribe("alerts.", timeout=3)
+        assert secure_mesh.stats()["denials"].get("subscribe", 0) == before + 1
         secure_mesh.assert_still_serves()
 
     def test_forbidden_publish(self, secure_mesh: SecureMesh,
