@@ -68,6 +68,15 @@ class ReplayWindow:
             elif top - c < size:
                 self._bits |= 1 << (top - c)
 
+    @classmethod
+    def resumed(cls, top: int, size: int = DEFAULT_WINDOW) -> ReplayWindow:
+        """A window for a session forgotten (for space) at ``top``: every counter up to
+        ``top`` reads as seen, so its old messages are refused and its new ones taken."""
+        w = cls(size)
+        w.top = top
+        w._bits = w._mask if top >= 0 else 0
+        return w
+
     def check_and_commit(self, counter: int, count: int = 1) -> None:
         self.check(counter, count)
         self.commit(counter, count)

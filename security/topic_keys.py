@@ -40,6 +40,7 @@ from .replay import DEFAULT_WINDOW, ReplayWindow
 __all__ = ["NoTopicKey", "TopicGrant", "TopicMember", "TopicOwner"]
 
 MAX_TOPIC_BYTES: Final = 255
+_EVICTED_PER_SESSION: Final = 16  # sessions remembered as forgotten, per session kept
 _U64: Final = struct.Struct(">Q")
 
 
@@ -142,6 +143,10 @@ class TopicMember:
         self._out: dict[str, tuple[int, bytes, bytes, list[int], float]] = {}
         self._in: collections.OrderedDict[tuple[str, int, bytes], tuple[bytes, ReplayWindow]] = \
             collections.OrderedDict()
+        # sessions dropped from _in for space, with the highest counter they had taken: a
+        # replay of their messages is still refused, their new messages still taken
+        self._evicted: collections.OrderedDict[tuple[str, int, bytes], int] = \
+            collections.OrderedDict()
 
     def accept(self, owner_public: bytes, blob: bytes) -> TopicGrant:
         """Open a grant from ``owner_public``; it becomes the topic's current generation."""
@@ -189,6 +194,7 @@ class TopicMember:
                 d.pop(topic, None)  # type: ignore[attr-defined]
         if topic is None:
             self._in.clear()
+            self._evicted.clear()
 
     def seal(self, topic: str, body: bytes) -> bytes:
         """One sealed frame for ``body`` under the topic's current public key."""
@@ -229,8 +235,10 @@ class TopicMember:
                 shared = nacl.bindings.crypto_scalarmult(grant.secret, e_pub)
             except Exception:  # a low-order point: no key agreement
                 raise OpenError("bad ephemeral key in topic payload") from None
+            top = self._evicted.get(skey)
             session = (_kdf(shared, e_pub, grant.public, topic.encode()),
-                       ReplayWindow(self._window))
+                       ReplayWindow(self._window) if top is None
+                       else ReplayWindow.resumed(top, self._window))
         session[1].check(counter)
         head = bytes(blob[:_V2_HEAD.size])
         try:
@@ -242,6 +250,10 @@ class TopicMember:
         session[1].commit(counter)
         if skey not in self._in:  # remembered only once something authenticated under it
             self._in[skey] = session
+            self._evicted.pop(skey, None)
             if len(self._in) > self._max_sessions:
-                self._in.popitem(last=False)
+                old, (_, window) = self._in.popitem(last=False)
+                self._evicted[old] = window.top
+                while len(self._evicted) > _EVICTED_PER_SESSION * self._max_sessions:
+                    self._evicted.popitem(last=False)  # (a hard bound on memory)
         return body

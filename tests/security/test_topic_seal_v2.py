@@ -126,3 +126,21 @@ def test_a_grant_from_another_owner_or_tampered_is_refused(owner, owner_keys):
         TopicMember(keys.generate()).accept(owner_keys.public, grant)
     assert m.generation(TOPIC) is None
     assert m.readable(TOPIC) == []
+
+
+def test_a_replay_is_refused_after_its_session_was_dropped_for_space(owner, owner_keys):
+    member_keys = keys.generate()
+    reader = TopicMember(member_keys, max_sessions=2)
+    reader.accept(owner_keys.public, owner.grant(TOPIC, member_keys.public, "subscribe"))
+    victim, *others = [joined(owner, owner_keys, "publish") for _ in range(3)]
+    first = victim.seal(TOPIC, b"SELL 1000")
+    assert reader.open(TOPIC, first) == b"SELL 1000"
+    for other in others:  # two newer sessions: the victim's is dropped to keep two
+        assert reader.open(TOPIC, other.seal(TOPIC, b"noise")) == b"noise"
+    with pytest.raises(Replayed):
+        reader.open(TOPIC, first)
+    # its session goes on: what it seals next still opens, once
+    second = victim.seal(TOPIC, b"BUY 10")
+    assert reader.open(TOPIC, second) == b"BUY 10"
+    with pytest.raises(Replayed):
+        reader.open(TOPIC, second)
