@@ -124,6 +124,7 @@ class Agent(Presence, Calls):
         self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
         self._idem: OrderedDict[str, list[Any]] = OrderedDict()
+        self._idem_bytes = 0
         self._envelopes: dict[bytes, agp_pb2.Envelope] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.capacity, thread_name_prefix=f"agp-{self.name}")
@@ -326,7 +327,7 @@ class Agent(Presence, Calls):
             if reply and env.idempotency_key:
                 cached = self._idem.get(env.idempotency_key)
                 if cached is not None:
-                    self._reply(ctx, cached[0], cached[1:])
+                    self._reply(ctx, cached[0], cached[2:])
                     return
             data = (payload[0] if payload else b"") if flags & _RAW else (
                 codec.decode(payload) if payload and payload != [b""] else None)

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from agents.context import Context
 from mesh import codec, telemetry
 from mesh.errors import Cancelled, DeadlineExceeded, Error, ErrorCode, Unauthenticated
+from mesh.metrics import payload_bytes
 from mesh.wire import Cmd, Flag, pack_route, split_nonce
 from proto import agp_pb2
 from security.payload import DIRECT_BLOB_LEN, seal_reply
@@ -29,7 +30,8 @@ from security.payload import DIRECT_BLOB_LEN, seal_reply
 log = logging.getLogger("agp.agent")
 _PAST_DEADLINE = "past its deadline"  # the cancel message of a handler whose time ran out
 
-IDEMPOTENCY_CACHE = 10_000
+IDEMPOTENCY_CACHE = 10_000  # answers kept for retried calls (by idempotency key) ...
+IDEMPOTENCY_CACHE_BYTES = 64 * 1024 * 1024  # ... and their bytes: a workflow step's dataset
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
 
 
@@ -45,7 +47,8 @@ class Calls:
     _pool: Any
     _tasks: dict[tuple[bytes, int], Any]
     _streams: dict[tuple[bytes, int], Any]
-    _idem: OrderedDict[str, list[Any]]
+    _idem: OrderedDict[str, list[Any]]  # key -> [flags, size, *payload]
+    _idem_bytes: int
     _send: Any
     _error: Any
     _count_drop: Any
@@ -151,10 +154,22 @@ class Calls:
                 return
         key_i = ctx.envelope.idempotency_key
         if key_i:
-            self._idem[key_i] = [flags, *payload]
-            if len(self._idem) > IDEMPOTENCY_CACHE:
-                self._idem.popitem(last=False)
+            self._remember_answer(key_i, flags, payload)
         self._reply(ctx, flags, payload)
+
+    def _remember_answer(self, key: str, flags: int, payload: list[Any]) -> None:
+        """Keep an answer for a retry of the same call, within a count and a byte budget
+        (oldest out first); an answer bigger than the whole budget is not kept."""
+        size = payload_bytes(payload)
+        if size > IDEMPOTENCY_CACHE_BYTES:
+            return
+        old = self._idem.pop(key, None)
+        if old is not None:
+            self._idem_bytes -= old[1]
+        self._idem[key] = [flags, size, *payload]
+        self._idem_bytes += size
+        while len(self._idem) > IDEMPOTENCY_CACHE or self._idem_bytes > IDEMPOTENCY_CACHE_BYTES:
+            self._idem_bytes -= self._idem.popitem(last=False)[1][1]
 
     def _reply(self, ctx: Context, flags: int, payload: list[Any]) -> None:
         """Send a REPLY; sealed with the request's key when the request was sealed."""
