@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agents.base import Agent, Context, action
-from mesh.errors import Error, Forbidden, Malformed, Unauthenticated
+from mesh.errors import Error, Forbidden, Malformed, Overloaded, Unauthenticated
 from security.clients import ClientRegistry
 from security.keys import KeyPair, normalize_key
 from security.rbac import PolicyStore, Principal
@@ -39,6 +39,8 @@ __all__ = ["KEY_SERVICE", "LEASE_SECONDS", "NOTICE_TOPIC", "TopicKeyService"]
 log = logging.getLogger("agp.topic_keys")
 
 LEASE_SECONDS: Final = 60.0
+MAX_TOPICS: Final = 100_000  # topics with keys (each keeps up to three keypairs) ...
+MAX_NEW_TOPICS_PER_KEY: Final = 10_000  # ... and how many of them one key may have begun
 WATCH_SECONDS: Final = 0.5
 
 
@@ -67,6 +69,8 @@ class TopicKeyService(Agent):
         self.holders: dict[str, dict[bytes, set[str]]] = {}  # topic -> key -> roles
         self.rotations = 0
         self.refused: dict[str, int] = {}
+        self.max_topics, self.max_new_topics_per_key = MAX_TOPICS, MAX_NEW_TOPICS_PER_KEY
+        self._begun: dict[bytes, int] = {}  # key -> topics whose first key it asked for
         self._watcher: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
@@ -135,9 +139,18 @@ class TopicKeyService(Agent):
             raise self._refuse("forbidden", Forbidden(f"no {role} right on {topic!r}: "
                                                       f"{decision.reason}"))
         assert self.owner is not None
+        key = normalize_key(caller)
         if self.owner.current(topic) is None:
+            begun = self._begun.get(key, 0)
+            if len(self.owner.topics()) >= self.max_topics \
+                    or begun >= self.max_new_topics_per_key:
+                # memory a caller can make this service hold is bounded, per key and in all
+                raise self._refuse("too_many_topics", Overloaded(
+                    f"no key for a new topic: {len(self.owner.topics())} topics have keys, "
+                    f"{begun} of them begun by this key"))
+            self._begun[key] = begun + 1
             self.owner.rotate(topic)
-        self.holders.setdefault(topic, {}).setdefault(normalize_key(caller), set()).add(role)
+        self.holders.setdefault(topic, {}).setdefault(key, set()).add(role)
         return {"owner": self.public_key, "generation": self.owner.current(topic),
                 "grant": self.owner.grant(topic, caller, role), "lease": self.lease}
 
