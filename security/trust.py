@@ -90,6 +90,7 @@ class TrustStore:
         self._revoked_path = self.directory / "revoked.json"
         self._trusted_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._snap = _Snapshot()
+        self._dir_sig: Any = None  # the trusted directory's stat at the last full look
         self.refresh()
 
     # ---- lookups (any thread) -------------------------------------------------------------
@@ -158,6 +159,7 @@ class TrustStore:
     def refresh(self) -> frozenset[bytes]:
         """Reload if anything changed on disk; returns keys that lost trust (drop their
         sessions: ZAP only runs at handshake, so live connections need the caller's help)."""
+        self._dir_sig = self._trusted_dir_stat()
         sig = self._signature()
         old = self._snap
         if sig == old.signature:
@@ -195,6 +197,20 @@ class TrustStore:
         except ConfigError:
             raise UnknownKey(f"no enrolled identity named {name_or_key!r}") from None
         return key, trusted.get(key, "")
+
+    def refresh_if_enrolled(self) -> None:
+        """The look a handshake by an unknown key takes: enrolling a key adds a file to the
+        trusted directory, which changes its stat; only then is every file read again (an
+        unknown key must not cost a scan of them all: anyone may present one)."""
+        if self._trusted_dir_stat() != self._dir_sig:
+            self.refresh()
+
+    def _trusted_dir_stat(self) -> Any:
+        try:
+            st = self._trusted_dir.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _signature(self) -> tuple[Any, ...]:
         parts: builtins.list[Any] = []

@@ -115,7 +115,7 @@ class ZapPolicy:
         if not self.trust.is_trusted(key):
             # a key enrolled since the last periodic refresh must not be refused: libzmq
             # never retries a connection that failed authentication
-            refresh = getattr(self.trust, "refresh", None)
+            refresh = getattr(self.trust, "refresh_if_enrolled", None)
             if refresh is not None:
                 refresh()
             if self.trust.is_revoked(key) or not self.trust.is_trusted(key):

@@ -59,6 +59,20 @@ class TestZapPolicy:
         reply = ZapPolicy(trust).handle(request(credentials=[keys.generate().public_raw]))
         assert reply[2:4] == [b"400", b"unknown key"]
 
+    def test_a_key_enrolled_elsewhere_since_is_let_in_and_unknown_keys_scan_nothing(
+            self, trust, tmp_path, monkeypatch):
+        policy = ZapPolicy(trust)
+        scans = []
+        real = trust._signature
+        monkeypatch.setattr(trust, "_signature", lambda: scans.append(1) or real())
+        for _ in range(50):  # strangers: no file of the trusted directory read for them
+            assert policy.handle(request(credentials=[keys.generate().public_raw]))[2] == b"400"
+        assert scans == []
+        late = keys.generate()
+        TrustStore(tmp_path / "trust").enroll("late", late.public)  # `agp keys new`, elsewhere
+        assert policy.handle(request(credentials=[late.public_raw]))[2] == b"200"
+        assert len(scans) == 1
+
     def test_refuses_revoked_key(self, trust, client_keys):
         trust.revoke("client")
         policy = ZapPolicy(trust)
