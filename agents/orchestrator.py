@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +39,14 @@ from mesh.workflow import (
     load_spec,
     open_store,
 )
+from mesh.workflow.owner import owner_alive
 
 log = logging.getLogger("agp.orchestrator")
 
 ORCHESTRATOR_SERVICE: Final = "agp/system/orchestrator"
 DEFAULT_STORE: Final = "sqlite:///run/workflows.db"
 CANCEL_POLL_S: Final = 0.25
+WATCH_MAX_PAUSE_S: Final = 5.0
 
 
 def artifacts_dir_for(store_url: str) -> Path:
@@ -82,18 +83,37 @@ def step_summary(step: StepRecord, progress: Mapping[str, Any] | None = None) ->
     return out
 
 
-async def watch_cancels(store: Store, runner: WorkflowRunner) -> None:
+async def watch_cancels(store: Store, runner: WorkflowRunner, *, poll: float = CANCEL_POLL_S,
+                        max_pause: float = WATCH_MAX_PAUSE_S) -> None:
     """Cancel here the runs another process marked cancelled in the store (``agp workflow
-    cancel``): the store is the one place every process can reach."""
-    while True:
-        await asyncio.sleep(CANCEL_POLL_S)
+    cancel``): the store is the one place every process can reach.
+
+    Runs until cancelled. A store error (locked past its busy timeout, the database
+    unreachable) must not end the watch, or no cancel would ever be heard again: it is
+    logged (the first of a streak, then every 20th) and the pause between polls doubles, up
+    to ``max_pause``, until a poll goes through.
+    """
+    pause, failing = poll, 0
+    while True:  # until cancelled: one poll per pause
+        await asyncio.sleep(pause)
+        errors: list[str] = []
         for run_id in runner.active_runs:
             try:
-                cancelled = store.get_run(run_id).state is RunState.CANCELLED
-            except Error:
-                continue
-            if cancelled:
-                await runner.cancel(run_id)
+                if store.get_run(run_id).state is RunState.CANCELLED:
+                    await runner.cancel(run_id)
+            except Exception as exc:  # any store failure: this poll failed, the watch goes on
+                errors.append(f"{run_id}: {exc}")
+        if not errors:
+            if failing:
+                log.info("cancel watch: the store answers again after %d failed polls",
+                         failing)
+            pause, failing = poll, 0
+            continue
+        if failing % 20 == 0:
+            log.warning("cancel watch: the store failed (%d in a row; next poll in %.2g s): %s",
+                        failing + 1, min(max_pause, pause * 2), "; ".join(errors))
+        failing += 1
+        pause = min(max_pause, pause * 2)
 
 
 @dataclass
@@ -116,13 +136,15 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
                        on_event: Callable[[Event], None] | None = None,
                        on_progress: ProgressHook | None = None,
                        on_start: Callable[[str], Any] | None = None,
-                       resume: str | None = None, timeout: float | None = None,
+                       resume: str | None = None, force: bool = False,
+                       timeout: float | None = None,
                        mesh: AsyncMesh | None = None) -> WorkflowResult:
     """Run (or ``resume``) a workflow on the mesh at ``endpoint`` and wait for its end.
 
     ``spec`` is a dict, a WorkflowSpec or a .toml/.json path. State goes to ``store_url``;
     if this process dies, ``resume`` with the run id (``on_start`` receives it) continues it
-    without re-running finished steps. On ``timeout`` the run is left running, resumable.
+    without re-running finished steps (``force``: even if its owner may be alive, see
+    :meth:`WorkflowRunner.resume`). On ``timeout`` the run is left running, resumable.
     """
     if not isinstance(spec, (WorkflowSpec, Mapping)) and resume is None:
         spec = load_spec(spec)
@@ -138,7 +160,7 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
         runner = WorkflowRunner(store, caller, artifact_store=artifacts, on_event=on_event,
                                 default_timeout=DEFAULT_STEP_TIMEOUT)
         if resume is not None:
-            run_id = await runner.resume(resume)
+            run_id = await runner.resume(resume, force=force)
         else:
             assert isinstance(spec, (WorkflowSpec, Mapping))
             run_id = await runner.start(spec)
@@ -175,22 +197,6 @@ async def cancel_in_store(store_url: str, run_id: str) -> RunRecord:
         store.close()
 
 
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the process that owns a run still lives (only knowable on this host)."""
-    if not owner or ":" not in owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another host's: assume alive, never drive a run twice
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run_id(data: Any) -> str:
     run_id = data.get("run") if isinstance(data, Mapping) else data
     if not isinstance(run_id, str) or not run_id:
@@ -219,7 +225,7 @@ class Orchestrator(WorkAgent):
                                      default_timeout=DEFAULT_STEP_TIMEOUT)
         self.resumed: list[str] = []
         for record in self.store.list_runs(state=RunState.RUNNING, limit=1000):
-            if _owner_alive(record.owner):
+            if owner_alive(record.owner):  # another host's, or a live process here
                 continue
             try:
                 self.resumed.append(await self.runner.resume(record.id))
@@ -282,8 +288,10 @@ class Orchestrator(WorkAgent):
     @action()
     @work
     async def resume(self, data: Any, ctx: Context) -> Any:
-        """Continue a run from the store; finished steps are not run again."""
-        run_id = await self.runner.resume(_run_id(data))
+        """Continue a run from the store; finished steps are not run again. A run another
+        live (or remote) owner drives is refused unless ``{"run": id, "force": true}``."""
+        force = isinstance(data, Mapping) and data.get("force") is True
+        run_id = await self.runner.resume(_run_id(data), force=force)
         return run_status(self.store, run_id, self.caller)
 
     @action()

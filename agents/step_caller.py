@@ -6,6 +6,8 @@ answered that key answers again from its cache instead of redoing the work). The
 that served or failed a step is learnt from the reply's address frame and from progress
 reports; a failure names it in ``details["instance"]`` so the runner's retry asks the router
 for the service's instances and addresses one it has not tried (:meth:`destination`).
+A step the runner stops because its timeout expired counts as a failure of the destination
+for its circuit breaker (the runner's timer fires before the request's own deadline would).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any, Final
 
 from mesh import codec
 from mesh.aio import AsyncMesh
-from mesh.errors import ConfigError, Error
+from mesh.errors import ConfigError, DeadlineExceeded, Error
 from mesh.replies import decode_reply
 from mesh.wire import MAX_ADDRESS_BYTES, Cmd
-from mesh.workflow import CURRENT_RUN, StepResult, StepSpec
+from mesh.workflow import CURRENT_RUN, StepResult, StepSpec, cancelled_by_timeout
 from proto import agp_pb2
 
 DEFAULT_STEP_TIMEOUT: Final = 600.0
@@ -107,10 +109,13 @@ class MeshStepCaller:
                                    timeout=timeout, on_progress=progress)
         try:
             msg = await waiter
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             core.cancel_request(ident)  # the agent is told to stop (its ctx.progress raises)
             if breaker is not None:
-                breaker.abandon()
+                if cancelled_by_timeout(exc):  # the step's deadline passed: not answering
+                    breaker.record(DeadlineExceeded(f"{dest} did not answer in {timeout:g} s"))
+                else:  # a person or the run stopped it: says nothing about the destination
+                    breaker.abandon()
             raise
         except Error as exc:
             if breaker is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import ConfigError
+from mesh.process_identity import proc_starttime
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -172,23 +173,6 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
 
 
 # ---------------------------------------------------------------------- state file
-def proc_starttime(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone.
-    With the pid it identifies one process: a reused pid has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    if fields and fields[0] == "Z":
-        return None  # a zombie has exited; only its parent's wait() is missing
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def same_process(pid: int, starttime: int | None) -> bool:
     """Whether ``pid`` still names the process we recorded (alive, same start time)."""
     if pid <= 0:

@@ -3,7 +3,7 @@
     agp workflow run FILE [--endpoint E] [--store sqlite:///run/workflows.db] [--json]
     agp workflow status [RUN] [--store URL] [--service] [--json]
     agp workflow cancel RUN [--store URL]
-    agp workflow resume RUN [--endpoint E] [--store URL]
+    agp workflow resume RUN [--endpoint E] [--store URL] [--force]
 
 ``run`` drives the workflow from this process with a live progress display; its state is in
 the store, so after a crash (or SIGTERM, which detaches) ``resume`` continues it without
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=10.0, help="pipelines: seconds of ticks")
     run.add_argument("--rate", type=float, default=None, help="pipelines: ticks per second")
     sub.choices["resume"].add_argument("run", help="run id (or a unique prefix)")
+    sub.choices["resume"].add_argument(
+        "--force", action="store_true",
+        help="take over a run whose driver may be alive (one on another host, say): only "
+             "once that process is known gone, or two would drive it")
 
     status = sub.add_parser("status", help="one run's steps, or the recent runs")
     status.add_argument("run", nargs="?", help="run id (or a unique prefix)")
@@ -126,7 +130,8 @@ async def _drive(spec: Any, args: argparse.Namespace, resume: str | None = None)
 
     task = asyncio.ensure_future(run_workflow(
         spec, args.endpoint, args.store, artifacts_dir=args.artifacts, on_event=display,
-        on_progress=on_progress, on_start=run_ids.append, resume=resume, timeout=args.timeout))
+        on_progress=on_progress, on_start=run_ids.append, resume=resume, timeout=args.timeout,
+        force=bool(getattr(args, "force", False))))
 
     def interrupted() -> None:  # Ctrl-C: cancel the run (its steps stop on their agents)
         how["signal"] = "INT"

@@ -9,6 +9,7 @@ from mesh.workflow.events import Event, EventKind
 from mesh.workflow.execution import CURRENT_RUN, CallStep, StepResult, backoff_delay
 from mesh.workflow.model import (
     PipelineSpec,
+    RunConflict,
     RunNotFound,
     RunState,
     StageSpec,
@@ -17,9 +18,11 @@ from mesh.workflow.model import (
     WorkflowSpec,
     WorkflowSpecError,
 )
+from mesh.workflow.owner import owner_alive, process_owner
 from mesh.workflow.progress import ProgressDisplay, render_table
 from mesh.workflow.runner import WorkflowRunner
 from mesh.workflow.spec import load_document, load_pipeline, load_spec, parse_rate
+from mesh.workflow.steps import STEP_TIMED_OUT, cancelled_by_timeout
 from mesh.workflow.store import RunRecord, StepRecord, Store, open_store
 from mesh.workflow.validate import validate
 
@@ -29,9 +32,11 @@ __all__ = [
     "WorkflowSpec", "StepSpec", "PipelineSpec", "StageSpec", "WorkflowSpecError",
     # running
     "WorkflowRunner", "StepResult", "CallStep", "CURRENT_RUN", "backoff_delay",
+    "STEP_TIMED_OUT", "cancelled_by_timeout",
     "Event", "EventKind", "ProgressDisplay", "render_table",
     # state
     "open_store", "Store", "RunRecord", "StepRecord", "RunState", "StepState", "RunNotFound",
+    "RunConflict", "owner_alive", "process_owner",
     # outputs
     "ArtifactStore", "ArtifactRef", "ArtifactError", "encode_output", "decode_output",
     "OutputError",

@@ -4,106 +4,47 @@ The rule that makes kill -9 safe: the in-memory state of a step changes only in 
 synchronous block that commits it to the store, and a step's output is committed in the same
 transaction that marks it succeeded (its large parts were written to the artifact store and
 fsynced before). So a restarted runner reads back exactly the steps that are done, with their
-outputs, and re-runs only the others. Steps in flight at a crash are re-run (at least once):
-an agent that must not repeat work should key it on the run id (:data:`CURRENT_RUN`) and step.
+outputs, and re-runs only the others. Steps in flight at a crash are re-run if their retries
+allow (the interrupted attempt counts): an agent that must not repeat work should key it on
+the run id (:data:`CURRENT_RUN`) and step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from mesh import telemetry
-from mesh.errors import (
-    Cancelled,
-    ConfigError,
-    DeadlineExceeded,
-    Error,
-    Forbidden,
-    InternalError,
-    Malformed,
-    NoSuchAction,
-    TooLarge,
-    Unauthenticated,
-)
+from mesh.errors import Cancelled, DeadlineExceeded, InternalError
 from mesh.workflow.artifacts import ArtifactStore
 from mesh.workflow.codec import OutputError, decode_output, encode_output
 from mesh.workflow.events import Event, EventHook, EventKind
-from mesh.workflow.model import RunState, StepSpec, StepState, WorkflowSpec
+from mesh.workflow.model import RunConflict, RunState, StepSpec, StepState, WorkflowSpec
+from mesh.workflow.steps import (  # re-exported: the runner and callers import them here
+    CURRENT_RUN,
+    NON_RETRYABLE,
+    STEP_TIMED_OUT,
+    CallStep,
+    StepFailed,
+    StepProgress,
+    StepResult,
+    backoff_delay,
+    describe,
+    instance_of,
+)
 from mesh.workflow.store import Store
 
+__all__ = ["CURRENT_RUN", "NON_RETRYABLE", "STEP_TIMED_OUT", "CallStep", "RunExecution",
+           "Settings", "StepFailed", "StepProgress", "StepResult", "backoff_delay", "describe",
+           "instance_of"]
+
 log = logging.getLogger(__name__)
-
-CURRENT_RUN: contextvars.ContextVar[str] = contextvars.ContextVar("agp_workflow_run")
-"""The run id, readable inside ``call_step`` (e.g. for an idempotency key or a trace)."""
-
-NON_RETRYABLE: Final = (ConfigError, NoSuchAction, Forbidden, Unauthenticated, Malformed,
-                        TooLarge, OutputError)
-"""Failures that another attempt cannot fix: the step fails at once, retries or not."""
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What ``call_step`` returns: the step's output and the instance that produced it."""
-
-    output: Any = None
-    instance: str | None = None
-
-
-CallStep = Callable[[StepSpec, dict[str, Any], int, set[str]], Awaitable[StepResult]]
-"""``call_step(step, inputs, attempt, avoid)``: run one attempt of a step somewhere.
-
-``inputs`` maps each dependency's name to its output; ``attempt`` counts from 1; ``avoid``
-holds instances that already failed this step. To add to ``avoid``, raise an exception with
-an ``instance`` attribute or (for a mesh :class:`Error`) ``details["instance"]``. A plain
-return value is taken as ``StepResult(value)``.
-"""
-
-
-def backoff_delay(base: float, failures: int, *, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half the delay fixed, half random."""
-    if base <= 0 or failures <= 0:
-        return 0.0
-    delay = min(cap, base * 2.0 ** min(failures - 1, 32))
-    return delay / 2 + rng.uniform(0, delay / 2)
-
-
-def instance_of(exc: BaseException) -> str | None:
-    """The instance an exception blames, if it names one."""
-    inst = getattr(exc, "instance", None)
-    if inst is None and isinstance(exc, Error):
-        inst = exc.details.get("instance")
-    return inst if isinstance(inst, str) and inst else None
-
-
-def describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class StepProgress:
-    """The runner's in-memory view of one step (mirrors its store row)."""
-
-    state: StepState = StepState.PENDING
-    attempt: int = 0
-    failures: int = 0
-    avoid: set[str] = field(default_factory=set)
-    started: float | None = None
-
-
-class StepFailed(Exception):
-    """Internal: a step failed for good; carries what to record."""
-
-    def __init__(self, step: str, error: str, instance: str | None) -> None:
-        super().__init__(error)
-        self.step, self.error, self.instance = step, error, instance
 
 
 @dataclass(frozen=True)
@@ -116,15 +57,18 @@ class Settings:
     inline_threshold: int
     resolve_inputs: bool
     rng: random.Random
+    owner: str
 
 
 class RunExecution:
     """One run in this process. ``task`` completes when the run is finished or detached."""
 
     def __init__(self, store: Store, call_step: CallStep, settings: Settings, run_id: str,
-                 spec: WorkflowSpec, progress: Mapping[str, StepProgress]) -> None:
+                 spec: WorkflowSpec, progress: Mapping[str, StepProgress],
+                 doomed: StepFailed | None = None) -> None:
         self.store, self.call_step, self.cfg = store, call_step, settings
         self.run_id, self.spec = run_id, spec
+        self.doomed = doomed  # a step resumed past its retry budget: the run fails at once
         self.steps: dict[str, StepProgress] = dict(progress)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.outputs: dict[str, asyncio.Task[Any]] = {}
@@ -147,9 +91,18 @@ class RunExecution:
             # one run is one trace: steps are its children, agent calls their grandchildren
             with (telemetry.run_span(self.run_id, self.spec.name) if telemetry.ENABLED
                   else contextlib.nullcontext()):
-                await self._schedule(stopper)
+                if self.doomed is not None:
+                    await self._failed(self.doomed)
+                else:
+                    await self._schedule(stopper)
+        except RunConflict as exc:  # cancelled, or taken over, by another process
+            log.log(logging.INFO if exc.state is RunState.CANCELLED else logging.WARNING,
+                    "workflow run %s: stopped driving it: %s", self.run_id, exc.message)
+            await self._halt()
+            self._lost()
         except asyncio.CancelledError:  # the loop is going away: same as detach
             await self._halt()
+            self._release()
             raise
         except Exception as exc:  # the store or the disk failed: record it if we still can
             log.exception("workflow run %s crashed", self.run_id)
@@ -216,7 +169,7 @@ class RunExecution:
         """One attempt; returns the result, or the delay before the next attempt."""
         progress.attempt += 1
         progress.started = time.time()
-        self.store.apply(self.run_id, steps={step.name: {
+        self._apply(steps={step.name: {
             "state": StepState.RUNNING, "attempt": progress.attempt,
             "started": progress.started, "finished": None}})
         progress.state = StepState.RUNNING
@@ -229,14 +182,16 @@ class RunExecution:
         with span:  # the call's task copies the context: its requests carry this step's span
             call = asyncio.ensure_future(
                 self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
+            timed_out = False  # stays False when this attempt itself is cancelled (halt)
             try:
                 done, _ = await asyncio.wait({call}, timeout=timeout)
+                timed_out = call not in done
             finally:
-                if not call.done():
-                    call.cancel()
+                if not call.done():  # the call hears why: its destination's breaker counts it
+                    call.cancel(STEP_TIMED_OUT if timed_out else None)
                     await asyncio.gather(call, return_exceptions=True)
         failure: BaseException
-        if call not in done:
+        if timed_out:
             failure = DeadlineExceeded(f"step {step.name!r} exceeded its {timeout:g} s timeout")
         elif call.cancelled():
             failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
@@ -260,7 +215,7 @@ class RunExecution:
         delay = backoff_delay(step.backoff, progress.failures, cap=self.cfg.max_backoff,
                               rng=self.cfg.rng)
         now = time.time()
-        self.store.apply(self.run_id, steps={step.name: {
+        self._apply(steps={step.name: {
             "state": StepState.PENDING, "failures": progress.failures, "error": error,
             "finished": now, "instance": instance, "avoid": progress.avoid}})
         progress.state = StepState.PENDING
@@ -276,7 +231,7 @@ class RunExecution:
         except OutputError as exc:
             raise StepFailed(step.name, describe(exc), result.instance)
         now = time.time()
-        self.store.apply(self.run_id, steps={step.name: {
+        self._apply(steps={step.name: {
             "state": StepState.SUCCEEDED, "finished": now, "error": None,
             "instance": result.instance, "output": encoded.blob,
             "output_refs": [r.uri for r in encoded.refs]}})
@@ -318,6 +273,21 @@ class RunExecution:
         if self.stop_reason == "cancel":
             self._finish(RunState.CANCELLED, "cancelled", StepState.CANCELLED)
         await self._halt()
+        if self.stop_reason != "cancel":
+            self._release()
+
+    def _release(self) -> None:
+        """Detach: give the run up (no owner) and put the steps this process stopped back
+        to ``pending``, so a resume anywhere takes it at once and counts no interruption."""
+        stopped = [n for n, p in self.steps.items() if p.state is StepState.RUNNING]
+        try:
+            self._apply(run={"owner": None},
+                        steps={n: {"state": StepState.PENDING} for n in stopped})
+        except Exception as exc:  # still ours in the store: resumable once this process ends
+            log.warning("workflow run %s: cannot release it: %s", self.run_id, describe(exc))
+            return
+        for name in stopped:
+            self.steps[name].state = StepState.PENDING
 
     def _finish(self, state: RunState, error: str | None, idle: StepState,
                 failed: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -331,7 +301,7 @@ class RunExecution:
             in_flight = name in self.tasks and not self.tasks[name].done()
             new = StepState.CANCELLED if in_flight else idle
             updates[name] = {"state": new, "finished": now if in_flight else None}
-        self.store.apply(self.run_id, run={"state": state, "error": error}, steps=updates)
+        self._apply(run={"state": state, "error": error}, steps=updates)
         for name, cols in updates.items():
             progress = self.steps[name]
             progress.state = cols["state"]
@@ -344,6 +314,25 @@ class RunExecution:
                        error=cols.get("error"), instance=cols.get("instance"))
         self._emit(EventKind.RUN_FINISHED, run_state=state, error=error,
                    steps={n: p.state for n, p in self.steps.items()})
+
+    def _apply(self, *, run: Mapping[str, Any] | None = None,
+               steps: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Every write of the driver: only while the run is ``running`` and still ours, so
+        a cancel or a takeover by another process is never overwritten (RunConflict)."""
+        self.store.apply(self.run_id, run=run, steps=steps,
+                         expect={"state": RunState.RUNNING, "owner": self.cfg.owner})
+
+    def _lost(self) -> None:
+        """The run ended or moved elsewhere: say what the store holds, write nothing."""
+        try:
+            record = self.store.get_run(self.run_id)
+            steps = self.store.step_states(self.run_id)
+        except Exception:
+            log.exception("workflow run %s: cannot read it back", self.run_id)
+            return
+        if record.state.terminal:
+            self._emit(EventKind.RUN_FINISHED, run_state=record.state, error=record.error,
+                       steps={n: s.state for n, s in steps.items()})
 
     async def _halt(self) -> None:
         """Cancel every step task and wait for them to unwind (bounded by their cleanup)."""

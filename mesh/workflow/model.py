@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from mesh.errors import ConfigError, Error
+from mesh.errors import ConfigError, Error, ErrorCode
 
 
 class WorkflowSpecError(ConfigError):
@@ -30,6 +30,22 @@ class WorkflowSpecError(ConfigError):
 
 class RunNotFound(Error, LookupError):
     """No run with that id (or id prefix) exists in the store."""
+
+
+class RunConflict(Error):
+    """The run is not in the state (or not with the owner) a guarded write expected: another
+    process took it over, cancelled it or finished it first. Nothing was written.
+
+    ``state`` and ``owner`` are what the store holds now. Sent as FORBIDDEN: the caller may
+    not drive (or finish) this run, and asking again will not change that.
+    """
+
+    code = ErrorCode.FORBIDDEN
+
+    def __init__(self, message: str, *, state: RunState | None = None,
+                 owner: str | None = None) -> None:
+        super().__init__(message)
+        self.state, self.owner = state, owner
 
 
 class RunState(str, Enum):

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import psycopg
 
-from mesh.errors import Closed, ConfigError, Unavailable
+from mesh.errors import Closed, ConfigError, InternalError, Unavailable
 from mesh.workflow.store import SqlStore
 
 SCHEMA_LOCK_KEY: Final = 0x61677077  # "agpw": serialises concurrent schema creation
@@ -89,8 +89,13 @@ class PostgresStore(SqlStore):
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
-            except psycopg.OperationalError as exc:
+            except psycopg.IntegrityError as exc:
+                raise ConfigError(f"PostgreSQL store refused the change: {_first_line(exc)}")
+            except (psycopg.OperationalError, psycopg.InterfaceError,
+                    psycopg.InternalError) as exc:
                 raise Unavailable(f"PostgreSQL store: {_first_line(exc)}")
+            except psycopg.Error as exc:  # bad SQL or data: a bug here, not the server's
+                raise InternalError(f"PostgreSQL store: {_first_line(exc)}")
 
     def close(self) -> None:
         with self._lock:

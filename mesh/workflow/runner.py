@@ -9,20 +9,22 @@ process can resume a run this one started and was killed in the middle of.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from mesh.errors import ConfigError
 from mesh.workflow.artifacts import ArtifactStore
 from mesh.workflow.codec import INLINE_THRESHOLD, decode_output
 from mesh.workflow.events import EventHook
-from mesh.workflow.execution import CallStep, RunExecution, Settings, StepProgress
-from mesh.workflow.model import RunState, StepState, WorkflowSpec
+from mesh.workflow.execution import CallStep, RunExecution, Settings
+from mesh.workflow.model import RunConflict, RunState, StepState, WorkflowSpec
+from mesh.workflow.owner import owner_alive, process_owner
+from mesh.workflow.steps import StepFailed, StepProgress, plan_resume
 from mesh.workflow.store import RunRecord, Store
 from mesh.workflow.validate import validate
+
+CANCEL_TRIES: Final = 5
 
 
 class WorkflowRunner:
@@ -46,12 +48,12 @@ class WorkflowRunner:
             raise ConfigError(f"default_timeout must be positive, got {default_timeout}")
         self.store = store
         self.call_step = call_step
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner or process_owner()
         self._settings = Settings(
             artifacts=artifact_store, semaphore=asyncio.Semaphore(max_parallel),
             on_event=on_event, default_timeout=default_timeout, max_backoff=max_backoff,
             inline_threshold=inline_threshold, resolve_inputs=resolve_inputs,
-            rng=rng or random.Random(),
+            rng=rng or random.Random(), owner=self.owner,
         )
         self._active: dict[str, RunExecution] = {}
 
@@ -74,12 +76,21 @@ class WorkflowRunner:
         """Start a run and wait for its end."""
         return await self.wait(await self.start(spec), timeout=timeout)
 
-    async def resume(self, run_id: str) -> str:
+    async def resume(self, run_id: str, *, force: bool = False) -> str:
         """Continue a run from the store, re-running only steps not yet succeeded.
 
-        A run left ``running`` by a dead process continues with the same retry budget; a
-        ``failed`` or ``cancelled`` run gets a fresh budget for its unfinished steps. A
+        A run left ``running`` by a dead process continues with the same retry budget, the
+        attempts it had in flight counted as failures (a step out of retries fails the run);
+        a ``failed`` or ``cancelled`` run gets a fresh budget for its unfinished steps. A
         ``succeeded`` run is left as it is. Returns the full run id (a prefix is accepted).
+        A ``running`` run whose owner may be alive (see :func:`owner_alive`: this process,
+        a live one on this host, or any on another host) is refused with
+        :class:`RunConflict` unless ``force``: use it only knowing that owner is gone.
+
+        Taking the run over is one compare-and-swap in the store: it succeeds only if the
+        run still has the state, owner and last update read here, so of two processes
+        resuming the same run one wins and the other gets :class:`RunConflict` and drives
+        nothing.
         """
         record = self.store.get_run(run_id)
         run_id = record.id
@@ -87,24 +98,25 @@ class WorkflowRunner:
             raise ConfigError(f"run {run_id} is already running in this runner")
         if record.state is RunState.SUCCEEDED:
             return run_id
+        if record.state is RunState.RUNNING and not force and owner_alive(record.owner):
+            raise RunConflict(f"run {run_id} is driven by another owner, {record.owner}, "
+                              "which is alive or on another host; resume it with force only "
+                              "once that process is known gone",
+                              state=record.state, owner=record.owner)
         spec = validate(record.spec, source=f"run {run_id}")
-        fresh = record.state is not RunState.RUNNING
-        progress: dict[str, StepProgress] = {}
-        updates: dict[str, dict[str, Any]] = {}
-        for name, step in self.store.step_states(run_id).items():
-            p = StepProgress(state=step.state, attempt=step.attempt, failures=step.failures,
-                             avoid=set(step.avoid), started=step.started)
-            if step.state is not StepState.SUCCEEDED:
-                if fresh:
-                    p.failures, p.avoid = 0, set()
-                if step.state is not StepState.PENDING or fresh:
-                    updates[name] = {"state": StepState.PENDING, "failures": p.failures,
-                                     "avoid": p.avoid, "finished": None}
-                p.state = StepState.PENDING
-            progress[name] = p
-        self.store.apply(run_id, run={"state": RunState.RUNNING, "error": None,
-                                      "owner": self.owner}, steps=updates)
-        self._launch(run_id, spec, progress)
+        progress, updates, doomed = plan_resume(
+            spec, self.store.step_states(run_id), fresh=record.state is not RunState.RUNNING,
+            owner=record.owner)
+        try:
+            self.store.apply(run_id, run={"state": RunState.RUNNING, "error": None,
+                                          "owner": self.owner}, steps=updates,
+                             expect={"state": record.state, "owner": record.owner,
+                                     "updated": record.updated})
+        except RunConflict as exc:
+            raise RunConflict(f"run {run_id} is driven by another owner: it changed while "
+                              f"this runner took it over ({exc.message})",
+                              state=exc.state, owner=exc.owner) from None
+        self._launch(run_id, spec, progress, doomed)
         return run_id
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
@@ -128,13 +140,31 @@ class WorkflowRunner:
         if execution is not None:
             execution.request_stop("cancel")
             await asyncio.shield(execution.task)
-        elif not record.state.terminal:
+        else:
+            self._cancel_in_store(record)
+        return self.store.get_run(record.id)
+
+    def _cancel_in_store(self, record: RunRecord) -> None:
+        """Mark a run driven elsewhere (or by no one) cancelled; its driver sees that at its
+        next write and stops. Compare-and-swap on the run's last update, so a step the
+        driver finishes meanwhile is not marked cancelled; the last try only requires the
+        run not to have ended (a busy driver must not make the cancel fail)."""
+        for tries_left in reversed(range(CANCEL_TRIES)):
+            if record.state.terminal:
+                return  # it ended meanwhile: the cancel came too late, the end stands
             steps = {name: {"state": StepState.CANCELLED}
                      for name, step in self.store.step_states(record.id).items()
                      if not step.state.terminal}
-            self.store.apply(record.id, run={"state": RunState.CANCELLED, "error": "cancelled"},
-                             steps=steps)
-        return self.store.get_run(record.id)
+            expect: dict[str, Any] = {"state": record.state}
+            if tries_left:
+                expect["updated"] = record.updated
+            try:
+                self.store.apply(record.id, run={"state": RunState.CANCELLED,
+                                                 "error": "cancelled"}, steps=steps,
+                                 expect=expect)
+                return
+            except RunConflict:
+                record = self.store.get_run(record.id)
 
     def outputs(self, run_id: str, *, resolve: bool = True) -> dict[str, Any]:
         """The decoded outputs of a run's succeeded steps (loads artifacts when ``resolve``)."""
@@ -147,17 +177,18 @@ class WorkflowRunner:
         return found
 
     async def close(self) -> None:
-        """Stop driving every run without ending it: each stays ``running`` in the store
-        for :meth:`resume` (by this process later, or by another one)."""
+        """Stop driving every run without ending it: each stays ``running`` in the store,
+        with no owner and its steps in flight back to ``pending`` (not counted against their
+        retries), for :meth:`resume` by this process later or by another one."""
         executions = list(self._active.values())
         for execution in executions:
             execution.request_stop("detach")
         if executions:
             await asyncio.gather(*(e.task for e in executions), return_exceptions=True)
 
-    def _launch(self, run_id: str, spec: WorkflowSpec,
-                progress: Mapping[str, StepProgress]) -> None:
+    def _launch(self, run_id: str, spec: WorkflowSpec, progress: Mapping[str, StepProgress],
+                doomed: StepFailed | None = None) -> None:
         execution = RunExecution(self.store, self.call_step, self._settings, run_id, spec,
-                                 progress)
+                                 progress, doomed)
         self._active[run_id] = execution
         execution.task.add_done_callback(lambda _t: self._active.pop(run_id, None))

@@ -10,6 +10,7 @@ times per step, not per message, so the fsync costs nothing that matters here.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from mesh.errors import Closed, ConfigError
+from mesh.errors import Closed, ConfigError, Error, InternalError, Unavailable
 from mesh.workflow.store import SqlStore
 
 SCHEMA_VERSION: Final = 1
@@ -85,7 +86,7 @@ class SqliteStore(SqlStore):
                     if statement.strip():
                         cur.execute(statement)
                 cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except (sqlite3.Error, ConfigError) as exc:
+        except (sqlite3.Error, Error) as exc:
             conn.close()
             self._conn = None
             if isinstance(exc, ConfigError):
@@ -94,18 +95,25 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Cursor]:
+        """One transaction; any sqlite3 error in it becomes a mesh error (see _typed), so
+        callers (the cancel watcher, the runner) handle it like any other store failure."""
         with self._lock:
-            if self._conn is None:
+            conn = self._conn
+            if conn is None:
                 raise Closed("the workflow store is closed")
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            cur = conn.cursor()
             try:
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):  # the first error matters
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _typed(exc, self.path) from exc
             finally:
                 cur.close()
 
@@ -123,3 +131,15 @@ class SqliteStore(SqlStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _typed(exc: sqlite3.Error, path: str) -> Error:
+    """A sqlite3 error as the mesh error a caller can act on: a refused change (a duplicate
+    run id) is ConfigError; a misuse of the connection is a bug (InternalError); anything
+    else (locked past the busy timeout, disk full, I/O, corruption) is Unavailable: the
+    store may answer again later."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConfigError(f"the SQLite store {path!r} refused the change: {exc}")
+    if isinstance(exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return InternalError(f"the SQLite store {path!r} was misused: {exc}")
+    return Unavailable(f"the SQLite store {path!r} failed: {exc}")

@@ -22,9 +22,17 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from mesh.errors import ConfigError
-from mesh.workflow.model import RunNotFound, RunState, StepState, WorkflowSpec
+from mesh.workflow.model import (
+    RunConflict,
+    RunNotFound,
+    RunState,
+    StepState,
+    WorkflowSpec,
+    WorkflowSpecError,
+)
 
 RUN_FIELDS: Final = frozenset({"state", "error", "owner"})
+EXPECT_FIELDS: Final = frozenset({"state", "owner", "updated"})
 STEP_FIELDS: Final = frozenset({
     "state", "attempt", "failures", "started", "finished", "error", "instance", "avoid",
     "output", "output_refs",
@@ -85,9 +93,15 @@ class Store(ABC):
 
     @abstractmethod
     def apply(self, run_id: str, *, run: Mapping[str, Any] | None = None,
-              steps: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+              steps: Mapping[str, Mapping[str, Any]] | None = None,
+              expect: Mapping[str, Any] | None = None) -> None:
         """Update the run's columns (:data:`RUN_FIELDS`) and steps' (:data:`STEP_FIELDS`)
-        in one transaction; ``None`` values store NULL."""
+        in one transaction; ``None`` values store NULL.
+
+        ``expect`` makes it a compare-and-swap: the run's columns (:data:`EXPECT_FIELDS`)
+        must hold these values (``None``: NULL) when the transaction runs, or nothing is
+        written and :class:`RunConflict` says what the run holds instead. That is how two
+        processes never both drive a run, and how a cancel is never overwritten."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> RunRecord:
@@ -135,11 +149,15 @@ class SqlStore(Store):
         now = time.time()
         record = RunRecord(id=run_id, name=spec.name, spec=spec.to_dict(),
                            state=RunState.RUNNING, created=now, updated=now, owner=owner)
+        try:  # validate() refuses such specs; this guards a WorkflowSpec built by hand
+            spec_json = json.dumps(record.spec, allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise WorkflowSpecError([f"the spec cannot be stored as JSON: {exc}"]) from None
         with self._tx() as cur:
             cur.execute(self._q(
                 "INSERT INTO runs (id, name, spec, state, created, updated, error, owner)"
                 " VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"),
-                (run_id, spec.name, json.dumps(record.spec), record.state.value, now, now, owner))
+                (run_id, spec.name, spec_json, record.state.value, now, now, owner))
             for position, name in enumerate(spec.steps):
                 cur.execute(self._q(
                     "INSERT INTO steps (run_id, name, position, state) VALUES (?, ?, ?, ?)"),
@@ -147,16 +165,28 @@ class SqlStore(Store):
         return record
 
     def apply(self, run_id: str, *, run: Mapping[str, Any] | None = None,
-              steps: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+              steps: Mapping[str, Mapping[str, Any]] | None = None,
+              expect: Mapping[str, Any] | None = None) -> None:
         run_cols = _columns(run or {}, RUN_FIELDS, RunState)
         step_cols = {name: _columns(cols, STEP_FIELDS, StepState) for name, cols in
                      (steps or {}).items()}
+        guard = _columns(expect or {}, EXPECT_FIELDS, RunState)
+        where = "".join(f" AND {k} IS NULL" if v is None else f" AND {k} = ?"
+                        for k, v in guard.items())
         with self._tx() as cur:
             sets = ", ".join([f"{k} = ?" for k in run_cols] + ["updated = ?"])
-            cur.execute(self._q(f"UPDATE runs SET {sets} WHERE id = ?"),  # noqa: S608 (fixed names)
-                        (*run_cols.values(), time.time(), run_id))
+            cur.execute(self._q(f"UPDATE runs SET {sets} WHERE id = ?{where}"),  # noqa: S608
+                        (*run_cols.values(), time.time(), run_id,
+                         *(v for v in guard.values() if v is not None)))
             if cur.rowcount != 1:
-                raise RunNotFound(f"no run {run_id!r}")
+                cur.execute(self._q("SELECT state, owner FROM runs WHERE id = ?"), (run_id,))
+                row = cur.fetchone()
+                if row is None:
+                    raise RunNotFound(f"no run {run_id!r}")
+                raise RunConflict(
+                    f"run {run_id} is {row[0]} with owner {row[1] or 'none'}; expected "
+                    + ", ".join(f"{k} {v}" for k, v in guard.items()),
+                    state=RunState(row[0]), owner=row[1])
             for name, cols in step_cols.items():
                 if not cols:
                     continue
@@ -220,7 +250,7 @@ def _columns(values: Mapping[str, Any], allowed: frozenset[str],
     """Check column names against a fixed set (they end up in SQL) and convert values."""
     unknown = set(values) - allowed
     if unknown:
-        what = "run" if states is RunState else "step"
+        what = {RUN_FIELDS: "run", EXPECT_FIELDS: "expected run"}.get(allowed, "step")
         raise ValueError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
     out: dict[str, Any] = {}
     for key, val in values.items():

@@ -9,6 +9,7 @@ them all and nothing is built.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 import re
@@ -21,6 +22,8 @@ STEP_KEYS: Final = ("agent", "action", "depends_on", "timeout", "retries", "back
 WRAPPER_KEYS: Final = ("name", "description", "version", "steps")
 MAX_STEPS: Final = 1000
 MAX_RETRIES: Final = 100
+MAX_PARAM_DEPTH: Final = 64
+MAX_PARAM_PROBLEMS: Final = 10
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _SEGMENT_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
@@ -145,6 +148,8 @@ def _check_step(name: str, body: Any, problems: list[str],
     params = body.get("params", {})
     if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
         problems.append(f"{where}: params must be a table/object with string keys, got {params!r}")
+    else:
+        problems.extend(f"{where}: {p}" for p in json_problems(params, "params"))
     if len(problems) > before:
         return None
     return StepSpec(
@@ -152,6 +157,36 @@ def _check_step(name: str, body: Any, problems: list[str],
         timeout=None if timeout is None else float(timeout), retries=retries,
         backoff=float(backoff), params=dict(params),
     )
+
+
+def json_problems(value: Any, path: str) -> list[str]:
+    """Where ``value`` holds something JSON cannot carry (a TOML date, bytes, a set, a
+    non-string key, nesting deeper than :data:`MAX_PARAM_DEPTH`): the run's spec is stored
+    as JSON, so such a spec would pass here and fail at submit. At most
+    :data:`MAX_PARAM_PROBLEMS` problems; the walk is iterative, so any depth is safe."""
+    problems: list[str] = []
+    todo: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while todo and len(problems) < MAX_PARAM_PROBLEMS:
+        item, where, depth = todo.pop()
+        if item is None or isinstance(item, (str, bool, int, float)):
+            continue
+        if depth > MAX_PARAM_DEPTH:
+            problems.append(f"{where} is nested more than {MAX_PARAM_DEPTH} levels deep")
+        elif isinstance(item, Mapping):
+            for key, sub in reversed(list(item.items())):
+                if isinstance(key, str):
+                    todo.append((sub, f"{where}.{key}", depth + 1))
+                else:
+                    problems.append(f"{where} has a non-string key {key!r}")
+        elif isinstance(item, (list, tuple)):
+            todo.extend((sub, f"{where}[{i}]", depth + 1) for i, sub in reversed(
+                list(enumerate(item))))
+        else:
+            hint = " (quote it to pass a string)" if isinstance(
+                item, (datetime.date, datetime.time)) else ""
+            problems.append(f"{where} must be JSON data (string, number, boolean, array or "
+                            f"table), got {type(item).__name__} {item!r}{hint}")
+    return problems
 
 
 def _graph_problems(graph: Mapping[str, tuple[str, ...]], names: set[str]) -> list[str]:

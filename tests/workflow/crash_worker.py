@@ -1,9 +1,11 @@
 """A workflow process for the kill -9 test (run as a script, not collected by pytest).
 
 ``crash_worker.py start DIR`` starts the run and waits; ``crash_worker.py resume DIR RUN_ID``
-resumes it and prints the final state as JSON. Every step appends "name attempt" to
-DIR/steps.log when it starts, so the test can count what ran; ``train`` blocks until
-DIR/marker exists, which is where the test kills the first process.
+resumes it and prints the final state as JSON (or ``{"conflict": ...}`` and exits 3 when
+another process drives the run). Every step appends "name attempt" to DIR/steps.log when it
+starts, so the test can count what ran; ``train`` blocks until DIR/marker exists, which is
+where the test kills the first process. ``train`` may be retried once: the attempt a kill
+interrupts counts against that budget.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from mesh.workflow import ArtifactStore, StepResult, StepSpec, WorkflowRunner, open_store
+from mesh.workflow import (
+    ArtifactStore,
+    RunConflict,
+    StepResult,
+    StepSpec,
+    WorkflowRunner,
+    open_store,
+)
 
 SPEC = {"name": "crashy", "steps": {
     "collect": {"agent": "data_analyst", "params": {"dataset": "breast_cancer"}},
-    "train": {"agent": "ml_trainer", "depends_on": ["collect"]},
+    "train": {"agent": "ml_trainer", "depends_on": ["collect"], "retries": 1, "backoff": 0},
     "deploy": {"agent": "inference_service", "depends_on": ["train"]},
 }}
 FEATURES = np.arange(100_000, dtype=np.float64)  # 800 kB: goes to the artifact store
@@ -56,10 +65,14 @@ async def main(mode: str, work: Path, run_id: str | None) -> int:
             run_id = await runner.start(SPEC)
         else:
             assert run_id is not None
-            run_id = await runner.resume(run_id)
+            try:
+                run_id = await runner.resume(run_id)
+            except RunConflict as exc:
+                print(json.dumps({"conflict": exc.message}), flush=True)
+                return 3
         record = await runner.wait(run_id)
-        print(json.dumps({"id": record.id, "state": record.state.value,
-                          "outputs": runner.outputs(record.id)["deploy"]}), flush=True)
+        print(json.dumps({"id": record.id, "state": record.state.value, "error": record.error,
+                          "outputs": runner.outputs(record.id).get("deploy")}), flush=True)
     return 0
 
 

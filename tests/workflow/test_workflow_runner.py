@@ -348,14 +348,15 @@ def test_close_detaches_and_another_runner_resumes(store: Store,
         run_id = await first.start(spec)
         await asyncio.wait_for(b_started.wait(), 20)
         await first.close()
-        mid = (store.get_run(run_id).state, store.step_states(run_id)["b"].state)
+        held = store.get_run(run_id)
+        mid = (held.state, held.owner, store.step_states(run_id)["b"].state)
         gate.set()
         second = runner(store, artifacts, calls)
         await second.resume(run_id)
         return mid, await second.wait(run_id), second.outputs(run_id)
 
     mid, record, outputs = run_async(main())
-    assert mid == (RunState.RUNNING, StepState.RUNNING)
+    assert mid == (RunState.RUNNING, None, StepState.PENDING)  # released, nothing counted
     assert record.state is RunState.SUCCEEDED
     assert outputs == {"a": 21, "b": 42}
     assert (calls.count("a"), calls.count("b")) == (1, 2)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mesh.workflow import WorkflowSpecError, validate
+from mesh.workflow import (
+    StepSpec,
+    WorkflowSpec,
+    WorkflowSpecError,
+    load_spec,
+    open_store,
+    validate,
+)
 
 
 def problems_of(spec: Any, **kw: Any) -> list[str]:
@@ -142,3 +152,49 @@ def test_valid_spec_with_catalog_passes() -> None:
                      "train": {"agent": "ml_trainer", "depends_on": ["collect"]}},
                     catalog=CATALOG)
     assert spec.order == ("collect", "train")
+
+
+def test_params_that_json_cannot_carry_are_refused_by_name(tmp_path: Path) -> None:
+    toml = tmp_path / "collect.toml"
+    toml.write_text('[collect]\nagent = "data_analyst"\n'
+                    'params = {since = 2024-01-01, grid = [1, {at = 12:30:00}]}\n')
+    with pytest.raises(WorkflowSpecError) as info:
+        load_spec(toml)
+    assert info.value.problems == [
+        "step 'collect': params.since must be JSON data (string, number, boolean, array or "
+        "table), got date datetime.date(2024, 1, 1) (quote it to pass a string)",
+        "step 'collect': params.grid[1].at must be JSON data (string, number, boolean, array "
+        "or table), got time datetime.time(12, 30) (quote it to pass a string)",
+    ]
+    assert problems_of({"a": {"agent": "x", "params": {"raw": b"\x00", "tags": {1, 2},
+                                                       "by": {1: "one"}}}}) == [
+        "step 'a': params.raw must be JSON data (string, number, boolean, array or table), "
+        "got bytes b'\\x00'",
+        "step 'a': params.tags must be JSON data (string, number, boolean, array or table), "
+        "got set {1, 2}",
+        "step 'a': params.by has a non-string key 1",
+    ]
+    deep: Any = "leaf"
+    for _ in range(5000):  # far past the recursion limit: refused, not a RecursionError
+        deep = [deep]
+    assert problems_of({"a": {"agent": "x", "params": {"deep": deep}}}) == [
+        f"step 'a': params.deep{'[0]' * 64} is nested more than 64 levels deep"]
+    with open_store(str(tmp_path / "runs.db")) as store:  # and nothing reaches the store
+        assert store.list_runs() == []
+
+
+def test_json_params_of_every_kind_pass_and_round_trip() -> None:
+    params = {"n": 1, "x": 0.5, "ok": True, "none": None, "s": "2024-01-01",
+              "grid": [1, [2, 3], {"k": "v"}], "nested": {"a": {"b": [None]}}}
+    spec = validate({"a": {"agent": "x", "params": params}})
+    assert dict(spec.steps["a"].params) == params
+    assert validate(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_a_hand_built_spec_that_json_cannot_carry_is_refused_at_submit(tmp_path: Path) -> None:
+    step = StepSpec(name="a", agent="x", action="a", params={"since": datetime.date(2024, 1, 1)})
+    spec = WorkflowSpec(name="w", steps={"a": step}, order=("a",))
+    with open_store(str(tmp_path / "runs.db")) as store:
+        with pytest.raises(WorkflowSpecError, match="cannot be stored as JSON"):
+            store.create_run(spec)
+        assert store.list_runs() == []
