@@ -238,14 +238,15 @@ class Core(Outgoing, SessionSide):
         return ident
 
     def cancel_request(self, ident: int) -> None:
-        """Forget a request (its caller gave up) and tell its instance to stop."""
+        """Forget a request (its caller gave up) and tell its instance to stop: the one that
+        spoke for it, else the address it was sent to (the router finds the call there)."""
         p = self.pending.pop(ident, None)
-        if p is not None and p.instance and self.sock is not None:
+        if p is not None and self.sock is not None:
             if self._outbox:
                 self._send_outbox()  # what was queued before goes first
             try:
-                self.sock.send_multipart([pack_route(Cmd.CANCEL, 0, 0, 0, ident), p.instance],
-                                         zmq.NOBLOCK)
+                self.sock.send_multipart([pack_route(Cmd.CANCEL, 0, 0, 0, ident),
+                                          p.instance or p.frames[1]], zmq.NOBLOCK)
             except zmq.ZMQError:  # (the instance works on until the call's deadline)
                 self.counters["send_errors"] += 1
 

@@ -11,6 +11,7 @@ none: an instance refusing a sealed fire-and-forget that was not sealed for its 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from mesh import telemetry
@@ -18,7 +19,7 @@ from mesh.errors import ErrorCode
 from mesh.wire import ROUTE, Cmd
 from router.outbound import STREAM_MARK as _STREAM
 from router.stats import RouterStats
-from router.table import Instance, Peer, RoutingTable
+from router.table import Instance, Peer, Queued, RoutingTable
 
 _REPLY, _ERROR = Cmd.REPLY, Cmd.ERROR
 _NOT_A_RECIPIENT = int(ErrorCode.NOT_A_RECIPIENT)
@@ -92,12 +93,21 @@ class InFlight:
         self._send(msg)
 
     def _on_cancel(self, peer: Peer, msg: list[bytes], ident: int) -> None:
-        """Forward a CANCEL to the instance working on it (named by the address frame)."""
-        inst = self.streams.get((peer.rid, ident))
+        """Forward a CANCEL to the instance working on the call: the address frame names it,
+        or the service the call was sent to (before any word from its instance the client
+        knows no more), whose instances are looked through; a call still waiting in that
+        service's queue is taken out of it and never runs."""
+        key = (peer.rid, ident)
+        inst = self.streams.get(key)
         if inst is None and len(msg) > 2:
-            found = self.table.instances.get(msg[2])
-            if found is not None and (peer.rid, ident) in found.inflight:
-                inst = found
+            target = self.table.resolve(msg[2])
+            if isinstance(target, Instance):
+                inst = target if key in target.inflight else None
+            elif target is not None:
+                inst = next((i for i in target.instances if key in i.inflight), None)
+                if inst is None and _unqueue(target.queue, key):
+                    self.stats.drop("cancelled_while_queued")
+                    return
         if inst is None:
             self.stats.drop("cancel_unknown")
             return
@@ -119,3 +129,13 @@ class InFlight:
         msg[0] = crid
         msg[2] = inst.name
         self._send(msg)
+
+
+def _unqueue(queue: deque[Queued], key: tuple[bytes, int]) -> bool:
+    """Take the call ``key`` (client routing id, call id) out of a service's wait queue."""
+    rid, ident = key
+    for queued in queue:
+        if queued.ident == ident and queued.frames[0] == rid:
+            queue.remove(queued)
+            return True
+    return False

@@ -67,3 +67,47 @@ def test_cancelling_the_future_stops_the_call_at_the_agent(router, start_echo) -
             return await m.request(SVC, "echo", "after", timeout=5)
 
     assert asyncio.run(main()) == "after"
+
+
+def test_a_call_cancelled_before_any_word_from_its_instance_is_stopped_too(
+        router, start_echo) -> None:
+    """No progress report yet, so the client cannot name the instance: the router finds the
+    call by its service. With room for one call, the next request is answered in time only
+    if the cancelled one stopped."""
+    start_echo(capacity=1)
+
+    async def main() -> object:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            first = m.request_nowait(SVC, "sleep", 50)
+            assert await m.request("agp/router", "ping") == "pong"  # it reached the router
+            assert first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            return await m.request(SVC, "echo", "after", timeout=5)
+
+    assert asyncio.run(main()) == "after"
+
+
+def test_a_call_cancelled_while_it_waits_in_the_routers_queue_never_runs(
+        router, start_echo) -> None:
+    start_echo(capacity=1)
+
+    async def main() -> object:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as m:
+            busy = m.request_nowait(SVC, "sleep", 50)
+            queued = m.request_nowait(SVC, "sleep", 50)  # no room: it waits at the router
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:  # until the router holds it queued
+                services = await m.request("agp/router", "services")
+                if any(s["service"] == SVC and s["queued"] == 1 for s in services):
+                    break
+                assert loop.time() < deadline, "the second call was never queued"
+                await asyncio.sleep(0.01)
+            for call in (queued, busy):  # the queued one first: it must not take the slot
+                assert call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            return await m.request(SVC, "echo", "after", timeout=5)
+
+    assert asyncio.run(main()) == "after"
