@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from mesh.errors import ErrorCode
@@ -24,6 +25,7 @@ log = logging.getLogger("agp.router")
 _STREAM = STREAM_MARK
 _IDEMPOTENT = int(Flag.IDEMPOTENT)  # kept in an in-flight entry's mark
 _IN_FLIGHT = frozenset({int(Cmd.REQUEST), int(Cmd.STREAM_OPEN)})
+TRACE_KEEP_NS = 600 * 10**9  # a router hop span is not worth more than ten minutes' memory
 
 
 class Liveness:
@@ -40,7 +42,9 @@ class Liveness:
     peers: dict[bytes, Peer]
     streams: dict[tuple[bytes, int], Instance]
     _next_heartbeat: float
+    traced: dict[tuple[bytes, int], int]  # (client, call) -> start (ns) of a traced call
     outbox: Any
+    _flush_peer: Any
     _send: Any
     _error: Any
     _dispatch: Any
@@ -76,24 +80,39 @@ class Liveness:
                 self._remove_peer(peer, f"silent for {now - peer.last_seen:.1f}s")
             elif self.secure and self.access.expired(peer.session, time.time()):
                 self._error(peer.rid, ErrorCode.UNAUTHENTICATED, "credentials expired or revoked")
-                self._remove_peer(peer, "credentials expired or revoked")
+                self._flush_peer(peer.rid)  # it hears why before its session goes
+                if peer.rid in self.peers:
+                    self._remove_peer(peer, "credentials expired or revoked")
             elif beat:
                 self._send([peer.rid, HEARTBEAT_FRAME])
         for svc in list(self.table.services.values()):
             queue = svc.queue
-            while queue and queue[0].deadline <= now:
-                q = queue.popleft()
-                self.stats.drop("deadline_in_queue")
-                self._error(q.frames[0], ErrorCode.DEADLINE_EXCEEDED,
-                            "deadline passed while queued", q.ident)
+            # every call whose deadline passed, wherever it waits: deadlines differ per call
+            # and retries go back in front, so the queue is not in deadline order
+            if queue and any(q.deadline <= now for q in queue):
+                svc.queue = deque(q for q in queue if q.deadline > now)
+                for q in queue:
+                    if q.deadline <= now:
+                        self.stats.drop("deadline_in_queue")
+                        self._error(q.frames[0], ErrorCode.DEADLINE_EXCEEDED,
+                                    "deadline passed while queued", q.ident)
             if svc.queue and svc.has_room():
                 self._drain_queue(svc)
-            if not svc.instances and not svc.queue:
-                self.table.services.pop(svc.name, None)
+            self.table.forget_if_empty(svc)
+        if beat and self.traced:
+            self._forget_old_traces()
         if beat:
             self.proxy.beacon()
         if beat and self.secure:
             self.access.refresh()
+
+    def _forget_old_traces(self) -> None:
+        """A traced call that ended without a reply through here (refused, timed out,
+        cancelled, its instance gone) leaves its start behind: forgotten after
+        TRACE_KEEP_S, so the table (bounded) never fills and tracing never stops."""
+        oldest = time.time_ns() - TRACE_KEEP_NS
+        for key in [k for k, started in self.traced.items() if started < oldest]:
+            del self.traced[key]
 
     def _remove_peer(self, peer: Peer, why: str) -> None:
         self.peers.pop(peer.rid, None)
@@ -118,9 +137,16 @@ class Liveness:
         log.warning("instance %s removed: %s", inst.name.decode(errors="replace"), why)
         svc = inst.service
         retry: list[Queued] = []
-        for (crid, ident), (frames, deadline, mark) in inst.inflight.items():
+        # taken out first: an error below may fail to send and remove its client, which
+        # takes that client's streams out of inst.inflight while this loops
+        calls = list(inst.inflight.items())
+        inst.inflight.clear()
+        for (crid, ident), (frames, deadline, mark) in calls:
             if mark & _STREAM:
                 self.streams.pop((crid, ident), None)
+                client = self.peers.get(crid)
+                if client is not None:
+                    client.streams.discard(ident)
             if mark & _IDEMPOTENT and not mark & _STREAM and deadline > self.now and svc.instances:
                 frames[0] = crid
                 retry.append(Queued(frames, deadline, ident, mark))
@@ -129,7 +155,6 @@ class Liveness:
                 self._error(crid, ErrorCode.UNAVAILABLE,
                             f"instance {inst.name.decode(errors='replace')} went away ({why})",
                             ident, address=inst.name)
-        inst.inflight.clear()
         if retry:
             svc.queue.extendleft(reversed(retry))
             if svc.name not in self.table.services:

@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from mesh.subscription import MAX_BATCH
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd
 from mesh.zmqio import send_frames
 from router.access import Access
@@ -46,6 +47,9 @@ class PubSubProxy:
     def publish(self, topic: bytes, route: bytes, frames: list[bytes]) -> None:
         """Forward one PUBLISH (frames = [route, topic, header, *payloads], route parsed)."""
         _, _, flags, _, value, _ = ROUTE.unpack(route)
+        if value > MAX_BATCH:  # no batch holds more: its numbers would skip, and every
+            self.stats.refuse("publish_count")  # subscriber would count a false gap
+            return
         count = value if value > 0 else 1
         seq_map = self._seq
         seq = seq_map.get(topic, 0)

@@ -319,7 +319,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
             self.stats.sends += 1
             inst = target if isinstance(target, Instance) else target.policy.pick(
                 target.instances, False)
-            if inst is None:
+            if inst is None or not inst.accepting:  # (a draining one would drop it unsaid)
                 self.stats.drop("send_no_instance")
                 self._error(peer.rid, ErrorCode.OVERLOADED, "no instance accepting", ident)
                 return

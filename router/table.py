@@ -118,14 +118,20 @@ class RoutingTable:
             svc.instances.remove(inst)
         self.instances.pop(inst.name, None)
         inst.peer.instance = None
-        if not svc.instances and not svc.queue:
-            self.services.pop(svc.name, None)
-            short = svc.name.rsplit(b"/", 1)[-1]
-            names = self._aliases.get(short)
-            if names is not None:
-                names.discard(svc.name)
-                if not names:
-                    del self._aliases[short]
+        self.forget_if_empty(svc)
+
+    def forget_if_empty(self, svc: Service) -> None:
+        """Drop a service with no instance and nothing queued, and its short-name alias
+        (a stale alias would make the short name ambiguous for the next service by it)."""
+        if svc.instances or svc.queue:
+            return
+        self.services.pop(svc.name, None)
+        short = svc.name.rsplit(b"/", 1)[-1]
+        names = self._aliases.get(short)
+        if names is not None:
+            names.discard(svc.name)
+            if not names:
+                del self._aliases[short]
 
     def resolve(self, dest: bytes) -> Service | Instance | None:
         """A service, an instance, or None. Called once per request."""
