@@ -73,6 +73,11 @@ class Home:
         return self.root / "auth" / "clients.json"
 
     @property
+    def revoked_tokens(self) -> Path:
+        """Token ids revoked and not yet expired: kept across router restarts."""
+        return self.root / "auth" / "revoked_tokens.json"
+
+    @property
     def policy(self) -> Path:
         return self.root / "policies.json"
 

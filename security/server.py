@@ -40,7 +40,8 @@ def secure_router(home_dir: str | Path | None = None, *, policy: str | Path | No
     zap.start()
     require_zap(ctx)
     tokens = TokenService(issuer=ISSUER, audience=AUDIENCE, registry=home.registry(),
-                          keyring=home.keyring(), ttl=token_ttl, trust=trust)
+                          keyring=home.keyring(), ttl=token_ttl, trust=trust,
+                          revocations_path=home.revoked_tokens)
     http = TokenHTTPServer(tokens, port=auth_port)
     http.start()
     access = SecureAccess(trust, tokens, PolicyStore(policy or home.policy),

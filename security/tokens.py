@@ -73,18 +73,47 @@ def parse_basic_auth(header: str) -> tuple[str, str]:
 
 
 class RevocationList:
-    """Revoked token ids, each kept until the token would have expired anyway."""
+    """Revoked token ids, each kept until the token would have expired anyway; with a
+    ``path``, kept on disk too, so a router restarted within a token's life still refuses
+    it (the signing keys outlive a restart: so must what was revoked under them)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time,
+                 path: Path | None = None) -> None:
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._path = path
+        if path is not None:
+            self._load(path)
 
     def revoke(self, jti: str, *, until: float) -> None:
         with self._lock:
             self._until[jti] = max(until, self._until.get(jti, 0.0))
             if len(self._until) % 256 == 0:
                 self.prune()
+            if self._path is not None:
+                self._save(self._path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read revoked tokens {path}: {exc}") from None
+        now = self._clock()
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: revoked tokens must be an object of jti: until")
+        self._until = {str(j): float(t) for j, t in doc.items()
+                       if isinstance(t, (int, float)) and t >= now}
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._until, f)
+        os.replace(tmp, path)
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._until
@@ -183,13 +212,14 @@ class TokenService:
 
     def __init__(self, *, issuer: str, audience: str, registry: ClientRegistry,
                  keyring: SigningKeyRing | None = None, ttl: int = DEFAULT_TTL,
-                 trust: TrustLike | None = None, clock: Callable[[], float] = time.time) -> None:
+                 trust: TrustLike | None = None, clock: Callable[[], float] = time.time,
+                 revocations_path: Path | None = None) -> None:
         self.issuer, self.audience, self.ttl = issuer, audience, ttl
         self.registry = registry
         self.keyring = keyring or SigningKeyRing()
         self.trust = trust
         self._clock = clock
-        self.revocations = RevocationList(clock=clock)
+        self.revocations = RevocationList(clock=clock, path=revocations_path)
 
     # ---- the endpoint -------------------------------------------------------------------
 

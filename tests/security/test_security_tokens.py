@@ -182,6 +182,27 @@ def test_revoked_jti_refused(service, analyst_keys, clock):
     assert info.value.reason == "revoked"
 
 
+def test_a_revoked_jti_stays_refused_after_a_restart(registry, analyst_keys, clock, tmp_path):
+    path = tmp_path / "auth" / "revoked_tokens.json"
+    ring = SigningKeyRing()  # (on disk in a real home: it survives the restart too)
+
+    def restarted() -> TokenService:
+        return TokenService(issuer=ISS, audience=AUD, registry=registry,
+                            keyring=ring, clock=clock, revocations_path=path)
+
+    before = restarted()
+    token = issue(before)["access_token"]
+    jti = before.verifier().verify(token, analyst_keys.public, now=clock.t)["jti"]
+    before.revoke(jti)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    after = restarted()
+    with pytest.raises(jwt.TokenError) as info:
+        after.verifier().verify(token, analyst_keys.public, now=clock.t)
+    assert info.value.reason == "revoked"
+    clock.t += 24 * 3600  # long expired: not kept on the next start
+    assert not restarted().is_revoked(jti)
+
+
 def test_token_bound_to_another_key_refused(service, clock):
     token = issue(service)["access_token"]
     with pytest.raises(jwt.TokenError) as info:
