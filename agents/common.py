@@ -20,13 +20,17 @@ from typing import Any, Final
 
 from agents.base import Agent, Context, action
 from agents.work.errors import DataError
+from agents.work.grouping import MAX_SYMBOL_BYTES, check_symbols
 from mesh.errors import Cancelled, ConfigError, Error, HandlerError, Overloaded
 from mesh.pubsub import Message
+from mesh.wire import MAX_ADDRESS_BYTES
 
 log = logging.getLogger("agp.agents")
 
 MAX_STAGES: Final = 16
 STAGE_QUEUE: Final = 100_000
+#: A stage's output prefix leaves room for a dot and the longest symbol.
+MAX_PREFIX_BYTES: Final = MAX_ADDRESS_BYTES - 1 - MAX_SYMBOL_BYTES
 Outputs = list[tuple[str, Any]]
 
 
@@ -132,14 +136,27 @@ class WorkAgent(Agent):
         prefix = params.get("subscribe")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError("start_stage needs 'subscribe', a topic prefix")
+        for key in ("publish", "topic"):
+            out = params.get(key)
+            if isinstance(out, str) and len(out.encode()) > MAX_PREFIX_BYTES:
+                raise ConfigError(f"'{key}' is longer than {MAX_PREFIX_BYTES} bytes: no room "
+                                  "left in a topic for the symbol")
         if len(self.stages) >= MAX_STAGES:
             raise Overloaded(f"{self.instance_name} already runs {MAX_STAGES} stages")
         process = self.make_stage(params)
         sid = f"s{next(self._stage_ids)}"
         stage = TopicStage(self, sid, prefix, process)
-        await stage.start()
+        try:
+            await stage.start()
+        except BaseException:
+            await stage.stop()
+            self.stage_stopped(stage)
+            raise
         self.stages[sid] = stage
         return {"stage": sid, "instance": self.instance_name, "subscribe": prefix}
+
+    def stage_stopped(self, stage: TopicStage) -> None:
+        """Hook: ``stage`` stopped (or failed to start); release what ``make_stage`` kept."""
 
     @action()
     @work
@@ -149,20 +166,32 @@ class WorkAgent(Agent):
         stage = self.stages.pop(sid, None) if isinstance(sid, str) else None
         if stage is None:
             raise ConfigError(f"{self.instance_name} runs no stage {sid!r}")
-        return await stage.stop()
+        final = await stage.stop()
+        self.stage_stopped(stage)
+        return final
 
     async def on_stop(self) -> None:
         for sid in list(self.stages):
-            await self.stages.pop(sid).stop()
+            stage = self.stages.pop(sid)
+            await stage.stop()
+            self.stage_stopped(stage)
 
 
 class TopicStage:
     """One pipeline stage inside an agent.
 
-    Messages arrive on the event loop and wait in a bounded queue (overflow is counted in
-    ``dropped``, never silent); one worker takes everything queued at once, runs ``process``
-    in a thread (so heartbeats never stall) and publishes what it returns, in order. Under
-    load the stage batches more instead of falling behind message by message.
+    Messages arrive on the event loop and wait in a bounded queue; one worker takes
+    everything queued at once, runs ``process`` in a thread (so heartbeats never stall) and
+    publishes what it returns, in order. Under load the stage batches more instead of
+    falling behind message by message.
+
+    Nothing is lost silently: a message refused by ``process``, an output that could not be
+    published and a message dropped (queue full, worker dead) are each counted with the
+    exception type or reason. The worker survives all of them; should it end anyway, its
+    stats say ``worker: dead`` and why (``died``), and new messages are dropped (counted),
+    not queued.
+    ``busy`` is the number of messages being processed right now (off the queue, not yet
+    counted as processed), so a caller waiting for the stage to settle can count them.
     """
 
     def __init__(self, agent: Agent, sid: str, prefix: str,
@@ -175,26 +204,56 @@ class TopicStage:
         self.max_queue = max_queue
         self.queue: deque[Message] = deque()
         self.received = self.processed = self.published = self.dropped = self.errors = 0
-        self.batches = 0
+        self.batches = self.busy = 0
+        self.refused: Counter[str] = Counter()  # messages process() refused, by exception
+        self.publish_failed: Counter[str] = Counter()  # outputs not published, by exception
+        self.drop_reasons: Counter[str] = Counter()
+        self.died: str | None = None
         self.started = time.time()
+        self._stopping = False
         self._event = asyncio.Event()
         self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def worker(self) -> str:
+        """``running``, ``stopped`` (by :meth:`stop`) or ``dead`` (ended on its own)."""
+        if self.died is not None:
+            return "dead"
+        return "stopped" if self._stopping else "running"
+
     async def start(self) -> None:
         self._sub = await self.agent.mesh.subscribe(self.prefix, self._on_message)
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._on_worker_done)
 
     def _on_message(self, msg: Message) -> None:
         self.received += 1
-        if len(self.queue) >= self.max_queue:
-            self.dropped += 1
+        if self._task is not None and self._task.done():
+            self._drop("worker_dead")
+        elif len(self.queue) >= self.max_queue:
+            self._drop("queue_full")
+        else:
+            self.queue.append(msg)
+            self._event.set()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drop_reasons[reason] += 1
+
+    def _on_worker_done(self, task: asyncio.Task[None]) -> None:
+        """Why the worker ended, when it was not asked to (visible in :meth:`stats`)."""
+        if self._stopping:
             return
-        self.queue.append(msg)
-        self._event.set()
+        exc = None if task.cancelled() else task.exception()
+        self.died = "cancelled" if exc is None else f"{type(exc).__name__}: {exc}"
+        log.error("stage %s on %s: worker ended (%s); %d queued messages dropped",
+                  self.sid, self.prefix, self.died, len(self.queue), exc_info=exc)
+        while self.queue:  # bounded by the queue's length
+            self.queue.popleft()
+            self._drop("worker_dead")
 
     async def _run(self) -> None:
-        mesh = self.agent.mesh
         while True:
             if not self.queue:
                 self._event.clear()
@@ -202,22 +261,45 @@ class TopicStage:
                 continue
             batch = list(self.queue)
             self.queue.clear()
-            outputs = await asyncio.to_thread(self._process, batch)
-            self.batches += 1
+            self.busy = len(batch)
+            try:
+                outputs = await asyncio.to_thread(self._process, batch)
+                self.batches += 1
+                self._publish(outputs)
+            except asyncio.CancelledError:  # stop() while the batch ran: its results are lost
+                self.dropped += len(batch)
+                self.drop_reasons["stopped"] += len(batch)
+                raise
+            except Exception as exc:  # (a bug here must not end the stage)
+                self.errors += len(batch)
+                self.refused[f"worker:{type(exc).__name__}"] += len(batch)
+                log.error("stage %s lost a batch of %d", self.sid, len(batch), exc_info=True)
+            finally:
+                self.busy = 0
             self.processed += len(batch)
-            for topic, value in outputs:
+
+    def _publish(self, outputs: Outputs) -> None:
+        """Each output on its own: one that cannot be published costs only itself."""
+        mesh = self.agent.mesh
+        for topic, value in outputs:
+            try:
                 mesh.publish(topic, value)
-            self.published += len(outputs)
+            except Exception as exc:
+                self.publish_failed[type(exc).__name__] += 1
+                log.warning("stage %s could not publish on %.80r: %s", self.sid, topic, exc)
+            else:
+                self.published += 1
 
     def _process(self, batch: list[Message]) -> Outputs:
         """The whole batch at once; if it fails, message by message so that one bad message
         costs only itself (stage functions validate before they change any state)."""
         try:
             return self.process(batch)
-        except Exception:
+        except Exception as exc:
             if len(batch) == 1:
                 self.errors += 1
-                log.warning("stage %s refused a message on %s", self.sid, batch[0].topic,
+                self.refused[type(exc).__name__] += 1
+                log.warning("stage %s refused a message on %.80s", self.sid, batch[0].topic,
                             exc_info=True)
                 return []
         out: Outputs = []
@@ -226,6 +308,7 @@ class TopicStage:
         return out
 
     async def stop(self) -> dict[str, Any]:
+        self._stopping = True
         if self._sub is not None:
             self._sub.close()
         if self._task is not None:
@@ -237,12 +320,29 @@ class TopicStage:
         return {"subscribe": self.prefix, "received": self.received,
                 "processed": self.processed, "batches": self.batches,
                 "published": self.published, "dropped": self.dropped, "errors": self.errors,
-                "queued": len(self.queue), "gaps": getattr(self._sub, "gaps", 0)}
+                "queued": len(self.queue), "busy": self.busy,
+                "gaps": getattr(self._sub, "gaps", 0), "worker": self.worker,
+                "died": self.died, "refused": dict(self.refused),
+                "publish_failed": dict(self.publish_failed),
+                "drop_reasons": dict(self.drop_reasons)}
 
 
 def topic_for(prefix: str, symbol: str) -> str:
-    """``prefix`` + symbol, with one dot between (``stats.`` + ``AAPL``)."""
-    return prefix + symbol if prefix.endswith(".") else f"{prefix}.{symbol}"
+    """``prefix`` + symbol, with one dot between (``stats.`` + ``AAPL``); DataError when the
+    symbol is not one (:func:`check_symbols`) or the topic would exceed the mesh's cap."""
+    check_symbols((symbol,))
+    topic = prefix + symbol if prefix.endswith(".") else f"{prefix}.{symbol}"
+    if len(topic.encode()) > MAX_ADDRESS_BYTES:
+        raise DataError(f"topic {topic[:60]!r}... is longer than {MAX_ADDRESS_BYTES} bytes")
+    return topic
+
+
+def check_topics(prefix: str, symbols: Sequence[object]) -> None:
+    """DataError unless every symbol makes a valid topic under ``prefix``: what a stage
+    calls before it changes any state (sends an alert, updates a model)."""
+    check_symbols(symbols)
+    for sym in set(symbols):  # (all str now, so hashable)
+        topic_for(prefix, sym)  # type: ignore[arg-type]
 
 
 def merge_batches(items: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:

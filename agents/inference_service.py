@@ -28,6 +28,7 @@ ARTIFACT_KEYS: Final = ("format", "bytes", "sha256")
 MAX_MODELS: Final = 32
 DEPLOY_OPTIONS: Final = ("name", "min_metrics", "max_error_metrics", "probe", "keep",
                          "artifact")
+REGISTRY_SETTINGS: Final = ("probe", "min_metrics", "max_error_metrics", "keep")
 
 
 class InferenceService(WorkAgent):
@@ -44,8 +45,9 @@ class InferenceService(WorkAgent):
         self._lock = threading.Lock()
 
     def extra_stats(self) -> dict[str, Any]:
-        return {"models": {n: r.active_version for n, r in self.registries.items()},
-                "batching": {n: b.stats() for n, b in self.batchers.items()}}
+        # (snapshots: a deploy in a pool thread may add a model while this runs on the loop)
+        return {"models": {n: r.active_version for n, r in list(self.registries.items())},
+                "batching": {n: b.stats() for n, b in list(self.batchers.items())}}
 
     def _registry(self, params: Mapping[str, Any]) -> tuple[str, ModelRegistry]:
         name = params.get("name") or self.default_model
@@ -61,8 +63,10 @@ class InferenceService(WorkAgent):
     def deployment(self, data: Any, ctx: Context) -> Any:
         """Deploy the artifact among the inputs (or ``params["artifact"]``).
 
-        ``min_metrics`` / ``max_error_metrics`` / ``probe`` / ``keep`` configure the model's
-        registry when its first version is deployed; later deploys are checked against them.
+        ``min_metrics`` / ``max_error_metrics`` / ``probe`` / ``keep`` are the checks the
+        candidate must pass; given, they replace the model's checks once a candidate passes
+        them (a failed deploy changes nothing). A model is registered by its first
+        successful deploy: a name whose deploys all failed holds no slot of MAX_MODELS.
         """
         params, inputs = step_parts(data)
         unknown = sorted(set(params) - set(DEPLOY_OPTIONS))
@@ -76,21 +80,33 @@ class InferenceService(WorkAgent):
         name = params.get("name") or artifact.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError("the model needs a name")
-        with self._lock:
-            reg = self.registries.get(name)
-            if reg is None:
-                if len(self.registries) >= MAX_MODELS:
-                    raise TooLarge(f"{MAX_MODELS} models are deployed here already")
-                reg = ModelRegistry(probe=params.get("probe"),
-                                    min_metrics=params.get("min_metrics"),
-                                    max_error_metrics=params.get("max_error_metrics"),
-                                    keep=int(params.get("keep", 5)))
-                self.registries[name] = reg
-        version = reg.deploy(artifact)  # HealthCheckFailed leaves the active version serving
+        settings = {k: params[k] for k in REGISTRY_SETTINGS if k in params}
+        if "keep" in settings:
+            settings["keep"] = _keep(settings["keep"])
+        first = self._first_deploy(name, artifact, settings)
+        if first is not None:
+            reg, version = first
+        else:  # HealthCheckFailed leaves the active version serving and the checks as they were
+            reg = self.registries[name]
+            version = reg.deploy(artifact, reg.checks_with(**settings) if settings else None)
         self.default_model = name
         return {"name": name, "version": version, "metrics": dict(artifact.get("metrics", {})),
                 "sha256": artifact.get("sha256"), "instance": self.instance_name,
                 "versions": reg.versions()}
+
+    def _first_deploy(self, name: str, artifact: Mapping[str, Any], settings: dict[str, Any]
+                      ) -> tuple[ModelRegistry, int] | None:
+        """Create, deploy and only then register ``name``'s registry; None if it exists.
+        Under the lock, so a concurrent first deploy of the same name waits for this one."""
+        with self._lock:
+            if name in self.registries:
+                return None
+            if len(self.registries) >= MAX_MODELS:
+                raise TooLarge(f"{MAX_MODELS} models are deployed here already")
+            reg = ModelRegistry(**settings)
+            version = reg.deploy(artifact)  # HealthCheckFailed: nothing is registered
+            self.registries[name] = reg
+            return reg, version
 
     @action()
     @work
@@ -103,7 +119,7 @@ class InferenceService(WorkAgent):
             if batcher is None:
                 batcher = self.batchers[name] = MicroBatcher(
                     lambda X, r=reg: _per_row(r.predict(X)), max_batch=64, max_delay_ms=2.0,
-                    offload=True)
+                    offload=True, rule=reg.row_rule)  # rows checked against the live model
             return await batcher.submit(params["row"])
         if "rows" not in params:
             raise DataError("predict needs 'row' or 'rows'")
@@ -129,6 +145,13 @@ class InferenceService(WorkAgent):
         await super().on_stop()
         for batcher in self.batchers.values():
             await batcher.aclose()
+
+
+def _keep(value: Any) -> int:
+    """``keep``: a positive integer (not 2.5, "5" or True, which int() would take)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"keep must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def _per_row(out: Mapping[str, Any]) -> list[dict[str, Any]]:

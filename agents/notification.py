@@ -12,10 +12,12 @@ its tick-to-alert latency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -23,17 +25,29 @@ from typing import Any, Final
 import numpy as np
 
 from agents.base import Context, action
-from agents.common import Outputs, WorkAgent, merge_batches, step_parts, topic_for, work
+from agents.common import (
+    Outputs,
+    TopicStage,
+    WorkAgent,
+    check_topics,
+    merge_batches,
+    step_parts,
+    topic_for,
+    work,
+)
 from agents.work.alerts import ConsoleSink, JsonlFileSink, Notifier, Sink, WebhookSink
 from agents.work.errors import DataError
 from agents.work.pipeline import alert_step
 from mesh.errors import ConfigError
 from mesh.pubsub import Message
 
+log = logging.getLogger("agp.agents")
+
 PREDICTION_KEYS: Final = ("symbols", "probabilities", "timestamps")
 KINDS: Final = ("up", "down")
 DEFAULT_THRESHOLD: Final = 0.8
 STAGE_DEDUPE_S: Final = 1.0
+SINK_CLOSE_S: Final = 5.0  # what on_stop gives the sinks to finish (a webhook's queued POSTs)
 
 
 def _number(params: Mapping[str, Any], key: str, default: float) -> float:
@@ -53,7 +67,10 @@ class Notification(WorkAgent):
         super().__init__(**kwargs)
         self.sinks: list[Sink] = []
         self.notifier: Notifier | None = None
-        self.stage_notifiers: list[Notifier] = []
+        # one per running stage, by its stage function; a stopped stage's counters are
+        # folded into ``_retired`` so the totals in stats never go down
+        self.stage_notifiers: dict[Callable[[list[Message]], Outputs], Notifier] = {}
+        self._retired: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     async def on_start(self) -> None:
@@ -74,17 +91,39 @@ class Notification(WorkAgent):
             dedupe_s=float(os.environ.get("AGP_ALERT_DEDUPE_S", 60.0)))
 
     async def on_stop(self) -> None:
+        """Stop the stages, then close the sinks in a thread: a webhook finishing its queued
+        POSTs may take seconds, and the event loop must keep serving meanwhile."""
         await super().on_stop()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._close_sinks), SINK_CLOSE_S + 1.0)
+        except asyncio.TimeoutError:
+            log.warning("alert sinks not closed within %.0fs", SINK_CLOSE_S + 1.0)
+
+    def _close_sinks(self) -> None:
         for sink in self.sinks:
-            sink.close()
+            try:
+                if isinstance(sink, WebhookSink):
+                    sink.close(timeout=SINK_CLOSE_S)  # what is still queued then is counted
+                else:
+                    sink.close()
+            except Exception:  # one sink that fails to close must not keep the others open
+                log.warning("alert sink %s failed to close", type(sink).__name__,
+                            exc_info=True)
+
+    def stage_stopped(self, stage: TopicStage) -> None:
+        with self._lock:
+            notifier = self.stage_notifiers.pop(stage.process, None)
+            if notifier is not None:
+                self._retired.update(notifier.counters())
 
     def extra_stats(self) -> dict[str, Any]:
-        totals = {"sent": 0, "suppressed": 0, "below_threshold": 0, "failed": 0}
-        for notifier in [self.notifier, *self.stage_notifiers]:
-            if notifier is not None:
-                for key, val in notifier.counters().items():
-                    totals[key] = totals.get(key, 0) + val
-        return {"alerts": totals, "alert_log": str(getattr(self, "alert_log", ""))}
+        with self._lock:
+            totals = Counter({"sent": 0, "suppressed": 0, "below_threshold": 0, "failed": 0})
+            totals.update(self._retired)
+            for notifier in [self.notifier, *self.stage_notifiers.values()]:
+                if notifier is not None:
+                    totals.update(notifier.counters())
+        return {"alerts": dict(totals), "alert_log": str(getattr(self, "alert_log", ""))}
 
     @action()
     @work
@@ -116,11 +155,10 @@ class Notification(WorkAgent):
             raise ConfigError(f"kinds must be a subset of {list(KINDS)}")
         publish = str(params.get("publish") or params.get("topic") or "alerts.")
         instance = self.instance_name
-        with self._lock:
-            self.stage_notifiers.append(notifier)
 
         def process(batch: list[Message]) -> Outputs:
             preds = merge_batches([m.data for m in batch], PREDICTION_KEYS)
+            check_topics(publish, preds["symbols"])  # before any alert goes out
             p = np.asarray(preds["probabilities"], dtype=np.float64)
             sent = []
             if "up" in kinds:
@@ -132,6 +170,8 @@ class Notification(WorkAgent):
                      {**a, "latency_ms": (now - a["ts"]) * 1000.0, "by": instance})
                     for a in sent]
 
+        with self._lock:
+            self.stage_notifiers[process] = notifier  # released by stage_stopped
         return process
 
 

@@ -289,8 +289,10 @@ async def _stage_stats(mesh: AsyncMesh, instance: str, sid: str) -> dict[str, An
 async def _drain(mesh: AsyncMesh, running: list[tuple[StageSpec, str, str]],
                  stages: list[StageSpec], first_published: int | None, taps: _Taps
                  ) -> dict[str, Any]:
-    """Wait (bounded) until every stage took in all its upstream published and the alerts
-    published reached this driver; the counters as they are then."""
+    """Wait (bounded) until every stage took in all its upstream published, has nothing
+    queued or being processed (``busy``: a batch off the queue whose outputs are not yet
+    counted in ``published``), and the alerts published reached this driver; the counters
+    as they are then."""
     order = {s.name: i for i, s in enumerate(stages)}
     by_index = sorted(running, key=lambda r: order[r[0].name])
     deadline = time.monotonic() + DRAIN_S
@@ -302,7 +304,8 @@ async def _drain(mesh: AsyncMesh, running: list[tuple[StageSpec, str, str]],
         settled = True
         for stage, _, _ in by_index:
             c = counters[stage.name]
-            if upstream is not None and c.get("received", 0) < upstream or c.get("queued"):
+            if (upstream is not None and c.get("received", 0) < upstream) or c.get("queued") \
+                    or c.get("busy"):
                 settled = False
             upstream = c.get("published")
         if upstream is not None and len(taps.alerts) < upstream:
@@ -353,6 +356,29 @@ def format_ml(result: Mapping[str, Any]) -> str:
         lines.append("circuit breakers: " + ", ".join(
             f"{k}={v}" for k, v in result["breakers"].items()))
     return "\n".join(lines)
+
+
+def streaming_problems(result: Mapping[str, Any]) -> list[str]:
+    """Why a streaming run is not a success (empty if it is): it did not settle, or a
+    stage's worker died, refused messages, failed to publish, dropped some or would not
+    stop. What a command's exit code and stderr report."""
+    stages = result.get("stages", {})
+    out = [] if stages.get("settled") else [
+        f"the pipeline did not settle within {DRAIN_S:g}s: some stage had not taken in, "
+        "or had not finished, all its upstream published"]
+    for name, c in stages.items():
+        if not isinstance(c, Mapping):
+            continue
+        if "error" in c:
+            out.append(f"stage {name}: could not be stopped: {c['error']}")
+        if c.get("worker") == "dead":
+            out.append(f"stage {name}: its worker died ({c.get('died')})")
+        for key, what in (("refused", "refused"), ("publish_failed", "failed to publish"),
+                          ("drop_reasons", "dropped")):
+            if c.get(key):
+                out.append(f"stage {name}: {what} {sum(c[key].values())} "
+                           f"({', '.join(f'{k} {v}' for k, v in sorted(c[key].items()))})")
+    return out
 
 
 def format_streaming(result: Mapping[str, Any]) -> str:

@@ -9,7 +9,8 @@
 the store, so after a crash (or SIGTERM, which detaches) ``resume`` continues it without
 re-running finished steps. Ctrl-C cancels the run. ``cancel`` works from any process: it
 marks the run cancelled in the store and whoever drives it stops its steps. A streaming
-pipeline file (stages with a ``source``) is driven for ``--duration`` seconds instead.
+pipeline file (stages with a ``source``) is driven for ``--duration`` seconds instead; it
+fails (exit 1, reasons on stderr) if it did not settle or a stage died or lost messages.
 Exit codes: 0 succeeded, 1 failed or cancelled, 2 bad usage or spec, 143 detached.
 """
 
@@ -109,8 +110,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = asyncio.run(run_streaming_scenario(args.endpoint, pipeline=doc, rate=args.rate,
                                                     duration=args.duration))
         print(json.dumps(result, default=str) if args.json else format_streaming(result))
-        return 0
+        return _streaming_exit(result)
     return asyncio.run(_drive(doc, args))
+
+
+def _streaming_exit(result: Mapping[str, Any]) -> int:
+    """1, with each reason on stderr, when the streaming run did not settle or a stage
+    died, refused, failed to publish or dropped messages; else 0."""
+    from agents.scenarios import streaming_problems
+
+    problems = streaming_problems(result)
+    for line in problems:
+        print(f"agp workflow run: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 async def _drive(spec: Any, args: argparse.Namespace, resume: str | None = None) -> int:

@@ -6,7 +6,8 @@ Against a running mesh (router plus data_analyst, ml_trainer and notification ag
 
 or ``--local`` to start a throw-away local mesh first. The pipeline is the seed's
 (``examples/workflows/streaming_pipeline.toml`` shape); ``--pipeline FILE`` takes another.
-It prints tick-to-prediction and tick-to-alert latency (p50/p99) and the alert count.
+It prints tick-to-prediction and tick-to-alert latency (p50/p99) and the alert count, and
+exits 1 (saying why on stderr) if the run did not settle or a stage died or lost messages.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ if __package__ is None and "agents" not in sys.modules:  # a checkout without `m
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.local_mesh import LocalMesh  # noqa: E402
-from agents.scenarios import SEED_PIPELINE, format_streaming, run_streaming_scenario  # noqa: E402
+from agents.scenarios import (  # noqa: E402
+    SEED_PIPELINE,
+    format_streaming,
+    run_streaming_scenario,
+    streaming_problems,
+)
 
 
 def main() -> int:
@@ -47,7 +53,10 @@ def main() -> int:
         if mesh is not None:
             mesh.stop()
     print(json.dumps(result, default=str, indent=2) if args.json else format_streaming(result))
-    return 0
+    problems = streaming_problems(result)  # a run that lost messages is no success
+    for line in problems:
+        print(f"streaming_example: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

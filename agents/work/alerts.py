@@ -11,6 +11,7 @@ and logged; it never stops the other sinks.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol, TextIO
@@ -30,6 +31,7 @@ from typing import Any, Final, Protocol, TextIO
 import numpy as np
 
 from agents.work.errors import DataError
+from agents.work.grouping import check_symbols
 from mesh.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,10 @@ class WebhookSink:
     """HTTP POSTs of each alert as JSON, sent by one worker thread.
 
     :meth:`emit` only enqueues; :meth:`flush` waits for what is queued to be attempted.
-    ``sent``/``failed``/``dropped`` count outcomes (a drop is also a failure).
+    ``sent``/``failed``/``dropped`` count outcomes (a drop is also a failure), and
+    ``failures`` counts the failed ones by exception type. Whatever a POST raises (a
+    refused connection, a broken HTTP response, a bug) costs that one alert, never the
+    worker: a dead worker would leave every later alert queued and lost uncounted.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class WebhookSink:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
+        self.failures: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._worker, name="webhook-sink", daemon=True)
         self._thread.start()
 
@@ -149,14 +155,39 @@ class WebhookSink:
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Finish queued posts (up to ``timeout``) and stop the worker."""
+        """Finish queued posts (up to ``timeout`` in all) and stop the worker. Alerts still
+        queued then are abandoned and counted (``dropped``, ``failures["abandoned"]``);
+        the worker stops after the POST it is in."""
         if not self._thread.is_alive():
             return
+        deadline = time.monotonic() + timeout
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
-            return
-        self._thread.join(timeout)
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._abandon_queued()
+
+    def _abandon_queued(self) -> None:
+        abandoned = 0
+        for _ in range(self._queue.maxsize + 1):  # what is queued, then the stop marker
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Alert):  # (a flush marker stays unset: its flush says False)
+                abandoned += 1
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # (an emit raced in: the worker stops at the next close)
+            pass
+        if abandoned:
+            with self._count_lock:
+                self.dropped += abandoned
+                self.failed += abandoned
+                self.failures["abandoned"] += abandoned
+            log.warning("webhook sink closed with %d alerts not sent", abandoned)
 
     def _worker(self) -> None:
         while True:
@@ -166,7 +197,11 @@ class WebhookSink:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            self._post(item)
+            try:
+                self._post(item)
+            except Exception as exc:  # unexpected (a bug, an unencodable detail): count, go on
+                self._count_failure(exc)
+                log.error("webhook POST to %s crashed", self.url, exc_info=True)
 
     def _post(self, alert: Alert) -> None:
         body = json.dumps(alert.to_dict(), default=_jsonable).encode()
@@ -177,13 +212,18 @@ class WebhookSink:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 resp.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            with self._count_lock:
-                self.failed += 1
-            log.warning("webhook POST to %s failed: %s", self.url, exc)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # (HTTPException: IncompleteRead, BadStatusLine, LineTooLong... a broken reply)
+            self._count_failure(exc)
+            log.warning("webhook POST to %s failed: %s: %s", self.url, type(exc).__name__, exc)
             return
         with self._count_lock:
             self.sent += 1
+
+    def _count_failure(self, exc: BaseException) -> None:
+        with self._count_lock:
+            self.failed += 1
+            self.failures[type(exc).__name__] += 1
 
 
 class Notifier:
@@ -217,19 +257,60 @@ class Notifier:
         self, symbol: str, kind: str, score: float, *, ts: float | None = None,
         message: str = "", details: dict[str, Any] | None = None,
     ) -> Alert | None:
-        """Apply the rule to one score; the alert if it was sent, else None."""
-        if not isinstance(symbol, str) or not symbol or not isinstance(kind, str) or not kind:
-            raise DataError("symbol and kind must be non-empty strings")
-        try:
-            score = float(score)
-        except (TypeError, ValueError):
-            raise DataError(f"score must be a number, not {score!r}")
+        """Apply the rule to one score; the alert if it was sent, else None.
+
+        Everything is validated before anything is recorded: a bad call raises DataError
+        and leaves the de-dup window and the counters as they were."""
+        _check_name(kind, "kind")
+        check_symbols((symbol,))
+        score = _score(score)
+        when = _timestamp(ts)
         if math.isnan(score) or score < self.threshold:
             with self._lock:
                 self.below_threshold += 1
             return None
+        return self._send(Alert(symbol, kind, score, when, message, dict(details or {})))
+
+    def process_batch(
+        self, symbols: Sequence[str], scores: Any, *, kind: str, timestamps: Any | None = None,
+    ) -> list[Alert]:
+        """The rule over a batch: a vectorised threshold, then per-alert dedupe.
+
+        The whole batch is validated before the first alert goes out, so a refused batch
+        sent nothing: retrying its good part later (as a pipeline stage does, message by
+        message) is not mistaken for a duplicate and suppressed."""
+        _check_name(kind, "kind")
+        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Sequence):
+            raise DataError("symbols must be a list of strings")
+        try:
+            s = np.asarray(scores, dtype=np.float64).reshape(-1)
+            ts = None if timestamps is None else \
+                np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataError("scores and timestamps must be numeric arrays")
+        if s.size != len(symbols):
+            raise DataError(f"{len(symbols)} symbols but {s.size} scores")
+        if ts is not None and ts.size != s.size:
+            raise DataError(f"{s.size} scores but {ts.size} timestamps")
+        if np.isinf(s).any() or (ts is not None and np.isinf(ts).any()):
+            raise DataError("scores and timestamps must not be infinite")
+        check_symbols(symbols)
+        hits = np.flatnonzero(s >= self.threshold)
+        with self._lock:
+            self.below_threshold += int(s.size - hits.size)
+        out = []
+        now = time.time()
+        for i in hits:
+            when = now if ts is None or math.isnan(ts[i]) else float(ts[i])
+            alert = self._send(Alert(symbols[int(i)], kind, float(s[i]), when))
+            if alert is not None:
+                out.append(alert)
+        return out
+
+    def _send(self, alert: Alert) -> Alert | None:
+        """De-duplicate, then record and emit a valid alert; None if suppressed."""
         now = self._clock()
-        key = (symbol, kind)
+        key = (alert.symbol, alert.kind)
         with self._lock:
             last = self._last_sent.get(key)
             if last is not None and now - last < self.dedupe_s:
@@ -240,8 +321,6 @@ class Notifier:
             if len(self._last_sent) > MAX_DEDUPE_KEYS:
                 self._last_sent.popitem(last=False)
             self.sent += 1
-        alert = Alert(symbol, kind, score, time.time() if ts is None else float(ts), message,
-                      dict(details or {}))
         for sink in self.sinks:
             try:
                 sink.emit(alert)
@@ -250,27 +329,6 @@ class Notifier:
                     self._sink_failures += 1
                 log.warning("alert sink %s failed: %s", type(sink).__name__, exc)
         return alert
-
-    def process_batch(
-        self, symbols: Sequence[str], scores: Any, *, kind: str, timestamps: Any | None = None,
-    ) -> list[Alert]:
-        """The rule over a batch: a vectorised threshold, then per-alert dedupe."""
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if s.size != len(symbols):
-            raise DataError(f"{len(symbols)} symbols but {s.size} scores")
-        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).reshape(-1)
-        if ts is not None and ts.size != s.size:
-            raise DataError(f"{s.size} scores but {ts.size} timestamps")
-        hits = np.flatnonzero(s >= self.threshold)
-        with self._lock:
-            self.below_threshold += int(s.size - hits.size)
-        out = []
-        for i in hits:
-            alert = self.process(symbols[int(i)], kind, float(s[i]),
-                                 ts=None if ts is None else float(ts[i]))
-            if alert is not None:
-                out.append(alert)
-        return out
 
     def counters(self) -> dict[str, int]:
         """sent / suppressed / below_threshold, and failed summed over the sinks."""
@@ -281,6 +339,40 @@ class Notifier:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def _check_name(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{what} must be a non-empty string, not {value!r}")
+
+
+def _score(value: Any) -> float:
+    """A score as a float; NaN is "no score" (below any threshold), an infinity is refused:
+    it is no probability, and it would make the alert's JSON invalid (``Infinity``)."""
+    if isinstance(value, bool):
+        raise DataError(f"score must be a number, not {value!r}")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"score must be a number, not {value!r}")
+    if math.isinf(score):
+        raise DataError(f"score must not be infinite, got {score}")
+    return score
+
+
+def _timestamp(value: Any) -> float:
+    """An alert's time: ``value`` (seconds since the epoch), or now when None or NaN."""
+    if value is None:
+        return time.time()
+    if isinstance(value, bool):
+        raise DataError(f"ts must be a number, not {value!r}")
+    try:
+        ts = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"ts must be a number, not {value!r}")
+    if math.isinf(ts):
+        raise DataError(f"ts must not be infinite, got {ts}")
+    return time.time() if math.isnan(ts) else ts
 
 
 def _jsonable(obj: Any) -> Any:

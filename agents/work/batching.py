@@ -10,6 +10,13 @@ than letting latency grow without limit.
 ``predict_fn`` takes a 2-D array and returns one result per row; it may be a coroutine
 function, or a plain function run inline (fast models) or, with ``offload=True``, in the
 loop's default executor so a slow model does not stall the event loop.
+
+A bad row must not spoil the batch it would join, so each row is checked at :meth:`submit`
+against what the model serving *now* expects (``rule``: its width, and whether it imputes
+NaN; infinities are always refused) and only that row is refused, with ``DataError``. The
+expected width is never learnt from a caller: one wrong first row, or a hot swap to a model
+of another width, must not refuse every correct row after it. With no width known, a batch
+whose rows differ in width is predicted one width at a time.
 """
 
 from __future__ import annotations
@@ -18,12 +25,19 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from agents.work.errors import DataError
 from mesh.errors import Closed, ConfigError, InternalError, Overloaded
+
+
+class RowRule(NamedTuple):
+    """What the model serving now takes: row width, and whether NaN is imputed."""
+
+    n_features: int
+    allow_nan: bool
 
 
 class MicroBatcher:
@@ -38,10 +52,13 @@ class MicroBatcher:
         max_queue: int = 1024,
         offload: bool = False,
         n_features: int | None = None,
+        allow_nan: bool = False,
+        rule: Callable[[], RowRule | None] | None = None,
     ) -> None:
-        """``n_features`` fixes the row length; unset, the first row submitted fixes it.
-        A row of another length is refused at :meth:`submit`, so it cannot spoil the
-        batch it would have joined."""
+        """``n_features`` / ``allow_nan`` fix the row rule (by default rows must be finite:
+        only a model that imputes takes NaN); ``rule``, when it returns one,
+        overrides them with the serving model's (asked at every submit: cheap, and right
+        across a hot swap). A row breaking the rule is refused at :meth:`submit`."""
         if not callable(predict_fn):
             raise ConfigError("predict_fn must be callable")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -54,7 +71,11 @@ class MicroBatcher:
             isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1
         ):
             raise ConfigError("n_features must be a positive int")
+        if rule is not None and not callable(rule):
+            raise ConfigError("rule must be callable")
         self.n_features = n_features
+        self.allow_nan = bool(allow_nan)
+        self._rule = rule
         self._fn = predict_fn
         self._is_async = inspect.iscoroutinefunction(predict_fn)
         self._offload = offload
@@ -68,7 +89,8 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0
         self.rows = 0
-        self.rejected = 0
+        self.rejected = 0  # queue full (Overloaded)
+        self.refused = 0  # rows that broke the row rule (DataError to their caller)
         self.largest_batch = 0
 
     async def submit(self, row: Any) -> Any:
@@ -78,7 +100,11 @@ class MicroBatcher:
         if len(self._pending) >= self.max_queue:
             self.rejected += 1
             raise Overloaded(f"micro-batcher queue is full ({self.max_queue} rows waiting)")
-        row = self._check_row(row)
+        try:
+            row = self._check_row(row)
+        except DataError:
+            self.refused += 1
+            raise
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -95,14 +121,20 @@ class MicroBatcher:
             raise DataError("a row must be a 1-D sequence of numbers")
         if arr.ndim != 1 or arr.size == 0:
             raise DataError(f"a row must be a non-empty 1-D sequence, got shape {arr.shape}")
-        if self.n_features is None:
-            self.n_features = arr.size
-        elif arr.size != self.n_features:
-            raise DataError(f"row has {arr.size} values; rows here have {self.n_features}")
+        rule = self._rule() if self._rule is not None else None
+        width = rule.n_features if rule is not None else self.n_features
+        allow_nan = rule.allow_nan if rule is not None else self.allow_nan
+        if width is not None and arr.size != width:
+            raise DataError(f"row has {arr.size} values; the model takes {width}")
+        bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+        if bad.any():
+            raise DataError("row has infinite values" if allow_nan
+                            else "row has non-finite values (this model does not impute NaN)")
         return arr
 
     def stats(self) -> dict[str, int]:
         return {"batches": self.batches, "rows": self.rows, "rejected": self.rejected,
+                "refused": self.refused,
                 "largest_batch": self.largest_batch, "queued": len(self._pending)}
 
     async def aclose(self) -> None:
@@ -143,8 +175,14 @@ class MicroBatcher:
 
     async def _execute(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         live = [(row, fut) for row, fut in batch if not fut.done()]  # callers may have left
-        if not live:
-            return
+        widths = sorted({row.size for row, _ in live})
+        if len(widths) > 1:  # no width known: each width its own call, so none spoils another
+            for w in widths:
+                await self._predict([(row, fut) for row, fut in live if row.size == w])
+        elif live:
+            await self._predict(live)
+
+    async def _predict(self, live: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         try:
             X = np.stack([row for row, _ in live])
             if self._is_async:

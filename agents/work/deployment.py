@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 
 from agents.work.artifacts import ModelArtifact, load_artifact, validate_artifact
+from agents.work.batching import RowRule
 from agents.work.errors import DataError, HealthCheckFailed, NoModelDeployed
 from agents.work.models import evaluate
 from agents.work.preprocess import apply_transform, check_matrix
@@ -58,6 +59,32 @@ class _Slot:
         return out
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What a candidate version must pass, and how many versions are kept; immutable, so
+    a deploy can try new checks and keep them only if its candidate passes."""
+
+    probe: np.ndarray | None
+    probe_y: np.ndarray | None
+    floors: Mapping[str, float]
+    ceilings: Mapping[str, float]
+    keep: int
+
+    @staticmethod
+    def build(*, probe: Any | None = None, probe_y: Any | None = None,
+              min_metrics: Mapping[str, float] | None = None,
+              max_error_metrics: Mapping[str, float] | None = None, keep: int = 5) -> Checks:
+        """Validated checks (ConfigError / DataError says what is wrong)."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigError("keep must be a positive int")
+        arr = None if probe is None else check_matrix(probe)
+        labels = None if probe_y is None else np.asarray(probe_y)
+        if labels is not None and (arr is None or labels.shape != (arr.shape[0],)):
+            raise ConfigError("probe_y needs a probe with one row per label")
+        return Checks(arr, labels, _check_bounds(min_metrics, "min_metrics"),
+                      _check_bounds(max_error_metrics, "max_error_metrics"), keep)
+
+
 class ModelRegistry:
     """Deployed versions of one model name, the active one serving predictions."""
 
@@ -74,28 +101,39 @@ class ModelRegistry:
         are measured on it, otherwise the artifact's own metrics are compared. A version
         needs ``metric >= floor`` for each ``min_metrics`` entry and ``metric <= ceiling``
         for each ``max_error_metrics`` entry (for errors such as ``mae``). ``keep`` bounds
-        how many versions stay loaded for rollback."""
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ConfigError("keep must be a positive int")
-        self._probe = None if probe is None else check_matrix(probe)
-        self._probe_y = None if probe_y is None else np.asarray(probe_y)
-        if self._probe_y is not None and (
-            self._probe is None or self._probe_y.shape != (self._probe.shape[0],)
-        ):
-            raise ConfigError("probe_y needs a probe with one row per label")
-        self._floors = _check_bounds(min_metrics, "min_metrics")
-        self._ceilings = _check_bounds(max_error_metrics, "max_error_metrics")
-        self._keep = keep
+        how many versions stay loaded for rollback. :meth:`checks_with` changes them."""
+        self._checks = Checks.build(probe=probe, probe_y=probe_y, min_metrics=min_metrics,
+                                    max_error_metrics=max_error_metrics, keep=keep)
         self._lock = threading.Lock()
         self._active: _Slot | None = None
         self._history: list[_Slot] = []  # healthy versions, oldest first; active among them
         self._failed: list[dict[str, Any]] = []
         self._next_version = 1
 
+    def checks_with(self, **changes: Any) -> Checks:
+        """The current checks with ``changes`` (the keyword arguments of the constructor),
+        validated (ConfigError); pass them to :meth:`deploy`, which keeps them only if the
+        candidate passes them: a mistyped probe must not lock out every later deploy."""
+        c = self._checks
+        current = {"probe": c.probe, "probe_y": c.probe_y, "min_metrics": c.floors,
+                   "max_error_metrics": c.ceilings, "keep": c.keep}
+        unknown = sorted(set(changes) - set(current))
+        if unknown:
+            raise ConfigError(f"unknown registry settings {unknown}")
+        return Checks.build(**{**current, **changes})
+
     @property
     def active_version(self) -> int | None:
         slot = self._active
         return None if slot is None else slot.version
+
+    def row_rule(self) -> RowRule | None:
+        """What the active version takes (its width, whether it imputes NaN), read from one
+        slot; None before the first deploy. The micro-batcher checks each row against it."""
+        slot = self._active
+        if slot is None:
+            return None
+        return RowRule(int(slot.artifact["feature_count"]), slot.transform is not None)
 
     def predict(self, X: Any) -> dict[str, Any]:
         """Predict with the active version: ``{version, predictions[, probabilities]}``."""
@@ -104,20 +142,23 @@ class ModelRegistry:
             raise NoModelDeployed("no model version is deployed")
         return slot.predict(X)
 
-    def deploy(self, artifact: Any) -> int:
-        """Check and activate an artifact; its new version number, or HealthCheckFailed."""
+    def deploy(self, artifact: Any, checks: Checks | None = None) -> int:
+        """Check and activate an artifact; its new version number, or HealthCheckFailed.
+        With ``checks`` (from :meth:`checks_with`) the candidate is held to those, and they
+        replace the registry's only if it passes."""
         with self._lock:
             version = self._next_version
             self._next_version += 1
+            use = checks if checks is not None else self._checks
             try:
                 slot = self._build(version, artifact)
-                self._health_check(slot)
+                self._health_check(slot, use)
             except Exception as exc:  # any failure of the candidate fails the check
                 detail = exc.message if isinstance(exc, Error) else str(exc)
                 reason = f"{type(exc).__name__}: {detail}"
                 self._failed.append({"version": version, "reason": reason,
                                      "at": time.time()})
-                del self._failed[: -self._keep]
+                del self._failed[: -self._checks.keep]
                 active = self.active_version
                 serving = f"version {active} still serves" if active else "nothing serves"
                 raise HealthCheckFailed(
@@ -125,6 +166,7 @@ class ModelRegistry:
                     details={"version": str(version), "reason": reason,
                              "active_version": str(active)},
                 ) from exc
+            self._checks = use
             self._history.append(slot)
             self._active = slot  # the swap: one reference assignment
             self._evict()
@@ -166,9 +208,9 @@ class ModelRegistry:
             raise ConfigError("artifact transform must be a mapping")
         return _Slot(version, art, model, transform, time.time())
 
-    def _health_check(self, slot: _Slot) -> None:
+    def _health_check(self, slot: _Slot, checks: Checks) -> None:
         fc = slot.artifact["feature_count"]
-        probe = self._probe if self._probe is not None else np.zeros((4, fc))
+        probe = checks.probe if checks.probe is not None else np.zeros((4, fc))
         out = slot.predict(probe)
         pred = np.asarray(out["predictions"])
         if pred.shape != (probe.shape[0],):
@@ -178,24 +220,24 @@ class ModelRegistry:
         proba = out.get("probabilities")
         if proba is not None and not np.all((proba >= 0) & (proba <= 1)):
             raise DataError("probe probabilities fall outside [0, 1]")
-        if not self._floors and not self._ceilings:
+        if not checks.floors and not checks.ceilings:
             return
-        if self._probe_y is not None:
+        if checks.probe_y is not None:
             X = probe if slot.transform is None else apply_transform(probe, slot.transform)
-            metrics = evaluate(slot.model, X, self._probe_y)
+            metrics = evaluate(slot.model, X, checks.probe_y)
         else:
             metrics = dict(slot.artifact["metrics"])
-        for name, floor in self._floors.items():
+        for name, floor in checks.floors.items():
             got = metrics.get(name, math.nan)
             if not got >= floor:
                 raise DataError(f"metric {name}={got:.4g} is below the floor {floor:.4g}")
-        for name, ceiling in self._ceilings.items():
+        for name, ceiling in checks.ceilings.items():
             got = metrics.get(name, math.nan)
             if not got <= ceiling:
                 raise DataError(f"metric {name}={got:.4g} is above the ceiling {ceiling:.4g}")
 
     def _evict(self) -> None:
-        while len(self._history) > self._keep:
+        while len(self._history) > self._checks.keep:
             oldest = self._history[0]
             if oldest is self._active:
                 break

@@ -26,7 +26,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.neural_network import MLPClassifier
 
 from agents.work.errors import DataError
-from agents.work.grouping import by_symbol
+from agents.work.grouping import by_symbol, check_symbols
 from mesh.errors import ConfigError, TooLarge
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ class OnlinePredictor:
             raise DataError(f"{len(syms)} symbols but {r.size} returns")
         if not np.all(np.isfinite(r)):
             raise DataError("returns must be finite (drop each symbol's first, NaN, return)")
-        if not all(isinstance(s, str) and s for s in syms):
-            raise DataError("symbols must be non-empty strings")
+        check_symbols(syms)  # each becomes a topic suffix downstream
         new = {s for s in syms if s not in self._history}
         if len(self._history) + len(new) > self.max_symbols:
             raise TooLarge(f"more than {self.max_symbols} symbols tracked")

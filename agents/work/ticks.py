@@ -21,12 +21,12 @@ from typing import Any, Final, TypedDict
 import numpy as np
 
 from agents.work.errors import DataError
-from agents.work.grouping import by_symbol
+from agents.work.grouping import MAX_SYMBOL_BYTES, by_symbol, check_symbols
 from mesh.errors import ConfigError, TooLarge
 
 MAX_WINDOW: Final = 100_000
 MAX_BATCH: Final = 1_000_000
-MAX_SYMBOL_LEN: Final = 64
+MAX_SYMBOL_LEN: Final = MAX_SYMBOL_BYTES  # bytes (UTF-8): symbols end up in topics
 
 
 class TickStats(TypedDict):
@@ -127,10 +127,7 @@ class TickAnalyzer:
         syms = list(symbols)
         if len(syms) > MAX_BATCH:
             raise TooLarge(f"batch of {len(syms)} ticks; the cap is {MAX_BATCH}")
-        for s in syms:
-            if not isinstance(s, str) or not s or len(s) > MAX_SYMBOL_LEN:
-                raise DataError(f"symbol {s!r} must be a non-empty str of at most "
-                                f"{MAX_SYMBOL_LEN} characters")
+        check_symbols(syms)
         try:
             px = np.asarray(prices, dtype=np.float64).reshape(-1)
             ts = (np.full(px.size, np.nan) if timestamps is None

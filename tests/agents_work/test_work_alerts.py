@@ -193,3 +193,103 @@ def test_webhook_url_is_checked() -> None:
     for url in ("file:///etc/passwd", "ftp://x/", "http://", 42):
         with pytest.raises(ConfigError):
             WebhookSink(url)  # type: ignore[arg-type]
+
+
+class BrokenHook:
+    """A real HTTP server on 127.0.0.1:0 whose replies are scripted raw bytes, broken ones
+    included; each POST takes the next reply (the last one repeats)."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = list(replies)
+        self.posts = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                reply = hook.replies[min(hook.posts, len(hook.replies) - 1)]
+                hook.posts += 1
+                self.wfile.write(reply)
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_webhook_broken_http_replies_are_counted_and_the_worker_lives_on() -> None:
+    hook = BrokenHook([
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",  # IncompleteRead
+        b"GARBAGE\r\n\r\n",  # BadStatusLine
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",  # LineTooLong
+        b"HTTP/1.1 204 No Content\r\n\r\n",  # and then a good reply
+    ])
+    sink = WebhookSink(hook.url, timeout=5, max_queue=10)
+    try:
+        n = Notifier([sink], clock=FakeClock())
+        for sym in ("A", "B", "C", "D"):
+            n.process(sym, "up", 0.9)
+        n.process("E", "up", 0.9, details={"not_json": {1, 2}})  # a bug-like failure: a set
+        n.process("F", "up", 0.9)
+        assert sink.flush(timeout=20)
+    finally:
+        sink.close()
+        hook.close()
+    assert hook.posts == 5
+    assert sink.failures == {"IncompleteRead": 1, "BadStatusLine": 1, "LineTooLong": 1,
+                             "TypeError": 1}
+    assert (sink.sent, sink.failed, sink.dropped) == (2, 4, 0)
+    assert n.counters()["failed"] == 4
+
+
+class Recorder:
+    """A sink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.got: list = []
+
+    def emit(self, alert) -> None:
+        self.got.append(alert)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_refused_alert_leaves_dedupe_and_counters_untouched() -> None:
+    sink = Recorder()
+    n = Notifier([sink], threshold=0.8, dedupe_s=60, clock=FakeClock())
+    for bad in ({"ts": "now"}, {"ts": float("inf")}, {"score": float("inf")},
+                {"score": True}, {"symbol": "X" * 65}):
+        call = {"symbol": "AAPL", "score": 0.9, **bad}
+        with pytest.raises(DataError):
+            n.process(call.pop("symbol"), "up", call.pop("score"), **call)
+    assert n.counters() == {"sent": 0, "suppressed": 0, "below_threshold": 0, "failed": 0}
+    alert = n.process("AAPL", "up", 0.95, ts=1.0)  # the real one is not taken for a duplicate
+    assert alert is not None
+    assert [a.ts for a in sink.got] == [1.0]
+
+
+def test_a_refused_batch_sends_nothing_so_its_retry_is_no_duplicate() -> None:
+    sink = Recorder()
+    n = Notifier([sink], threshold=0.8, dedupe_s=60, clock=FakeClock())
+    for symbols, scores in ((["A", 5], [0.9, 0.9]), (["A", "B"], [0.9, float("inf")]),
+                            (["A", "X" * 65], [0.9, 0.1])):
+        with pytest.raises(DataError):
+            n.process_batch(symbols, scores, kind="up")
+    with pytest.raises(DataError):
+        n.process_batch(["A"], [0.9], kind="up", timestamps=["soon"])
+    assert sink.got == []
+    assert n.counters()["sent"] == 0
+    assert [a.symbol for a in n.process_batch(["A"], [0.9], kind="up")] == ["A"]
+    assert len(sink.got) == 1

@@ -111,3 +111,110 @@ def test_errors_reach_every_caller_and_bad_rows_only_their_own() -> None:
             await closing.submit([1.0, 1.0])
 
     asyncio.run(main())
+
+
+def _artifact(dataset: str, *, impute: bool) -> tuple[dict, np.ndarray]:
+    """A small real model artifact, and its raw rows; ``impute``: keep the training
+    transform (the model then imputes NaN), else a model that takes finite rows only."""
+    from agents.work.artifacts import build_artifact
+    from agents.work.datasets import load_builtin
+    from agents.work.models import train
+    from agents.work.preprocess import preprocess
+
+    d = load_builtin(dataset)
+    p = preprocess(d["X"], d["y"], task=d["task"], feature_names=d["feature_names"])
+    X, y = (p["X_train"], p["y_train"]) if impute else (d["X"], d["y"])
+    est = train(X, y, model="logistic_regression")
+    return build_artifact(est, name=dataset, version="1", task=d["task"],
+                          model="logistic_regression",
+                          transform=p["transform"] if impute else None), d["X"]
+
+
+def _registry_batcher(reg: object) -> MicroBatcher:
+    return MicroBatcher(lambda X: list(reg.predict(X)["predictions"]),  # type: ignore[attr-defined]
+                        max_batch=8, max_delay_ms=20, rule=reg.row_rule)  # type: ignore[attr-defined]
+
+
+def test_the_row_width_comes_from_the_live_model_not_the_first_caller() -> None:
+    from agents.work.deployment import ModelRegistry
+
+    iris, iris_x = _artifact("iris", impute=True)  # 4 features
+    wine, wine_x = _artifact("wine", impute=True)  # 13 features
+    reg = ModelRegistry()
+    reg.deploy(iris)
+
+    async def main() -> None:
+        async with _registry_batcher(reg) as b:
+            with pytest.raises(DataError, match="the model takes 4"):
+                await b.submit([1.0, 2.0])  # a wrong first row fixes nothing
+            assert await b.submit(iris_x[0]) == 0
+            reg.deploy(wine)  # hot swap to a model of another width
+            assert await b.submit(wine_x[0]) == 0
+            with pytest.raises(DataError, match="the model takes 13"):
+                await b.submit(iris_x[0])
+
+    asyncio.run(main())
+
+
+def test_without_a_known_width_one_wrong_row_fails_alone() -> None:
+    def predict(X: np.ndarray) -> np.ndarray:
+        if X.shape[1] != 3:
+            raise DataError(f"expects 3 features, got {X.shape[1]}")
+        return X.sum(axis=1)
+
+    async def main() -> list[object]:
+        async with MicroBatcher(predict, max_batch=8, max_delay_ms=20) as b:
+            return await asyncio.gather(b.submit([1.0, 1.0]), b.submit([1.0, 2.0, 3.0]),
+                                        b.submit([2.0, 2.0, 2.0]), return_exceptions=True)
+
+    wrong, *right = asyncio.run(main())
+    assert isinstance(wrong, DataError)
+    assert right == [6.0, 6.0]
+
+
+def test_a_non_finite_row_is_refused_alone_at_submit() -> None:
+    from agents.work.deployment import ModelRegistry
+
+    strict, x = _artifact("iris", impute=False)  # no transform: NaN is not imputed
+    imputing, _ = _artifact("iris", impute=True)
+    nan_row, inf_row = x[1].copy(), x[2].copy()
+    nan_row[0], inf_row[0] = np.nan, np.inf
+    reg = ModelRegistry()
+    reg.deploy(strict)
+
+    async def main() -> tuple[list[object], list[object], dict]:
+        async with _registry_batcher(reg) as b:
+            first = await asyncio.gather(b.submit(x[0]), b.submit(nan_row), b.submit(x[3]),
+                                         return_exceptions=True)
+            reg.deploy(imputing)
+            second = await asyncio.gather(b.submit(nan_row), b.submit(inf_row),
+                                          b.submit(x[0]), return_exceptions=True)
+            return first, second, b.stats()
+
+    first, second, stats = asyncio.run(main())
+    assert first[0] == 0  # the rows sharing the batch with the NaN one were served
+    assert first[2] == 0
+    assert isinstance(first[1], DataError)
+    assert "impute" in str(first[1])
+    assert second[0] == 0  # this model imputes the NaN
+    assert isinstance(second[1], DataError)
+    assert "infinite" in str(second[1])
+    assert second[2] == 0
+    assert stats["rows"] == 4  # the two refused rows never reached the model
+    assert stats["refused"] == 2
+
+
+def test_a_nan_row_does_not_spoil_the_batch_of_a_strict_model() -> None:
+    def strict(X: np.ndarray) -> np.ndarray:  # as a model without imputation does
+        if not np.isfinite(X).all():
+            raise DataError("X has non-finite values")
+        return X.sum(axis=1)
+
+    async def main() -> list[object]:
+        async with MicroBatcher(strict, max_batch=8, max_delay_ms=20, n_features=2) as b:
+            return await asyncio.gather(b.submit([1.0, 2.0]), b.submit([np.nan, 1.0]),
+                                        b.submit([3.0, 4.0]), return_exceptions=True)
+
+    ok1, nan, ok2 = asyncio.run(main())
+    assert (ok1, ok2) == (3.0, 7.0)
+    assert isinstance(nan, DataError)
