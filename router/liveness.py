@@ -17,7 +17,7 @@ from typing import Any
 
 from mesh.errors import ErrorCode
 from mesh.wire import HEARTBEAT_FRAME, ROUTE, Cmd, Flag, pack_route
-from router.outbound import STREAM_MARK
+from router.outbound import PINNED_MARK, STREAM_MARK
 from router.table import Instance, Peer, Queued, Service
 
 log = logging.getLogger("agp.router")
@@ -147,7 +147,8 @@ class Liveness:
                 client = self.peers.get(crid)
                 if client is not None:
                     client.streams.discard(ident)
-            if mark & _IDEMPOTENT and not mark & _STREAM and deadline > self.now and svc.instances:
+            if (mark & _IDEMPOTENT and not mark & (_STREAM | PINNED_MARK)
+                    and deadline > self.now and svc.instances):
                 frames[0] = crid
                 retry.append(Queued(frames, deadline, ident, mark))
             else:

@@ -29,6 +29,7 @@ log = logging.getLogger("agp.router")
 
 FLUSH_EVERY: Final = 64  # messages handled between two flushes while a burst drains
 STREAM_MARK: Final = 0x100  # marks an in-flight entry that is a stream, beside the Flag bits
+PINNED_MARK: Final = 0x200  # ... that was addressed to one instance: no other may serve it
 _REQUEST, _SEND, _STREAM_OPEN = Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN
 _UNSENT_REASON: Final = {
     Cmd.REPLY: "reply_unroutable", Cmd.ERROR: "error_unroutable",
@@ -126,7 +127,8 @@ class Outbound:
             self._remove_peer(peer, "connection gone")
         # never delivered, so safe on another instance, idempotent or not; in their order
         for svc, q in reversed(retry):
-            if svc.instances and svc.name in self.table.services:
+            if svc.instances and svc.name in self.table.services \
+                    and not q.idempotent & PINNED_MARK:
                 svc.queue.appendleft(q)
             else:
                 self.stats.drop("instance_unroutable")

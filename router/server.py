@@ -38,6 +38,7 @@ from router.config import RouterConfig
 from router.in_flight import InFlight
 from router.liveness import Liveness
 from router.outbound import FLUSH_EVERY, Outbound
+from router.outbound import PINNED_MARK as _PINNED
 from router.outbound import STREAM_MARK as _STREAM
 from router.proxy import PubSubProxy
 from router.sessions import Sessions
@@ -353,7 +354,9 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
                 return
         else:
             inst = target
+            mark |= _PINNED  # addressed to this instance: another does not stand in for it
             if not inst.accepting:
+                self.stats.drop("instance_draining")
                 self._error(peer.rid, ErrorCode.DRAINING, "instance is draining", ident)
                 return
             if len(inst.inflight) >= inst.capacity:

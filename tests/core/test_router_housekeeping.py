@@ -127,3 +127,32 @@ def test_old_traces_are_forgotten(router) -> None:
     router.traced[(b"c", 2)] = time.time_ns()
     router._forget_old_traces()
     assert list(router.traced) == [(b"c", 2)]
+
+
+def test_an_idempotent_call_to_one_instance_is_not_sent_to_another_when_it_dies(
+        router, ctx) -> None:
+    one = Peer(ctx, router, batches=False)
+    _register(one, b"s/q", "one")
+    two = Peer(ctx, router, batches=False)
+    _register(two, b"s/q", "two")
+    client = Peer(ctx, router, batches=False)
+    client.send(_call(8, b"s/q/one", flags=Flag.RAW | Flag.IDEMPOTENT))  # that instance's
+    client.send(_call(9, b"s/q", flags=Flag.RAW | Flag.IDEMPOTENT))  # the service's
+    pump(router, lambda: sum(len(i.inflight) for i in router.table.services[b"s/q"].instances)
+         == 2)
+    on_one = sorted((_ident(m)) for m in [*_take_requests(one)])
+    one.send([pack_route(Cmd.DISCONNECT, 0, 0, 0, 0), b""])
+    err = client.expect(lambda m: m[0][1] == Cmd.ERROR and _ident(m) == 8)
+    assert error_code(err) == ErrorCode.UNAVAILABLE
+    if 9 in on_one:  # the service's call, balanced onto the dead one: served by the other
+        assert _ident(two.expect(lambda m: m[0][1] == Cmd.REQUEST and _ident(m) == 9)) == 9
+    two.read()
+    assert 8 not in [_ident(m) for m in two.inbox if m[0][1] == Cmd.REQUEST]
+
+
+def _take_requests(agent: Peer) -> list[list[bytes]]:
+    agent.read()
+    got = [m for m in agent.inbox if m[0][1] == Cmd.REQUEST]
+    for m in got:
+        agent.inbox.remove(m)
+    return got
