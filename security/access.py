@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import Unauthenticated
-from security.clients import ClientRegistry
+from security.clients import GRANT_CLIENT_CREDENTIALS, ClientRegistry
 from security.rbac import PolicyStore, Principal
 from security.tokens import TokenService, TokenVerifier
 from security.trust import TrustStore
@@ -161,6 +161,8 @@ class SecureAccess:
             client = self.tokens.registry.get(name) if name else None
         if client is None or client.curve_public.decode() != identity:
             raise Unauthenticated("this key is enrolled but no OAuth2 client is bound to it")
+        if GRANT_CLIENT_CREDENTIALS not in client.grant_types:  # as the HTTP endpoint says
+            raise Unauthenticated("this client may not use client_credentials")
         token, claims = self.tokens.issue(client)
         return {"access_token": token, "token_type": "Bearer",
                 "expires_in": self.tokens.ttl, "scope": claims["scope"]}
