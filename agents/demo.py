@@ -147,7 +147,8 @@ def run_sealed(endpoint: str) -> None:
 
 
 def run_scenarios(log_dir: Path) -> None:
-    from agents.scenarios import format_ml, format_streaming, ml_workflow
+    from agents.scenario_report import format_ml, format_streaming
+    from agents.scenarios import ml_workflow
 
     store = log_dir / "workflows.db"
     for leftover in log_dir.glob("workflows.db*"):

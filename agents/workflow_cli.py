@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     doc = load_document(args.file)
     if isinstance(doc, PipelineSpec):
-        from agents.scenarios import format_streaming, run_streaming_scenario
+        from agents.scenario_report import format_streaming
+        from agents.scenarios import run_streaming_scenario
 
         result = asyncio.run(run_streaming_scenario(args.endpoint, pipeline=doc, rate=args.rate,
                                                     duration=args.duration))
@@ -117,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _streaming_exit(result: Mapping[str, Any]) -> int:
     """1, with each reason on stderr, when the streaming run did not settle or a stage
     died, refused, failed to publish or dropped messages; else 0."""
-    from agents.scenarios import streaming_problems
+    from agents.scenario_report import streaming_problems
 
     problems = streaming_problems(result)
     for line in problems:

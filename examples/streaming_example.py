@@ -24,12 +24,8 @@ if __package__ is None and "agents" not in sys.modules:  # a checkout without `m
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.local_mesh import LocalMesh  # noqa: E402
-from agents.scenarios import (  # noqa: E402
-    SEED_PIPELINE,
-    format_streaming,
-    run_streaming_scenario,
-    streaming_problems,
-)
+from agents.scenario_report import format_streaming, streaming_problems  # noqa: E402
+from agents.scenarios import SEED_PIPELINE, run_streaming_scenario  # noqa: E402
 
 
 def main() -> int:

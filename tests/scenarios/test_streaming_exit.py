@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.scenarios import streaming_problems
+from agents.scenario_report import streaming_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 # data_analyst as the last stage refuses every prediction it gets (they are not ticks)
