@@ -298,7 +298,10 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
                 self._deny(peer, "stream",
                            b"(a direct stream under a key not the connection's)", ident)
                 return
-            if name == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
+            # the registry's door, whether it is addressed as a service or as an instance
+            if (name == REGISTRY_SERVICE or isinstance(target, Instance)
+                    and target.service.name == REGISTRY_SERVICE) \
+                    and not self._registry_allowed(peer, msg):
                 self._deny(peer, "register", b"(registration outside its namespace or key)",
                            ident)
                 return

@@ -96,6 +96,20 @@ def test_bad_registrations_are_refused_and_change_nothing(router, registry, mesh
         assert [r["public_key"] for r in found] == [key]
 
 
+def test_the_registry_addressed_as_its_instance_keeps_the_same_door(router, registry,
+                                                                     start_echo) -> None:
+    start_echo(instance="victim")
+    instance = registry.ready_info["instance"]  # agp/system/registry/<host>
+    with Mesh.connect(router.ready_info["router"]) as m:
+        wait_for(lambda: _names(m) == ["victim"], message="registered")
+        with pytest.raises(Forbidden):  # another's lease, with no key or with its key
+            m.request(instance, "deregister", {"name": "test/ns/echo", "instance": "victim"})
+        with pytest.raises(Forbidden):
+            m.request(instance, "register", {"name": "test/ns/echo", "instance": "fake",
+                                             "public_key": zmq.curve_keypair()[0].decode()})
+        assert _names(m) == ["victim"]
+
+
 def test_registration_outside_the_namespace_is_refused(router, registry, enroll, mesh_home
                                                        ) -> None:
     enroll("mallory", "tenant/evil")
