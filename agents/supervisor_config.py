@@ -92,6 +92,25 @@ _AGENT_KEYS = {"module", "namespace", "service", "min", "max", "replicas", "capa
                "args", "env"}
 
 
+_MESH_TYPES = {"home": "a string", "run_dir": "a string", "router": "a string",
+               "pub": "a string", "store": "a string", "registry": "true or false",
+               "insecure": "true or false", "auth_port": "an integer",
+               "restart_backoff": "a number", "restart_backoff_max": "a number"}
+
+
+def _is(v: Any, want: str) -> bool:
+    """TOML's own types, strictly: a bool is not a number, a number not a string."""
+    if want == "true or false":
+        return isinstance(v, bool)
+    if want == "a string":
+        return isinstance(v, str)
+    if isinstance(v, bool):
+        return False
+    if want == "an integer":
+        return isinstance(v, int) and v >= 0
+    return isinstance(v, (int, float)) and v >= 0
+
+
 def load_config(path: str | Path | None) -> MeshConfig:
     """Parse ``mesh.toml``; ``None`` gives the defaults with no agents. Raises ConfigError
     listing every problem."""
@@ -117,8 +136,14 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
     for k in sorted(set(mesh) - _MESH_KEYS):
         problems.append(f"[mesh] unknown key {k!r}")
     cfg = MeshConfig(source=source)
-    for k in _MESH_KEYS & set(mesh):
-        setattr(cfg, k, mesh[k])
+    for k in sorted(_MESH_KEYS & set(mesh)):
+        want = _MESH_TYPES.get(k)
+        v = mesh[k]
+        if want is not None and not _is(v, want):
+            # ("false" is a string, and a true one: never read a setting by its truthiness)
+            problems.append(f"[mesh] {k} must be {want}, not {v!r}")
+        else:
+            setattr(cfg, k, v)
     for k in ("control_port", "metrics_port"):  # false (or < 0) turns it off
         v = getattr(cfg, k)
         if v is False or (isinstance(v, int) and v < 0):
@@ -126,6 +151,9 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
         elif v is not None and (not isinstance(v, int) or isinstance(v, bool)):
             problems.append(f"[mesh] {k} must be a port number or false")
     scaling = doc.get("scaling", {})
+    if not isinstance(scaling, dict):
+        problems.append("[scaling] must be a table")
+        scaling = {}
     for k, v in scaling.items():
         if not hasattr(Scaling, k):
             problems.append(f"[scaling] unknown key {k!r}")
@@ -145,10 +173,18 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
         for k in sorted(set(spec) - _AGENT_KEYS):
             problems.append(f"{where} unknown key {k!r}")
         replicas = spec.get("replicas", {})
+        counts = [spec.get("min"), spec.get("max"), replicas] + (
+            [replicas.get("min"), replicas.get("max")] if isinstance(replicas, dict) else [])
+        if not all(c is None or isinstance(c, dict) or _is(c, "an integer") for c in counts):
+            problems.append(f"{where} min, max and replicas must be integers")
+            continue
         lo = int(spec.get("min", replicas.get("min", 1) if isinstance(replicas, dict) else 1))
         hi = int(spec.get("max", replicas.get("max", lo) if isinstance(replicas, dict) else lo))
         if isinstance(replicas, int):
             lo = hi = replicas
+        for k in ("capacity", "weight"):
+            if spec.get(k) is not None and not (_is(spec[k], "an integer") and spec[k] >= 1):
+                problems.append(f"{where} {k} must be an integer >= 1, not {spec[k]!r}")
         if lo < 0 or hi < max(lo, 1):
             problems.append(f"{where} needs 0 <= min <= max and max >= 1 (got {lo}..{hi})")
         ns = str(spec.get("namespace", ""))
@@ -174,11 +210,12 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
 
 # ---------------------------------------------------------------------- state file
 def same_process(pid: int, starttime: int | None) -> bool:
-    """Whether ``pid`` still names the process we recorded (alive, same start time)."""
-    if pid <= 0:
+    """Whether ``pid`` still names the process we recorded (alive, same start time). A
+    record without a start time (the process had exited when it was written) names no
+    process: its pid may be anyone's by now, and `agp down` must not signal it."""
+    if pid <= 0 or starttime is None:
         return False
-    now = proc_starttime(pid)
-    return now is not None and (starttime is None or now == starttime)
+    return proc_starttime(pid) == starttime
 
 
 def state_path(run_dir: str | Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 from discovery.events import parse_event, parse_snapshot
 from discovery.replica import ApplyResult, Replica
 from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
-from mesh import DeadlineExceeded, Error, Mesh
+from mesh import DeadlineExceeded, Error, Forbidden, Mesh
 
 
 def render(records: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> str:
@@ -29,8 +29,14 @@ def render(records: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> st
 
 
 def _router_load(m: Mesh) -> dict[str, dict[str, Any]]:
+    """Each instance's load from the router, which tells admins only: for anyone else the
+    table goes without it (the registry's records are everyone's to read)."""
     out: dict[str, dict[str, Any]] = {}
-    for svc in m.request("agp/router", "services"):
+    try:
+        services = m.request("agp/router", "services")
+    except Forbidden:
+        return out
+    for svc in services:
         for inst in svc["instances"]:
             out[inst["name"]] = inst
     return out

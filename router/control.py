@@ -260,10 +260,11 @@ def _event(status: dict[str, Any]) -> bytes:
 
 
 def render_index(status: dict[str, Any]) -> bytes:
-    """The page with the current snapshot inlined (``</`` escaped so no name can close the
-    script element)."""
+    """The page with the current snapshot inlined, every ``<`` written ``\\u003c`` (still
+    the same JSON): no value an agent chose (a label, an error) can close the script element
+    or open a comment that swallows the rest of the page."""
     page = (DASHBOARD / "index.html").read_text(encoding="utf-8")
-    data = json.dumps(status, default=str, separators=(",", ":")).replace("</", "<\\/")
+    data = json.dumps(status, default=str, separators=(",", ":")).replace("<", "\\u003c")
     return page.replace("/*AGP_STATUS*/null", data).encode()
 
 

@@ -45,6 +45,22 @@ def test_agents_register_and_are_found(router, registry, start_echo) -> None:
         assert '"instance": "a1"' in out.stdout
 
 
+def test_discover_shows_the_table_to_a_client_that_is_not_an_admin(router, registry, enroll,
+                                                                   start_echo) -> None:
+    import os
+
+    start_echo(instance="a1")
+    viewer = enroll("viewer", "viewer/ns", roles=("client",))
+    with Mesh.connect(router.ready_info["router"]) as m:
+        wait_for(lambda: _names(m) == ["a1"], message="registered")
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "discover", "--endpoint",
+                          router.ready_info["router"]], capture_output=True, text=True,
+                         timeout=30, check=False, env={**os.environ, "AGP_IDENTITY": viewer})
+    assert out.returncode == 0, out.stderr  # (the router's load is for admins: left out)
+    assert "a1" in out.stdout
+    assert "NAME" in out.stdout
+
+
 def test_killed_agent_leaves_within_5s_and_returns_within_2s(router, registry, start_echo,
                                                               spawn) -> None:
     victim = start_echo(instance="victim")

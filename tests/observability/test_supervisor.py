@@ -19,6 +19,7 @@ from agents.procs import ManagedProcess
 from agents.supervisor_config import load_config, parse_config, read_state, same_process
 from mesh import Mesh
 from mesh.errors import ConfigError, Error
+from mesh.process_identity import proc_starttime
 from security.home import Home
 from tests.helpers import wait_for
 
@@ -99,6 +100,30 @@ def test_config_parses_and_refuses_mistakes() -> None:
                                                               "max": 1}}})
     for part in ("bogus", "namespace", "min <= max"):
         assert part in str(err.value)
+
+
+def test_config_values_are_typed_strictly() -> None:
+    """TOML strings are not booleans: "false" must not turn security off."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"mesh": {"insecure": "false", "registry": "no", "run_dir": 5},
+                      "scaling": 5,
+                      "agents": {"a": {"namespace": "o/n", "min": "two"},
+                                 "b": {"namespace": "o/n", "capacity": -5, "weight": "heavy"}}})
+    message = str(err.value)
+    for part in ("insecure must be true or false", "registry must be true or false",
+                 "run_dir must be a string", "[scaling] must be a table",
+                 "[agents.a] min, max and replicas must be integers",
+                 "[agents.b] capacity must be an integer >= 1",
+                 "[agents.b] weight must be an integer >= 1"):
+        assert part in message
+    assert parse_config({"mesh": {"insecure": False}}).insecure is False
+
+
+def test_a_record_without_start_time_names_no_process() -> None:
+    """A state file written after a child exited has no start time for it: its pid may be
+    anyone's by now, and agp down must not signal it (this very process, say)."""
+    assert not same_process(os.getpid(), None)
+    assert same_process(os.getpid(), proc_starttime(os.getpid()))
 
 
 def test_restart_after_kill_9(supervise: Callable[..., Any], tmp_path: Path) -> None:
