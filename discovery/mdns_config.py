@@ -89,6 +89,19 @@ def mesh_name(env: Mapping[str, str] | None = None) -> str:
     return (os.environ if env is None else env).get(ENV_MESH, "default")
 
 
+def bound_addresses(endpoint: str) -> list[str] | None:
+    """What a socket bound at ``endpoint`` can be reached at: its own address when bound
+    to one (``tcp://127.0.0.1:7700`` is reached nowhere else), None (every address) when
+    bound to all of them (``*``, ``0.0.0.0``, ``::``)."""
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host in ("*", "0.0.0.0", "::", ""):
+        return None
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:  # a name or an interface: let zeroconf pick the host's addresses
+        return None
+
+
 def default_addresses(interfaces: Interfaces) -> list[str]:
     """Addresses to announce: the chosen ones, or the host's LAN IPv4 (loopback if none)."""
     if not isinstance(interfaces, InterfaceChoice):

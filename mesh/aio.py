@@ -269,23 +269,28 @@ class AsyncMesh(FireAndForget, NowaitRequests):
             attempt += 1
             if breaker is not None:
                 breaker.before_call()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"{dest} {action}: no reply within {timeout:g}s")
-            waiter = loop.create_future()
-            ident = self.core.next_id()
-            send_header, send_payload, send_flags = header, payload, flags
-            reply_key: Any = None
-            if boxes is not None:
-                # the usual case is cached, without awaiting a coroutine
-                keys = self.service_keys
-                recipients = keys.fresh(dest) or await keys.get(dest)
-                send_header, send_payload, reply_key = self._seal(
-                    recipients, action, ident, payload, idempotency_key, traceparent)
-                send_flags = flags | _ENCRYPTED
-            self.core.start_request(Cmd.REQUEST, address, send_header, send_payload, waiter,
-                                    flags=send_flags, timeout=remaining,
-                                    on_progress=progress_cb, ident=ident)
+            try:  # every way out from here reports to the breaker (a half-open trial slot)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"{dest} {action}: no reply within {timeout:g}s")
+                waiter = loop.create_future()
+                ident = self.core.next_id()
+                send_header, send_payload, send_flags = header, payload, flags
+                reply_key: Any = None
+                if boxes is not None:
+                    # the usual case is cached, without awaiting a coroutine
+                    keys = self.service_keys
+                    recipients = keys.fresh(dest) or await keys.get(dest)
+                    send_header, send_payload, reply_key = self._seal(
+                        recipients, action, ident, payload, idempotency_key, traceparent)
+                    send_flags = flags | _ENCRYPTED
+                self.core.start_request(Cmd.REQUEST, address, send_header, send_payload,
+                                        waiter, flags=send_flags, timeout=remaining,
+                                        on_progress=progress_cb, ident=ident)
+            except BaseException:
+                if breaker is not None:
+                    breaker.abandon()  # not sent: no outcome will come for this trial
+                raise
             try:
                 msg = await waiter
             except asyncio.CancelledError:

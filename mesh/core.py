@@ -312,7 +312,11 @@ class Core(Outgoing, SessionSide):
             dispatch = self._dispatch
             for sub in batch.unpack(msg[1], value):
                 if len(sub[0]) == 16 and sub[0][1] != _BATCH:
-                    dispatch(sub)
+                    try:  # each message on its own, as if it came alone: one that raises
+                        dispatch(sub)  # (a bad frame, a callback's bug) drops only itself
+                    except Exception:
+                        self.counters["malformed"] += 1
+                        log.debug("message in a batch dropped", exc_info=True)
                 else:
                     self.counters["malformed"] += 1
         elif cmd in _INBOUND:

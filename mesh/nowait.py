@@ -116,30 +116,35 @@ class NowaitRequests:
         breaker = self.breaker(dest)
         if breaker is not None:
             breaker.before_call()
-        core = self.core
-        payload: list[Any] = [data] if raw else codec.encode(data)
-        flags = flags_for(raw, idempotent or idempotency_key is not None)
-        ident = core.next_id()
-        if recipients is not None:
-            header, payload, reply_key = self._seal(recipients, action, ident, payload,
-                                                    idempotency_key)
-            flags |= _ENCRYPTED
+        try:  # every way out from here reports to the breaker (a half-open trial slot)
+            core = self.core
+            payload: list[Any] = [data] if raw else codec.encode(data)
+            flags = flags_for(raw, idempotent or idempotency_key is not None)
+            ident = core.next_id()
+            if recipients is not None:
+                header, payload, reply_key = self._seal(recipients, action, ident, payload,
+                                                        idempotency_key)
+                flags |= _ENCRYPTED
 
-            def decode(msg: list[bytes]) -> Any:
-                return open_sealed_reply(msg, reply_key, ident)
-        else:
-            header = self._header(action, idempotency_key)
-            decode = decode_reply
-        keys = None if recipients is None else self.service_keys
-        future = ReplyFuture(loop=loop)
+                def decode(msg: list[bytes]) -> Any:
+                    return open_sealed_reply(msg, reply_key, ident)
+            else:
+                header = self._header(action, idempotency_key)
+                decode = decode_reply
+            keys = None if recipients is None else self.service_keys
+            future = ReplyFuture(loop=loop)
 
-        def on_cancel() -> None:
-            core.cancel_request(ident)
+            def on_cancel() -> None:
+                core.cancel_request(ident)
+                if breaker is not None:
+                    breaker.abandon()
+
+            future.on_cancel = on_cancel
+            core.start_request(Cmd.REQUEST, address, header, payload,
+                               ReplyWaiter(future, decode, breaker, keys, dest), flags=flags,
+                               timeout=timeout, ident=ident)
+        except BaseException:
             if breaker is not None:
-                breaker.abandon()
-
-        future.on_cancel = on_cancel
-        core.start_request(Cmd.REQUEST, address, header, payload,
-                           ReplyWaiter(future, decode, breaker, keys, dest), flags=flags,
-                           timeout=timeout, ident=ident)
+                breaker.abandon()  # not sent: no outcome will come for this trial
+            raise
         return future

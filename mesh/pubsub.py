@@ -335,10 +335,13 @@ class SubscriberSide:
         else:
             items = [payload[0] if raw and len(payload) == 1 else codec.decode(payload)]
         name = topic.decode(errors="replace")
-        for prefix, subs in self.subs.items():
+        # a snapshot per PUBLISH: a callback may close a subscription (its own or another),
+        # which takes it out of these; one closed meanwhile gets nothing more
+        for prefix, subs in tuple(self.subs.items()):
             if topic.startswith(prefix):
-                for s in subs:
-                    s.deliver(name, items)
+                for s in tuple(subs):
+                    if not s.closed:
+                        s.deliver(name, items)
 
     def _count_gap(self, topic: bytes, missed: int) -> None:
         self.gaps += missed

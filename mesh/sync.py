@@ -53,6 +53,13 @@ class LoopThread:
         self.loop.close()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.get_ident() == self.thread.ident:
+            # from a callback on this loop's own thread: waiting here would block the loop
+            # that has to produce the result (and its heartbeats) until the timeout
+            coro.close()
+            raise ConfigError(
+                "a blocking Mesh call from a callback on the mesh's own I/O thread would "
+                "deadlock; in callbacks use the async face (AsyncMesh) or request_nowait")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)

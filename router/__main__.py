@@ -106,6 +106,7 @@ def _announce(router: Router, router_id: str) -> Any:
     import threading
 
     from discovery.mdns import Announcer, mdns_enabled
+    from discovery.mdns_config import bound_addresses
 
     if not mdns_enabled():
         return None
@@ -113,7 +114,8 @@ def _announce(router: Router, router_id: str) -> Any:
     pub_port = int(router.pub_endpoint.rsplit(":", 1)[1])
     key = router.server_keypair[0].decode() if router.server_keypair else "0" * 40
     announcer = Announcer(role="router", name=router_id, server_key=key, port=port,
-                          sub_port=pub_port, mesh=os.environ.get("AGP_MESH", "default"))
+                          sub_port=pub_port, mesh=os.environ.get("AGP_MESH", "default"),
+                          addresses=bound_addresses(router.endpoint))
 
     def start() -> None:  # probing takes ~2 s: never delay serving for it
         try:

@@ -261,3 +261,15 @@ def test_an_interface_this_host_lacks_is_a_clear_error_not_a_crash() -> None:
     stats = MdnsStats()
     assert browse_routers(0.3, interfaces=absent, stats=stats) == []
     assert stats.dropped["socket"] == 1  # counted, and no zeroconf thread left (leak guard)
+
+
+def test_a_router_announces_the_address_it_is_bound_to() -> None:
+    """Bound to loopback, a router must not announce the host's LAN address (nothing
+    listens there); bound to every address, the host's addresses are announced."""
+    from discovery.mdns_config import bound_addresses
+
+    assert bound_addresses("tcp://127.0.0.1:7700") == ["127.0.0.1"]
+    assert bound_addresses("tcp://10.1.2.3:7700") == ["10.1.2.3"]
+    assert bound_addresses("tcp://[::1]:7700") == ["::1"]
+    for everywhere in ("tcp://*:7700", "tcp://0.0.0.0:7700", "tcp://[::]:7700"):
+        assert bound_addresses(everywhere) is None
