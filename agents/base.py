@@ -265,6 +265,7 @@ class Agent(Presence, Calls):
                 ctx.cancel()
                 if task is not None:
                     task.cancel()
+                    self.loop.call_soon(self._answer_if_never_ran, task, ctx)
             st = self._streams.pop((crid, ident), None)
             if st is not None:
                 st.end()

@@ -117,6 +117,12 @@ class Calls:
         if task is not None:
             task.cancel(_PAST_DEADLINE)
 
+    def _answer_if_never_ran(self, task: asyncio.Task[Any], ctx: Context) -> None:
+        """After a CANCEL: a task cancelled before its first step never ran the wrapper
+        that answers; answered here then, or the call's slot at the router stays taken."""
+        if task.cancelled() and self._tasks.get((ctx.crid, ctx.ident), (None,))[0] is task:
+            self._finish(ctx, True, None, Cancelled("cancelled by the caller"))
+
     def _finish(self, ctx: Context, reply: bool, result: Any, exc: BaseException | None) -> None:
         key = (ctx.crid, ctx.ident)
         self._tasks.pop(key, None)

@@ -47,3 +47,30 @@ def test_a_deadline_timer_that_fires_early_still_reads_as_deadline_exceeded() ->
 
 def test_a_callers_cancel_reads_as_cancelled() -> None:
     assert _serve_until_stopped("caller") == [ErrorCode.CANCELLED]
+
+
+def test_a_cancel_that_comes_before_the_handler_ran_is_still_answered() -> None:
+    """REQUEST and CANCEL in one batch: the handler's task is cancelled before its first
+    step, so its wrapper never runs; the call must still be answered CANCELLED, or its slot
+    at the router stays taken until the call's deadline."""
+    from mesh.wire import Cmd, pack_route
+
+    codes: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        agent = Echo(endpoint="tcp://127.0.0.1:1", namespace="test/deadline")
+        agent.loop = loop
+        agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
+        header = agp_pb2.Envelope(action="sleep").SerializeToString()
+        agent._on_inbound(Cmd.REQUEST, 0, 60_000, 7,
+                          [pack_route(Cmd.REQUEST, 0, 0, 60_000, 7), b"client", header,
+                           b"\xcb@>\x00\x00\x00\x00\x00\x00"])  # msgpack 30.0: sleep 30 s
+        agent._on_inbound(Cmd.CANCEL, 0, 0, 7, [pack_route(Cmd.CANCEL, 0, 0, 0, 7),
+                                                b"client", b""])
+        for _ in range(10):  # a few turns of the loop: the cancel settles at once
+            await asyncio.sleep(0)
+        assert not agent._tasks  # nothing left running or held
+
+    asyncio.run(main())
+    assert codes == [ErrorCode.CANCELLED]
