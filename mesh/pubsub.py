@@ -237,6 +237,18 @@ class SubscriberSide:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, sub.prefix)
             if not lst:
                 del self.subs[sub.prefix]
+                self._forget_topics(sub.prefix)
+
+    def _forget_topics(self, prefix: bytes) -> None:
+        """Nobody here hears topics under ``prefix`` any more: their numbering is forgotten,
+        so a later subscriber is not charged, as gaps, for what was published meanwhile."""
+        heard = tuple(self.subs)  # (startswith(()) is False: nothing heard, all forgotten)
+        for table in (self._expected, self._explained):
+            for topic in [t for t in table if t.startswith(prefix) and not t.startswith(heard)]:
+                del table[topic]
+        for key in [k for k in self._pub_next
+                    if k[0].startswith(prefix) and not k[0].startswith(heard)]:
+            del self._pub_next[key]
 
     def refused(self, prefix: bytes, exc: Error) -> None:
         """The router refused a subscription (FORBIDDEN): fail its waiters."""

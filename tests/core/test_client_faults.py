@@ -212,3 +212,26 @@ def test_a_blocking_call_from_a_callback_on_the_io_thread_is_refused_at_once(
         assert m.request(PING, "ping", timeout=5) is not None  # the I/O thread is fine
     finally:
         m.close()
+
+
+def test_a_new_subscriber_is_not_charged_for_what_was_published_while_nobody_listened(
+        router) -> None:
+    from mesh import Mesh
+    from tests.helpers import wait_for
+
+    endpoint = router.endpoint
+    with Mesh.connect(endpoint) as pub, Mesh.connect(endpoint) as sub_client:
+        first = sub_client.subscribe("quiet.")
+        for i in range(3):
+            pub.publish("quiet.x", i)
+        assert [first.get(timeout=10).data for _ in range(3)] == [0, 1, 2]
+        first.close()
+        for i in range(10):  # nobody here listens: numbered at the router all the same
+            pub.publish("quiet.x", 100 + i)
+        pub.flush(wait=True)
+        again = sub_client.subscribe("quiet.")
+        pub.publish("quiet.x", "after")
+        assert again.get(timeout=10).data == "after"
+        wait_for(lambda: again.received == 1, message="received")
+        assert again.gaps == 0
+        assert again.lost == 0
