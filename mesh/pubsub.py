@@ -163,11 +163,9 @@ class SubscriberSide:
             except Error as exc:
                 n = ROUTE.unpack(frames[0])[4]
                 log.warning("publish of %d messages dropped: %s", n, exc)
-                counters = self.core.counters
-                counters["publish_dropped"] = counters.get("publish_dropped", 0) + n
+                self.count("publish_dropped", n)
                 if not isinstance(exc, Overloaded):  # (the rest met a full queue)
-                    why = f"publish_dropped_{exc.code.name.lower()}"
-                    counters[why] = counters.get(why, 0) + n
+                    self.count(f"publish_dropped_{exc.code.name.lower()}", n)
 
     # ------------------------------------------------------------------ subscribing
     def on_session(self, welcome: Welcome, restarted: bool) -> None:

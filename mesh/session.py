@@ -106,6 +106,7 @@ class SessionSide:
     _send_outbox: Any
     send_frames: Any
     start_request: Any
+    _count: Any
 
     def _watch_handshake(self, sock: zmq.Socket[Any]) -> None:
         """A refused CURVE handshake is final in libzmq (no retry): surface it at once."""
@@ -290,7 +291,7 @@ class SessionSide:
             # call id, so it fails no call of ours; the service is read from the instance
             # name the router stamped ("service/instance"), not from anything the instance
             # says: it can only speak for its own service.
-            self.counters["sends_refused"] = self.counters.get("sends_refused", 0) + 1
+            self._count("sends_refused")
             service = msg[1].decode(errors="replace").rpartition("/")[0]
             if service and self.on_send_refused is not None:
                 self.on_send_refused(service)
@@ -302,8 +303,7 @@ class SessionSide:
                     details.setdefault("instance", msg[1].decode(errors="replace"))
                 _fail(p.waiter, error_from_code(code, message, details))
             else:  # a fire-and-forget's refusal, or the answer to a call given up
-                why = f"unclaimed_error_{ErrorCode(code).name.lower()}"
-                self.counters[why] = self.counters.get(why, 0) + 1
+                self._count(f"unclaimed_error_{ErrorCode(code).name.lower()}")
             return
         if code == ErrorCode.UNAUTHENTICATED:
             self.connected = False

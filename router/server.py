@@ -299,9 +299,8 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
                            b"(a direct stream under a key not the connection's)", ident)
                 return
             # the registry's door, whether it is addressed as a service or as an instance
-            if (name == REGISTRY_SERVICE or isinstance(target, Instance)
-                    and target.service.name == REGISTRY_SERVICE) \
-                    and not self._registry_allowed(peer, msg):
+            service = target.service.name if isinstance(target, Instance) else name
+            if service == REGISTRY_SERVICE and not self._registry_allowed(peer, msg):
                 self._deny(peer, "register", b"(registration outside its namespace or key)",
                            ident)
                 return

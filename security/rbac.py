@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mesh.errors import ConfigError, Forbidden, Malformed
+from mesh.wire import MAX_ADDRESS_BYTES
 
 from .patterns import NAME_SEP, TOPIC_SEP, Pattern, parse_pattern, split_name, split_prefix
 
@@ -64,7 +65,6 @@ MAX_CACHE: Final = 100_000
 _ROLE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _VAR_RE: Final = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _PREFIX_ACTION: Final = "subscribe-prefix"
-_MAX_CACHED_NAME: Final = 255  # mesh.wire.MAX_ADDRESS_BYTES: no name is longer
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ class Policy:
 
     def check(self, who: Principal | str, action: str, name: str) -> Decision:
         """May ``who`` do ``action`` on ``name`` (a service/instance name or a topic)?"""
-        if len(name) > _MAX_CACHED_NAME:  # no name is that long: decided, never kept
+        if len(name) > MAX_ADDRESS_BYTES:  # no name is that long: decided, never kept
             return self._decide(who, action, name)
         key = (who, action, name)
         decision = self._cache.get(key)

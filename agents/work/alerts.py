@@ -346,32 +346,28 @@ def _check_name(value: Any, what: str) -> None:
         raise DataError(f"{what} must be a non-empty string, not {value!r}")
 
 
-def _score(value: Any) -> float:
-    """A score as a float; NaN is "no score" (below any threshold), an infinity is refused:
-    it is no probability, and it would make the alert's JSON invalid (``Infinity``)."""
+def _number(value: Any, what: str) -> float:
+    """``value`` as a float (NaN kept); a bool, a non-number or an infinity is refused: an
+    infinity would make the alert's JSON invalid (``Infinity``)."""
     if isinstance(value, bool):
-        raise DataError(f"score must be a number, not {value!r}")
+        raise DataError(f"{what} must be a number, not {value!r}")
     try:
-        score = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise DataError(f"score must be a number, not {value!r}")
-    if math.isinf(score):
-        raise DataError(f"score must not be infinite, got {score}")
-    return score
+        raise DataError(f"{what} must be a number, not {value!r}")
+    if math.isinf(number):
+        raise DataError(f"{what} must not be infinite, got {number}")
+    return number
+
+
+def _score(value: Any) -> float:
+    """A score as a float; NaN is "no score" (below any threshold)."""
+    return _number(value, "score")
 
 
 def _timestamp(value: Any) -> float:
     """An alert's time: ``value`` (seconds since the epoch), or now when None or NaN."""
-    if value is None:
-        return time.time()
-    if isinstance(value, bool):
-        raise DataError(f"ts must be a number, not {value!r}")
-    try:
-        ts = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"ts must be a number, not {value!r}")
-    if math.isinf(ts):
-        raise DataError(f"ts must not be infinite, got {ts}")
+    ts = time.time() if value is None else _number(value, "ts")
     return time.time() if math.isnan(ts) else ts
 
 

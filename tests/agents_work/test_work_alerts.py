@@ -24,7 +24,22 @@ class FakeClock:
         return self.now
 
 
-class Hook:
+class LocalServer:
+    """A real HTTP server on 127.0.0.1:0 in a thread; ``url`` is its alerts endpoint."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class Hook(LocalServer):
     """A real HTTP server on 127.0.0.1:0 recording POSTed JSON bodies."""
 
     def __init__(self) -> None:
@@ -48,16 +63,11 @@ class Hook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self._serve(Handler)
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().close()
 
 
 @pytest.fixture
@@ -195,7 +205,7 @@ def test_webhook_url_is_checked() -> None:
             WebhookSink(url)  # type: ignore[arg-type]
 
 
-class BrokenHook:
+class BrokenHook(LocalServer):
     """A real HTTP server on 127.0.0.1:0 whose replies are scripted raw bytes, broken ones
     included; each POST takes the next reply (the last one repeats)."""
 
@@ -216,15 +226,7 @@ class BrokenHook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self._serve(Handler)
 
 
 def test_webhook_broken_http_replies_are_counted_and_the_worker_lives_on() -> None:

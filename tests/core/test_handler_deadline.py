@@ -9,7 +9,17 @@ import asyncio
 from agents.context import Context
 from agents.echo import Echo
 from mesh.errors import ErrorCode
+from mesh.wire import Cmd, pack_route
 from proto import agp_pb2
+
+
+def _agent_telling(codes: list[int]) -> Echo:
+    """An Echo on the running loop, with no connection: the error codes it sends go to
+    ``codes``."""
+    agent = Echo(endpoint="tcp://127.0.0.1:1", namespace="test/deadline")
+    agent.loop = asyncio.get_running_loop()
+    agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
+    return agent
 
 
 def _serve_until_stopped(stop: str) -> list[int]:
@@ -19,9 +29,7 @@ def _serve_until_stopped(stop: str) -> list[int]:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        agent = Echo(endpoint="tcp://127.0.0.1:1", namespace="test/deadline")
-        agent.loop = loop
-        agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
+        agent = _agent_telling(codes)
         ctx = Context(agent, b"client", 7, "sleep", loop.time() + 60.0, agp_pb2.Envelope())
         started = asyncio.Event()
 
@@ -53,15 +61,10 @@ def test_a_cancel_that_comes_before_the_handler_ran_is_still_answered() -> None:
     """REQUEST and CANCEL in one batch: the handler's task is cancelled before its first
     step, so its wrapper never runs; the call must still be answered CANCELLED, or its slot
     at the router stays taken until the call's deadline."""
-    from mesh.wire import Cmd, pack_route
-
     codes: list[int] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        agent = Echo(endpoint="tcp://127.0.0.1:1", namespace="test/deadline")
-        agent.loop = loop
-        agent._error = lambda crid, ident, code, message, details=None: codes.append(code)
+        agent = _agent_telling(codes)
         header = agp_pb2.Envelope(action="sleep").SerializeToString()
         agent._on_inbound(Cmd.REQUEST, 0, 60_000, 7,
                           [pack_route(Cmd.REQUEST, 0, 0, 60_000, 7), b"client", header,
