@@ -479,6 +479,29 @@ class TestMeshRefusals:
             assert m.request(SVC, "echo", 3) == 3
         secure_mesh.assert_still_serves()
 
+    def test_a_batching_client_hears_why_its_session_ended(
+            self, secure_mesh: SecureMesh, caplog: pytest.LogCaptureFixture) -> None:
+        """The router batches what it sends to a batching client; ending the session must
+        send that batch first, or the reason is dropped with the session and the client only
+        learns, at its next HELLO, that its token is revoked."""
+        sec = secure_mesh.identity("tok-batching")
+        token = _real_token(secure_mesh, sec)
+        jti = jwt.decode_unverified(token)[1]["jti"]
+        caplog.set_level("ERROR", logger="agp")
+        with secure_mesh.connect(secure_mesh.security("tok-batching", token)) as m:
+            assert m.request(SVC, "echo", 1) == 1
+            assert m.core.batching, "the router takes this client's batches"
+            with secure_mesh.admin() as admin:
+                admin.request("agp/system/auth", "revoke", {"jti": jti})
+
+            def refusals() -> list[str]:
+                return [r.getMessage() for r in caplog.records
+                        if r.getMessage().startswith("router refused this client")]
+
+            wait_for(lambda: bool(refusals()), timeout=DEADLINE,
+                     message="the client heard its session refused")
+            assert refusals()[0] == "router refused this client: credentials expired or revoked"
+
     def test_only_admins_revoke_tokens(self, secure_mesh: SecureMesh) -> None:
         sec = secure_mesh.identity("not-admin")
         with secure_mesh.connect(sec) as m:
