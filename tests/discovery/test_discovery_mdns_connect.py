@@ -32,3 +32,14 @@ def test_a_router_with_another_key_is_not_used(lan, spawn, monkeypatch) -> None:
     monkeypatch.setenv("AGP_SERVER_KEY", zmq.curve_keypair()[0].decode())  # pin another key
     with pytest.raises(Unavailable):
         Mesh.connect(timeout=3)
+
+
+def test_the_router_announces_the_address_it_is_bound_to(lan, spawn) -> None:
+    """A router bound to one address announces that one: a client finding it by mDNS
+    connects there (127.0.0.2 is loopback too, but not the interface's own 127.0.0.1,
+    where nothing listens on that port)."""
+    r = spawn(router_process(bind="tcp://127.0.0.2:0", pub_bind="tcp://127.0.0.2:0",
+                             extra=["--auth-port", "0"]))
+    with Mesh.connect(timeout=15) as m:
+        assert m.request("agp/router", "stats")["router_id"] == r.ready_info["router_id"]
+        assert m.core.endpoint.startswith("tcp://127.0.0.2:")
