@@ -45,6 +45,7 @@ log = logging.getLogger("agp.direct")
 TICKET_LEN: Final = 16
 DRAIN_BATCH: Final = 256
 HWM: Final = 1000
+IDLE_CLOSE: Final = 5.0  # seconds a client's direct link outlives its last stream
 
 
 def advertise_host(router_endpoint: str) -> str:
@@ -237,13 +238,22 @@ class DirectServer:
 
 
 class DirectLinks:
-    """A client's connections to agents' stream endpoints, one per endpoint, reused."""
+    """A client's connections to agents' stream endpoints, one per endpoint, shared by the
+    streams to it and closed ``idle`` seconds after the last of them finished.
+
+    Why close: an agent that restarts binds a new random port, and libzmq would keep
+    reconnecting (over CURVE) to the dead endpoint for the life of the client, one socket
+    and one reader per endpoint ever used. Why wait a little: consecutive streams to one
+    agent reuse the connection instead of paying a CURVE handshake each.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  keypair: tuple[bytes, bytes] | None,
-                 counters: dict[str, int] | None = None) -> None:
+                 counters: dict[str, int] | None = None, *,
+                 idle: float = IDLE_CLOSE) -> None:
         self.loop = loop
         self.keypair = keypair
+        self.idle = idle  # seconds a link with no stream stays open for the next stream
         # what an agent sent that no stream takes, counted as ``direct_<reason>`` (the
         # client's counters: agp_client_dropped_total)
         self.counters: dict[str, int] = counters if counters is not None else {}
@@ -251,12 +261,27 @@ class DirectLinks:
         self.socks: dict[tuple[str, bytes], zmq.Socket[Any]] = {}
         self.on_credit: dict[int, Callable[[int], None]] = {}
         self.on_error: dict[int, Callable[[list[bytes]], None]] = {}
+        self.closed_links = 0  # links closed once idle (observability, tests)
+        self._users: dict[tuple[str, bytes], set[int]] = {}  # link -> streams using it
+        self._link_of: dict[int, tuple[str, bytes]] = {}  # stream -> its link
+        self._idle_timers: dict[tuple[str, bytes], asyncio.TimerHandle] = {}
 
-    def link(self, endpoint: str, server_key: bytes) -> zmq.Socket[Any]:
+    def link(self, endpoint: str, server_key: bytes, ident: int) -> zmq.Socket[Any]:
+        """The connection to ``endpoint`` for stream ``ident`` (made if there is none), held
+        for it until ``forget(ident)``."""
         key = (endpoint, server_key)
+        timer = self._idle_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
         sock = self.socks.get(key)
-        if sock is not None:
-            return sock
+        if sock is None:
+            sock = self._connect(endpoint, server_key)
+            self.socks[key] = sock
+        self._users.setdefault(key, set()).add(ident)
+        self._link_of[ident] = key
+        return sock
+
+    def _connect(self, endpoint: str, server_key: bytes) -> zmq.Socket[Any]:
         if self.ctx is None:
             self.ctx = zmq.Context(io_threads=1)  # CURVE for bulk data off the router's thread
         sock = self.ctx.socket(zmq.DEALER)
@@ -268,7 +293,6 @@ class DirectLinks:
             sock.curve_serverkey = server_key
         sock.connect(endpoint)
         self.loop.add_reader(sock.getsockopt(zmq.FD), self.poll, sock)
-        self.socks[key] = sock
         return sock
 
     def send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
@@ -305,17 +329,50 @@ class DirectLinks:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def forget(self, ident: int) -> None:
+        """Stream ``ident`` finished (idempotent): what comes for it now is late, and its
+        link closes ``idle`` seconds after its last stream, unless one takes it again."""
         self.on_credit.pop(ident, None)
         self.on_error.pop(ident, None)
+        key = self._link_of.pop(ident, None)
+        if key is None:
+            return
+        users = self._users.get(key)
+        if users is not None:
+            users.discard(ident)
+            if users:
+                return
+        if key not in self._idle_timers:  # (never now: poll may be reading this socket)
+            self._idle_timers[key] = self.loop.call_later(max(self.idle, 0.0),
+                                                          self._close_idle, key)
+
+    def _close_idle(self, key: tuple[str, bytes]) -> None:
+        self._idle_timers.pop(key, None)
+        if self._users.get(key):  # taken again meanwhile
+            return
+        self._users.pop(key, None)
+        sock = self.socks.pop(key, None)
+        if sock is None:
+            return
+        self.poll(sock)  # what waits there is for streams that ended: counted as late
+        self._close_socket(sock)
+        self.closed_links += 1
+
+    def _close_socket(self, sock: zmq.Socket[Any]) -> None:
+        try:  # the reader goes first: the FD number may be reused by the next socket
+            self.loop.remove_reader(sock.getsockopt(zmq.FD))
+        except Exception:
+            pass
+        sock.close(linger=0)
 
     def close(self) -> None:
+        for timer in self._idle_timers.values():
+            timer.cancel()
+        self._idle_timers.clear()
         for sock in self.socks.values():
-            try:
-                self.loop.remove_reader(sock.getsockopt(zmq.FD))
-            except Exception:
-                pass
-            sock.close(linger=0)
+            self._close_socket(sock)
         self.socks.clear()
+        self._users.clear()
+        self._link_of.clear()
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None

@@ -176,7 +176,18 @@ class SubscriberSide:
         if restarted:
             self._expected.clear()
         if self.sock is not None and endpoint != self.endpoint:
+            # the router's pub/sub moved (restarted on another port, say): libzmq would
+            # retry the old endpoint for ever, so a new socket joins the new one and takes
+            # every subscription along (a subscribe() still waiting gets its SUBACK there)
             self._close_socket()
+            self._expected.clear()  # another proxy's numbering: no gap against the old one
+            self.endpoint = endpoint
+            if self.subs:
+                sock = self._ensure_socket()
+                for prefix in self.subs:
+                    sock.setsockopt(zmq.SUBSCRIBE, prefix)
+                self._schedule_drain()
+            return
         self.endpoint = endpoint
         if restarted and self.sock is not None:
             # libzmq re-sent our subscriptions on reconnect, before the new router knew this
@@ -209,7 +220,7 @@ class SubscriberSide:
         if not self.endpoint:
             raise Closed("no session with the router yet")
         sub = Subscription(prefix, callback, self.core.sub_queue, raw)
-        sub._unsubscribe = self._unsubscribe
+        sub.bind_loop(self.core.loop, self._unsubscribe)
         sock = self._ensure_socket()
         assert self.core.loop is not None
         ack: asyncio.Future[None] = self.core.loop.create_future()

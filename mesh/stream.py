@@ -215,10 +215,16 @@ class AsyncStream:
         if direct and "t" in answer:
             self._ticket = answer["t"]
             links = core.direct_links()
-            self._sock = links.link(answer.get("ep", b"").decode(), answer.get("k", b""))
+            # held for this stream until _finish, which lets the link close once idle
+            self._sock = links.link(answer.get("ep", b"").decode(), answer.get("k", b""),
+                                    ident)
             links.on_credit[ident] = self._on_direct_credit
             links.on_error[ident] = self._on_direct_error
-            links.send(self._sock, [pack_route(Cmd.STREAM_OPEN, 0, 0, 0, ident), self._ticket])
+            try:
+                self._send_chunk(pack_route(Cmd.STREAM_OPEN, 0, 0, 0, ident), [])
+            except Error:
+                self.abort()  # the service's handler is cancelled, the link let go
+                raise
         elif self.credits <= 0:
             await self._wait_for(lambda: self.credits > 0)
 
@@ -252,6 +258,8 @@ class AsyncStream:
 
     def _send_chunk(self, route: bytes, payload: list[Any]) -> None:
         if self._sock is None:
+            if self._ticket:  # it was direct, and its link was let go when it finished
+                raise Closed("stream already ended")
             self.core.send_frames([route, b"", b"", *payload])
             return
         import zmq
@@ -270,7 +278,8 @@ class AsyncStream:
         self._ended = True
         assert self._waiter is not None
         try:
-            self._send_chunk(pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), [])
+            if not self._waiter.done():  # (done: the answer, or the error, is already in)
+                self._send_chunk(pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), [])
             msg = await self._waiter
         finally:
             self._finish()
@@ -295,8 +304,11 @@ class AsyncStream:
             self._finish()
 
     def _finish(self) -> None:
+        """Idempotent: the stream takes nothing more; its direct link (if any) is let go,
+        and closes once no stream uses it (``DirectLinks.forget``)."""
         self.core.stream_acks.pop(self.ident, None)
         if self._sock is not None:
+            self._sock = None
             self.core.direct_links().forget(self.ident)
 
     async def __aenter__(self) -> AsyncStream:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
 
 log = logging.getLogger("agp.pubsub")
 
+CLOSE_TIMEOUT = 5.0  # seconds close() from another thread waits for the I/O loop
 MAX_BATCH = 4096  # messages per PUBLISH batch (one frame: split in C by msgpack)
 MAX_BATCH_BYTES = 256 * 1024
 
@@ -74,8 +76,17 @@ class Subscription:
         self.error: Error | None = None
         self._cond = threading.Condition()
         self._async_waiter: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the client's I/O loop
+        self._loop_thread: int | None = None  # ... and the thread it runs on
         self._unsubscribe: Callable[[Subscription], None] | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None,
+                  unsubscribe: Callable[[Subscription], None]) -> None:
+        """Called on the client's loop: the socket and tables ``unsubscribe`` touches are
+        that thread's, so ``close()`` from any other thread hands the work over to it."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._unsubscribe = unsubscribe
 
     # called on the core's loop
     def deliver(self, topic: str, items: list[Any]) -> None:
@@ -158,10 +169,43 @@ class Subscription:
         except Closed:
             raise StopAsyncIteration
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Take no more messages and unsubscribe. Safe from any thread: off the client's
+        I/O thread the unsubscribing (its ZeroMQ socket, its tables, an async waiter) runs
+        on that loop, and this waits for it at most ``timeout`` seconds."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = True  # from here on nothing is delivered to it
+        loop = self._loop
+        if (loop is None or threading.get_ident() == self._loop_thread
+                or not loop.is_running()):
+            self._close_here()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._close_here()
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # its loop is closed: the client is gone, its socket with it
+            pass
+        else:
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.05):  # bounded; a loop that stopped will never run it
+                if not loop.is_running() or time.monotonic() > deadline:
+                    break
+        if not done.is_set():
+            with self._cond:  # a reader blocked in get() learns of the close now
+                self._cond.notify_all()
+            if loop.is_running():
+                log.warning("subscription to %r: the client's I/O loop did not unsubscribe "
+                            "within %.1fs; it will when it gets to it", self.prefix, timeout)
+
+    def _close_here(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe(self)
         self._wake()
