@@ -39,7 +39,7 @@ from mesh.workflow import (
     load_spec,
     open_store,
 )
-from mesh.workflow.owner import owner_alive
+from mesh.workflow.owner import owner_gone
 
 log = logging.getLogger("agp.orchestrator")
 
@@ -71,7 +71,7 @@ def run_status(store: Store, run_id: str, caller: MeshStepCaller | None = None) 
 def run_summary(record: RunRecord) -> dict[str, Any]:
     return {"run": record.id, "name": record.name, "state": record.state.value,
             "error": record.error, "created": record.created, "updated": record.updated,
-            "owner": record.owner}
+            "owner": record.owner, "lease_until": record.lease_until}
 
 
 def step_summary(step: StepRecord, progress: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -209,7 +209,8 @@ class Orchestrator(WorkAgent):
 
     Its store is ``AGP_WORKFLOW_STORE`` (default ``sqlite:///run/workflows.db``), artifacts
     under ``AGP_ARTIFACTS`` (default beside the store). At start it resumes every run left
-    ``running`` by an orchestrator process that is gone.
+    ``running`` by an orchestrator process that is gone (dead on this host, or on another
+    host with its lease run out).
     """
 
     name = "orchestrator"
@@ -225,8 +226,8 @@ class Orchestrator(WorkAgent):
                                      default_timeout=DEFAULT_STEP_TIMEOUT)
         self.resumed: list[str] = []
         for record in self.store.list_runs(state=RunState.RUNNING, limit=1000):
-            if owner_alive(record.owner):  # another host's, or a live process here
-                continue
+            if not owner_gone(record.owner, record.lease_until):
+                continue  # a live process here, or another host's that holds its lease
             try:
                 self.resumed.append(await self.runner.resume(record.id))
             except Error as exc:  # one broken run must not keep the service down

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["resume"].add_argument("run", help="run id (or a unique prefix)")
     sub.choices["resume"].add_argument(
         "--force", action="store_true",
-        help="take over a run whose driver may be alive (one on another host, say): only "
-             "once that process is known gone, or two would drive it")
+        help="take over a run whose driver may be alive (a live process on this host, or "
+             "one on another host before its lease runs out): only once that process is "
+             "known gone, or two would drive it")
 
     status = sub.add_parser("status", help="one run's steps, or the recent runs")
     status.add_argument("run", nargs="?", help="run id (or a unique prefix)")

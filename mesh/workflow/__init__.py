@@ -8,6 +8,8 @@ from mesh.workflow.codec import OutputError, decode_output, encode_output
 from mesh.workflow.events import Event, EventKind
 from mesh.workflow.execution import CURRENT_RUN, CallStep, StepResult, backoff_delay
 from mesh.workflow.model import (
+    LeaseHeld,
+    LeaseLost,
     PipelineSpec,
     RunConflict,
     RunNotFound,
@@ -18,7 +20,13 @@ from mesh.workflow.model import (
     WorkflowSpec,
     WorkflowSpecError,
 )
-from mesh.workflow.owner import owner_alive, process_owner
+from mesh.workflow.owner import (
+    LEASE_GRACE,
+    LEASE_SECONDS,
+    owner_alive,
+    owner_gone,
+    process_owner,
+)
 from mesh.workflow.progress import ProgressDisplay, render_table
 from mesh.workflow.runner import WorkflowRunner
 from mesh.workflow.spec import load_document, load_pipeline, load_spec, parse_rate
@@ -37,6 +45,7 @@ __all__ = [
     # state
     "open_store", "Store", "RunRecord", "StepRecord", "RunState", "StepState", "RunNotFound",
     "RunConflict", "owner_alive", "process_owner",
+    "LeaseHeld", "LeaseLost", "LEASE_SECONDS", "LEASE_GRACE", "owner_gone",
     # outputs
     "ArtifactStore", "ArtifactRef", "ArtifactError", "encode_output", "decode_output",
     "OutputError",

@@ -25,7 +25,15 @@ from mesh.errors import Cancelled, DeadlineExceeded, InternalError
 from mesh.workflow.artifacts import ArtifactStore
 from mesh.workflow.codec import OutputError, decode_output, encode_output
 from mesh.workflow.events import Event, EventHook, EventKind
-from mesh.workflow.model import RunConflict, RunState, StepSpec, StepState, WorkflowSpec
+from mesh.workflow.lease import LeaseKeeper
+from mesh.workflow.model import (
+    LeaseLost,
+    RunConflict,
+    RunState,
+    StepSpec,
+    StepState,
+    WorkflowSpec,
+)
 from mesh.workflow.steps import (  # re-exported: the runner and callers import them here
     CURRENT_RUN,
     NON_RETRYABLE,
@@ -58,14 +66,16 @@ class Settings:
     resolve_inputs: bool
     rng: random.Random
     owner: str
+    lease: float
 
 
 class RunExecution:
-    """One run in this process. ``task`` completes when the run is finished or detached."""
+    """One run in this process. ``task`` completes when the run is finished or detached,
+    or when this process lost it (``lost`` then says how: its lease ran out)."""
 
     def __init__(self, store: Store, call_step: CallStep, settings: Settings, run_id: str,
                  spec: WorkflowSpec, progress: Mapping[str, StepProgress],
-                 doomed: StepFailed | None = None) -> None:
+                 doomed: StepFailed | None = None, *, lease_until: float) -> None:
         self.store, self.call_step, self.cfg = store, call_step, settings
         self.run_id, self.spec = run_id, spec
         self.doomed = doomed  # a step resumed past its retry budget: the run fails at once
@@ -73,20 +83,31 @@ class RunExecution:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.outputs: dict[str, asyncio.Task[Any]] = {}
         self.stop_reason: str | None = None
+        self.lost: LeaseLost | None = None
+        self.lease = LeaseKeeper(store, run_id, settings.owner, lease=settings.lease,
+                                 until=lease_until, on_lost=self._lease_lost)
+        self._conflict: RunConflict | None = None
         self._stop = asyncio.Event()
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._drive(), name=f"workflow-run-{run_id}")
 
     def request_stop(self, reason: str) -> None:
-        """``"cancel"`` records the run cancelled; ``"detach"`` leaves it to a later resume."""
+        """``"cancel"`` records the run cancelled; ``"detach"`` leaves it to a later resume;
+        ``"lost"`` (the lease keeper's) stops its steps and writes nothing more."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
+
+    def _lease_lost(self, conflict: RunConflict | None) -> None:
+        """The keeper could not renew the lease: the swap failed, or it ran out."""
+        self._conflict = conflict
+        self.request_stop("lost")
 
     async def _drive(self) -> None:
         CURRENT_RUN.set(self.run_id)
         self._emit(EventKind.RUN_STARTED, steps={n: p.state for n, p in self.steps.items()})
         stopper = asyncio.ensure_future(self._stop.wait())
+        self.lease.start()
         try:
             # one run is one trace: steps are its children, agent calls their grandchildren
             with (telemetry.run_span(self.run_id, self.spec.name) if telemetry.ENABLED
@@ -95,11 +116,9 @@ class RunExecution:
                     await self._failed(self.doomed)
                 else:
                     await self._schedule(stopper)
-        except RunConflict as exc:  # cancelled, or taken over, by another process
-            log.log(logging.INFO if exc.state is RunState.CANCELLED else logging.WARNING,
-                    "workflow run %s: stopped driving it: %s", self.run_id, exc.message)
+        except RunConflict as exc:  # cancelled, ended or taken over by another process
             await self._halt()
-            self._lost()
+            self._give_up(exc)
         except asyncio.CancelledError:  # the loop is going away: same as detach
             await self._halt()
             self._release()
@@ -113,6 +132,7 @@ class RunExecution:
             except Exception:
                 log.exception("could not record the failure of run %s", self.run_id)
         finally:
+            self.lease.stop()
             stopper.cancel()
             for task in self.outputs.values():
                 task.cancel()
@@ -270,6 +290,12 @@ class RunExecution:
         await self._halt()
 
     async def _stopped(self) -> None:
+        if self.stop_reason == "lost":
+            if self._conflict is not None:
+                raise self._conflict  # handled as a failed write: _give_up
+            await self._halt()
+            self._expired()
+            return
         if self.stop_reason == "cancel":
             self._finish(RunState.CANCELLED, "cancelled", StepState.CANCELLED)
         await self._halt()
@@ -279,9 +305,10 @@ class RunExecution:
     def _release(self) -> None:
         """Detach: give the run up (no owner) and put the steps this process stopped back
         to ``pending``, so a resume anywhere takes it at once and counts no interruption."""
+        self.lease.stop()
         stopped = [n for n, p in self.steps.items() if p.state is StepState.RUNNING]
         try:
-            self._apply(run={"owner": None},
+            self._apply(run={"owner": None, "lease_until": None},
                         steps={n: {"state": StepState.PENDING} for n in stopped})
         except Exception as exc:  # still ours in the store: resumable once this process ends
             log.warning("workflow run %s: cannot release it: %s", self.run_id, describe(exc))
@@ -293,6 +320,7 @@ class RunExecution:
                 failed: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """One transaction: the run's end state, the failed step, in-flight steps cancelled,
         steps that never started marked ``idle`` (skipped, or cancelled by a user)."""
+        self.lease.stop()
         now = time.time()
         updates: dict[str, Mapping[str, Any]] = dict(failed or {})
         for name, progress in self.steps.items():
@@ -301,7 +329,7 @@ class RunExecution:
             in_flight = name in self.tasks and not self.tasks[name].done()
             new = StepState.CANCELLED if in_flight else idle
             updates[name] = {"state": new, "finished": now if in_flight else None}
-        self._apply(run={"state": state, "error": error}, steps=updates)
+        self._apply(run={"state": state, "error": error, "lease_until": None}, steps=updates)
         for name, cols in updates.items():
             progress = self.steps[name]
             progress.state = cols["state"]
@@ -321,6 +349,26 @@ class RunExecution:
         a cancel or a takeover by another process is never overwritten (RunConflict)."""
         self.store.apply(self.run_id, run=run, steps=steps,
                          expect={"state": RunState.RUNNING, "owner": self.cfg.owner})
+
+    def _give_up(self, exc: RunConflict) -> None:
+        """A write (or a lease renewal) found the run no longer ours: say why, write
+        nothing more. Taken over once our lease had run out: that is :attr:`lost`."""
+        self.lease.stop()
+        if (exc.state is RunState.RUNNING and exc.owner != self.cfg.owner
+                and self.lease.expired()):
+            self.lost = self.lease.taken_over(exc.owner)
+            log.warning("%s", self.lost.message)
+        else:
+            log.log(logging.INFO if exc.state is RunState.CANCELLED else logging.WARNING,
+                    "workflow run %s: stopped driving it: %s", self.run_id, exc.message)
+        self._lost()
+
+    def _expired(self) -> None:
+        """The lease ran out unrenewed: another host may take the run over from now on, so
+        its steps here were stopped; give it up in the store if the store answers again."""
+        self.lost = self.lease.ran_out()
+        log.warning("%s", self.lost.message)
+        self._release()
 
     def _lost(self) -> None:
         """The run ended or moved elsewhere: say what the store holds, write nothing."""

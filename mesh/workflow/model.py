@@ -48,6 +48,29 @@ class RunConflict(Error):
         self.state, self.owner = state, owner
 
 
+class LeaseHeld(RunConflict):
+    """A resume refused: the run's owner is on another host and its lease has not expired
+    (``lease_until``, epoch seconds; a takeover is allowed after ``takeover_at``, which adds
+    a grace for clock skew). Its liveness cannot be seen from here; the lease can."""
+
+    def __init__(self, message: str, *, state: RunState | None = None,
+                 owner: str | None = None, lease_until: float | None = None,
+                 takeover_at: float | None = None) -> None:
+        super().__init__(message, state=state, owner=owner)
+        self.lease_until, self.takeover_at = lease_until, takeover_at
+
+
+class LeaseLost(RunConflict):
+    """This process stopped driving a run because its lease expired: it could not renew it
+    in time, or another process took the run over after it expired (``owner``, if known).
+    Steps in flight here were cancelled and nothing more is written from here."""
+
+    def __init__(self, message: str, *, state: RunState | None = None,
+                 owner: str | None = None, lease_until: float | None = None) -> None:
+        super().__init__(message, state=state, owner=owner)
+        self.lease_until = lease_until
+
+
 class RunState(str, Enum):
     """Life cycle of a run; the three last ones are terminal."""
 

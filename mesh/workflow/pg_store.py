@@ -28,7 +28,8 @@ _SCHEMA: Final = (
         created DOUBLE PRECISION NOT NULL,
         updated DOUBLE PRECISION NOT NULL,
         error TEXT,
-        owner TEXT
+        owner TEXT,
+        lease_until DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created)",
     "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created)",
@@ -65,6 +66,7 @@ class PostgresStore(SqlStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             for statement in _SCHEMA:
                 cur.execute(statement)
+            _migrate(cur)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._closed:
@@ -103,6 +105,16 @@ class PostgresStore(SqlStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _migrate(cur: psycopg.Cursor[Any]) -> None:
+    """Bring tables made by an earlier version up to date, under the schema lock. Checked
+    first: ALTER TABLE would lock out every other orchestrator's queries even when it has
+    nothing to do."""
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                " current_schema() AND table_name = 'runs' AND column_name = 'lease_until'")
+    if cur.fetchone() is None:  # made before leases
+        cur.execute("ALTER TABLE runs ADD COLUMN lease_until DOUBLE PRECISION")
 
 
 def _first_line(exc: BaseException) -> str:

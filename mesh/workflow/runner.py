@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -18,8 +19,16 @@ from mesh.workflow.artifacts import ArtifactStore
 from mesh.workflow.codec import INLINE_THRESHOLD, decode_output
 from mesh.workflow.events import EventHook
 from mesh.workflow.execution import CallStep, RunExecution, Settings
-from mesh.workflow.model import RunConflict, RunState, StepState, WorkflowSpec
-from mesh.workflow.owner import owner_alive, process_owner
+from mesh.workflow.lease import stamp
+from mesh.workflow.model import LeaseHeld, RunConflict, RunState, StepState, WorkflowSpec
+from mesh.workflow.owner import (
+    LEASE_GRACE,
+    LEASE_SECONDS,
+    owner_gone,
+    owner_here,
+    process_owner,
+    takeover_at,
+)
 from mesh.workflow.steps import StepFailed, StepProgress, plan_resume
 from mesh.workflow.store import RunRecord, Store
 from mesh.workflow.validate import validate
@@ -35,17 +44,24 @@ class WorkflowRunner:
     outputs of ``inline_threshold`` bytes or more go to ``artifact_store`` by reference;
     with ``resolve_inputs=False`` dependents receive :class:`ArtifactRef` values for those
     parts instead of loading them. ``on_event`` receives :class:`Event` s (must not block).
+    A run driven here holds a ``lease`` (s) in the store, renewed every third of it; a run
+    another host drives is taken over once its lease plus ``lease_grace`` (clock skew) is
+    past (see :mod:`mesh.workflow.owner`).
     """
 
     def __init__(self, store: Store, call_step: CallStep, *, artifact_store: ArtifactStore,
                  max_parallel: int = 8, on_event: EventHook | None = None,
                  default_timeout: float | None = None, max_backoff: float = 60.0,
                  inline_threshold: int = INLINE_THRESHOLD, resolve_inputs: bool = True,
-                 owner: str | None = None, rng: random.Random | None = None) -> None:
+                 owner: str | None = None, rng: random.Random | None = None,
+                 lease: float = LEASE_SECONDS, lease_grace: float = LEASE_GRACE) -> None:
         if max_parallel < 1:
             raise ConfigError(f"max_parallel must be at least 1, got {max_parallel}")
         if default_timeout is not None and not default_timeout > 0:
             raise ConfigError(f"default_timeout must be positive, got {default_timeout}")
+        if not (0 < lease < float("inf")) or not (0 <= lease_grace < float("inf")):
+            raise ConfigError(f"lease must be positive and lease_grace not negative, got "
+                              f"{lease} and {lease_grace}")
         self.store = store
         self.call_step = call_step
         self.owner = owner or process_owner()
@@ -53,8 +69,9 @@ class WorkflowRunner:
             artifacts=artifact_store, semaphore=asyncio.Semaphore(max_parallel),
             on_event=on_event, default_timeout=default_timeout, max_backoff=max_backoff,
             inline_threshold=inline_threshold, resolve_inputs=resolve_inputs,
-            rng=rng or random.Random(), owner=self.owner,
+            rng=rng or random.Random(), owner=self.owner, lease=lease,
         )
+        self.lease_grace = lease_grace
         self._active: dict[str, RunExecution] = {}
 
     @property
@@ -67,8 +84,9 @@ class WorkflowRunner:
         """Validate (a dict spec), record a new run, start it; returns the run id at once."""
         if not isinstance(spec, WorkflowSpec):
             spec = validate(spec)
-        record = self.store.create_run(spec, run_id=run_id, owner=self.owner)
-        self._launch(record.id, spec, {name: StepProgress() for name in spec.steps})
+        until = time.time() + self._settings.lease
+        record = self.store.create_run(spec, run_id=run_id, owner=self.owner, lease_until=until)
+        self._launch(record.id, spec, {name: StepProgress() for name in spec.steps}, until)
         return record.id
 
     async def run(self, spec: WorkflowSpec | Mapping[str, Any], *,
@@ -83,9 +101,11 @@ class WorkflowRunner:
         attempts it had in flight counted as failures (a step out of retries fails the run);
         a ``failed`` or ``cancelled`` run gets a fresh budget for its unfinished steps. A
         ``succeeded`` run is left as it is. Returns the full run id (a prefix is accepted).
-        A ``running`` run whose owner may be alive (see :func:`owner_alive`: this process,
-        a live one on this host, or any on another host) is refused with
-        :class:`RunConflict` unless ``force``: use it only knowing that owner is gone.
+        A ``running`` run whose owner may be alive is refused unless ``force`` (use it only
+        knowing that owner is gone): with :class:`RunConflict` for this process or a live
+        one on this host, or one on another host that holds no lease (written before
+        leases); with :class:`LeaseHeld` for one on another host whose lease (plus
+        ``lease_grace``) has not run out. See :func:`~mesh.workflow.owner.owner_gone`.
 
         Taking the run over is one compare-and-swap in the store: it succeeds only if the
         run still has the state, owner and last update read here, so of two processes
@@ -98,37 +118,61 @@ class WorkflowRunner:
             raise ConfigError(f"run {run_id} is already running in this runner")
         if record.state is RunState.SUCCEEDED:
             return run_id
-        if record.state is RunState.RUNNING and not force and owner_alive(record.owner):
-            raise RunConflict(f"run {run_id} is driven by another owner, {record.owner}, "
-                              "which is alive or on another host; resume it with force only "
-                              "once that process is known gone",
-                              state=record.state, owner=record.owner)
+        if record.state is RunState.RUNNING and not force:
+            self._may_take_over(record)
         spec = validate(record.spec, source=f"run {run_id}")
         progress, updates, doomed = plan_resume(
             spec, self.store.step_states(run_id), fresh=record.state is not RunState.RUNNING,
             owner=record.owner)
+        until = time.time() + self._settings.lease
         try:
             self.store.apply(run_id, run={"state": RunState.RUNNING, "error": None,
-                                          "owner": self.owner}, steps=updates,
+                                          "owner": self.owner, "lease_until": until},
+                             steps=updates,
                              expect={"state": record.state, "owner": record.owner,
-                                     "updated": record.updated})
+                                     "updated": record.updated,
+                                     "lease_until": record.lease_until})
         except RunConflict as exc:
             raise RunConflict(f"run {run_id} is driven by another owner: it changed while "
                               f"this runner took it over ({exc.message})",
                               state=exc.state, owner=exc.owner) from None
-        self._launch(run_id, spec, progress, doomed)
+        self._launch(run_id, spec, progress, until, doomed)
         return run_id
+
+    def _may_take_over(self, record: RunRecord) -> None:
+        """Refuse (typed, naming the owner) to take over a running run unless its owner is
+        gone: dead on this host, or on another host with its lease run out."""
+        if owner_gone(record.owner, record.lease_until, grace=self.lease_grace):
+            return
+        head = f"run {record.id} is driven by another owner, {record.owner}"
+        tail = "; resume it with force only once that process is known gone"
+        at = takeover_at(record.lease_until, grace=self.lease_grace)
+        if owner_here(record.owner) or record.lease_until is None or at is None:
+            why = ("which is alive on this host" if owner_here(record.owner) else
+                   "on another host, with no lease to tell whether it is alive (started by "
+                   "a build before leases)")
+            raise RunConflict(f"{head}, {why}{tail}", state=record.state, owner=record.owner)
+        raise LeaseHeld(
+            f"{head}, on another host, whose lease runs until {stamp(record.lease_until)}: "
+            f"unless renewed, it may be taken over after {stamp(at)} "
+            f"({max(0.0, at - time.time()):.1f} s from now, with {self.lease_grace:g} s of "
+            f"grace for clock skew){tail}", state=record.state, owner=record.owner,
+            lease_until=record.lease_until, takeover_at=at)
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until a run driven here ends (or is detached); returns its stored record.
 
         For a run this runner is not driving, returns the stored record at once.
-        Raises :class:`TimeoutError` after ``timeout`` seconds (the run goes on).
+        Raises :class:`TimeoutError` after ``timeout`` seconds (the run goes on), and
+        :class:`LeaseLost` when this runner stopped driving the run because its lease ran
+        out (another process may drive it now).
         """
         run_id = self.store.get_run(run_id).id
         execution = self._active.get(run_id)
         if execution is not None:
             await asyncio.wait_for(asyncio.shield(execution.task), timeout)
+            if execution.lost is not None:
+                raise execution.lost
         return self.store.get_run(run_id)
 
     async def cancel(self, run_id: str) -> RunRecord:
@@ -187,8 +231,8 @@ class WorkflowRunner:
             await asyncio.gather(*(e.task for e in executions), return_exceptions=True)
 
     def _launch(self, run_id: str, spec: WorkflowSpec, progress: Mapping[str, StepProgress],
-                doomed: StepFailed | None = None) -> None:
+                lease_until: float, doomed: StepFailed | None = None) -> None:
         execution = RunExecution(self.store, self.call_step, self._settings, run_id, spec,
-                                 progress, doomed)
+                                 progress, doomed, lease_until=lease_until)
         self._active[run_id] = execution
         execution.task.add_done_callback(lambda _t: self._active.pop(run_id, None))

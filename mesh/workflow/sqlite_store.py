@@ -21,7 +21,10 @@ from typing import Final
 from mesh.errors import Closed, ConfigError, Error, InternalError, Unavailable
 from mesh.workflow.store import SqlStore
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""v2 added ``runs.lease_until``. A v1 file gets the column on open; a build that knows only
+v1 refuses a v2 file, so no process that ignores leases drives a run beside one that keeps
+them (it would take over a run whose lease it does not see, or let one lapse)."""
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -32,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     error TEXT,
-    owner TEXT
+    owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created);
@@ -85,6 +89,7 @@ class SqliteStore(SqlStore):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
+                _migrate(cur)
                 cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, Error) as exc:
             conn.close()
@@ -131,6 +136,14 @@ class SqliteStore(SqlStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _migrate(cur: sqlite3.Cursor) -> None:
+    """Bring a file made by an earlier version up to :data:`SCHEMA_VERSION` (in the open's
+    transaction: a failure leaves it as it was)."""
+    columns = {row[1] for row in cur.execute("PRAGMA table_info(runs)").fetchall()}
+    if "lease_until" not in columns:  # v1: runs had no lease
+        cur.execute("ALTER TABLE runs ADD COLUMN lease_until REAL")
 
 
 def _typed(exc: sqlite3.Error, path: str) -> Error:

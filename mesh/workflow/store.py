@@ -31,8 +31,8 @@ from mesh.workflow.model import (
     WorkflowSpecError,
 )
 
-RUN_FIELDS: Final = frozenset({"state", "error", "owner"})
-EXPECT_FIELDS: Final = frozenset({"state", "owner", "updated"})
+RUN_FIELDS: Final = frozenset({"state", "error", "owner", "lease_until"})
+EXPECT_FIELDS: Final = frozenset({"state", "owner", "updated", "lease_until"})
 STEP_FIELDS: Final = frozenset({
     "state", "attempt", "failures", "started", "finished", "error", "instance", "avoid",
     "output", "output_refs",
@@ -43,7 +43,8 @@ _ID_PREFIX_RE: Final = re.compile(r"^[0-9a-f]{4,32}$")
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One run as stored: its spec (the wrapper dict), state and last error."""
+    """One run as stored: its spec (the wrapper dict), state and last error; ``owner``
+    drives it, and holds it until ``lease_until`` (epoch seconds) unless it renews."""
 
     id: str
     name: str
@@ -53,6 +54,7 @@ class RunRecord:
     updated: float
     error: str | None = None
     owner: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Store(ABC):
 
     @abstractmethod
     def create_run(self, spec: WorkflowSpec, *, run_id: str | None = None,
-                   owner: str | None = None) -> RunRecord:
+                   owner: str | None = None, lease_until: float | None = None) -> RunRecord:
         """Insert a ``running`` run and all its steps ``pending``, in one transaction."""
 
     @abstractmethod
@@ -144,20 +146,22 @@ class SqlStore(Store):
         return None if value is None else bytes(value)
 
     def create_run(self, spec: WorkflowSpec, *, run_id: str | None = None,
-                   owner: str | None = None) -> RunRecord:
+                   owner: str | None = None, lease_until: float | None = None) -> RunRecord:
         run_id = run_id or uuid.uuid4().hex
         now = time.time()
         record = RunRecord(id=run_id, name=spec.name, spec=spec.to_dict(),
-                           state=RunState.RUNNING, created=now, updated=now, owner=owner)
+                           state=RunState.RUNNING, created=now, updated=now, owner=owner,
+                           lease_until=lease_until)
         try:  # validate() refuses such specs; this guards a WorkflowSpec built by hand
             spec_json = json.dumps(record.spec, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise WorkflowSpecError([f"the spec cannot be stored as JSON: {exc}"]) from None
         with self._tx() as cur:
             cur.execute(self._q(
-                "INSERT INTO runs (id, name, spec, state, created, updated, error, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"),
-                (run_id, spec.name, spec_json, record.state.value, now, now, owner))
+                "INSERT INTO runs (id, name, spec, state, created, updated, error, owner,"
+                " lease_until) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)"),
+                (run_id, spec.name, spec_json, record.state.value, now, now, owner,
+                 lease_until))
             for position, name in enumerate(spec.steps):
                 cur.execute(self._q(
                     "INSERT INTO steps (run_id, name, position, state) VALUES (?, ?, ?, ?)"),
@@ -240,7 +244,8 @@ class SqlStore(Store):
         return self._blob(row[0])
 
 
-_SELECT_RUN: Final = "SELECT id, name, spec, state, created, updated, error, owner FROM runs"
+_SELECT_RUN: Final = ("SELECT id, name, spec, state, created, updated, error, owner, lease_until"
+                      " FROM runs")
 _SELECT_STEPS: Final = ("SELECT run_id, name, state, attempt, failures, started, finished, "
                         "error, instance, avoid, output_refs FROM steps")
 
@@ -266,7 +271,8 @@ def _columns(values: Mapping[str, Any], allowed: frozenset[str],
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
     return RunRecord(id=row[0], name=row[1], spec=json.loads(row[2]), state=RunState(row[3]),
-                     created=row[4], updated=row[5], error=row[6], owner=row[7])
+                     created=row[4], updated=row[5], error=row[6], owner=row[7],
+                     lease_until=row[8])
 
 
 def _step_record(row: Sequence[Any]) -> StepRecord:
