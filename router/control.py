@@ -13,6 +13,13 @@ Why stdlib ``http.server`` in a thread: the control plane serves a handful of op
 one Prometheus, so a dependency-free threaded server is plenty, and it can live inside the
 router's process (``embedded``) or apart (``python -m router.control``).
 
+Slow or hostile clients cannot hold a server thread: a request (line, headers, body) must
+arrive within ``request_timeout`` in all (a per-read timeout alone lets a client trickle a
+byte every few seconds for ever), every write must leave within ``write_timeout`` (an event
+stream whose reader stalls is cut off, and its buffered bytes dropped), and at most
+``max_streams`` event streams run at once (503 beyond). Each refusal is counted by reason in
+``ControlServer.drops`` (``agp_control_http_dropped_total``).
+
 Admin actions need ``Authorization: Bearer <JWT>``: a token from the mesh's token service,
 verified with the router's keys (signature, issuer, audience, expiry, revocation when the
 verifier shares the router's list), then the RBAC ``admin`` action on the target name.
@@ -25,29 +32,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import ThreadingHTTPServer
 from typing import Any
 
+from router.control_http import AdminError, Handler, render_index
 from router.control_status import ControlCollector, StatusCollector
+
+__all__ = ["AdminError", "ControlServer", "embedded", "main", "render_index"]
 
 log = logging.getLogger("agp.control")
 
-DASHBOARD = Path(__file__).resolve().parent / "dashboard"
-STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
-          "favicon.svg": "image/svg+xml"}
-MAX_BODY = 64 * 1024
 MAX_SSE_CLIENTS = 32
+REQUEST_TIMEOUT = 10.0  # s for a whole request to arrive
+WRITE_TIMEOUT = 10.0  # s for one response or one event to leave
 ORCHESTRATOR = "agp/system/orchestrator"  # the RBAC name a run cancel is checked against
 ROUTER = "agp/router"
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class ControlServer:
@@ -57,15 +58,21 @@ class ControlServer:
 
     def __init__(self, status: StatusCollector, *, port: int = 7790, host: str = "127.0.0.1",
                  verifier: Any = None, policy: Any = None, store_url: str | None = None,
-                 drain: Callable[[str], Any] | None = None) -> None:
+                 drain: Callable[[str], Any] | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
+                 max_streams: int = MAX_SSE_CLIENTS) -> None:
         self.status = status
         self.verifier = verifier
         self.policy = policy
         self.store_url = store_url
         self.drain = drain
+        self.request_timeout = request_timeout
+        self.write_timeout = write_timeout
+        self.max_streams = max_streams
         self.sse_clients = 0
+        self.drops: Counter[str] = Counter()  # request_timeout, write_timeout, stream_*
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"control": self})
+        handler = type("Handler", (Handler,), {"control": self, "timeout": request_timeout})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
@@ -77,6 +84,16 @@ class ControlServer:
                                         daemon=True)
         self._thread.start()
         return self
+
+    def drop(self, reason: str) -> None:
+        """Count one refused or cut-off connection (handler threads count at once)."""
+        with self._lock:
+            self.drops[reason] += 1
+
+    def dropped(self) -> dict[str, int]:
+        """A copy of the counts by reason, for a scrape from another thread."""
+        with self._lock:
+            return dict(self.drops)
 
     def stop(self) -> None:
         self.status.stop()  # wakes SSE streams so they end
@@ -136,10 +153,12 @@ class ControlServer:
             claims = self.authorize(header, ROUTER)
             if self.drain is None:
                 raise AdminError(501, "this control plane has no router connection")
-            from mesh.errors import Error, NoSuchAction
+            from mesh.errors import Error, NoSuchAction, NoSuchService
 
             try:
                 result = self.drain(instance)
+            except NoSuchService as exc:
+                raise AdminError(404, exc.message)
             except NoSuchAction:
                 raise AdminError(501, "the router does not support drain yet")
             except Error as exc:
@@ -147,125 +166,6 @@ class ControlServer:
             log.warning("admin %s drained %s", claims.get("sub"), instance)
             return {"instance": instance, "result": result, "by": claims.get("sub")}
         raise AdminError(404, f"no admin action {action!r}")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    control: ControlServer
-    server_version = "agp-control"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.address_string(), *args)
-
-    # ------------------------------------------------------------------ helpers
-    def _send(self, code: int, body: bytes, ctype: str,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(code, json.dumps(obj, default=str).encode(), "application/json", headers)
-
-    # ------------------------------------------------------------------ GET
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        c = self.control
-        if path in ("/", "/index.html"):
-            self._send(200, render_index(c.status.status), "text/html; charset=utf-8",
-                       {"Content-Security-Policy": "default-src 'self'; script-src 'self' "
-                        "'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"})
-        elif path.startswith("/static/") and path[len("/static/"):] in STATIC:
-            name = path[len("/static/"):]
-            self._send(200, (DASHBOARD / name).read_bytes(), STATIC[name])
-        elif path == "/api/status":
-            self._json(200, c.status.status)
-        elif path == "/api/events":
-            self._events()
-        elif path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._json(200, {"ok": True, "router": bool(c.status.status.get("ok"))})
-        else:
-            self._json(404, {"error": f"no such page {path}"})
-
-    do_HEAD = do_GET
-
-    def _events(self) -> None:
-        c = self.control
-        with c._lock:
-            if c.sse_clients >= MAX_SSE_CLIENTS:
-                self._json(503, {"error": "too many event streams"})
-                return
-            c.sse_clients += 1
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            status, version = c.status.status, -1
-            self.wfile.write(_event(status))
-            self.wfile.flush()
-            version = c.status.version
-            while not c.status.stopped:
-                status, version = c.status.wait_newer(version, timeout=5.0)
-                self.wfile.write(_event(status) if status is not None else b": keepalive\n\n")
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
-        finally:
-            with c._lock:
-                c.sse_clients -= 1
-
-    # ------------------------------------------------------------------ POST
-    def do_POST(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        if not path.startswith("/api/admin/"):
-            self._json(404, {"error": f"no such endpoint {path}"})
-            return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length < 0 or length > MAX_BODY:
-                raise AdminError(413, "body too large")
-            raw = self.rfile.read(length) if length else b"{}"
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                raise AdminError(400, "body is not JSON")
-            if not isinstance(body, dict):
-                raise AdminError(400, "body must be a JSON object")
-            result = self.control.admin(path[len("/api/admin/"):],
-                                        self.headers.get("Authorization"), body)
-        except AdminError as exc:
-            headers = ({"WWW-Authenticate": 'Bearer realm="agp-mesh"'}
-                       if exc.status == 401 else None)
-            self._json(exc.status, {"error": exc.message}, headers)
-            return
-        except ValueError:
-            self._json(400, {"error": "bad Content-Length"})
-            return
-        self._json(200, result)
-
-
-def _event(status: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(status, default=str, separators=(",", ":")).encode() + b"\n\n"
-
-
-def render_index(status: dict[str, Any]) -> bytes:
-    """The page with the current snapshot inlined, every ``<`` written ``\\u003c`` (still
-    the same JSON): no value an agent chose (a label, an error) can close the script element
-    or open a comment that swallows the rest of the page."""
-    page = (DASHBOARD / "index.html").read_text(encoding="utf-8")
-    data = json.dumps(status, default=str, separators=(",", ":")).replace("<", "\\u003c")
-    return page.replace("/*AGP_STATUS*/null", data).encode()
 
 
 # ---------------------------------------------------------------------- assembly
@@ -304,9 +204,13 @@ def embedded(router: Any, *, port: int = 7790, access: Any = None,
 
     status = StatusCollector(router_fetcher(router), store_url=store_url,
                              interval=interval).start()
-    (REGISTRY if registry is None else registry).register(ControlCollector(status))
-    return ControlServer(status, port=port, verifier=getattr(access, "verifier", None),
-                         policy=getattr(access, "policy", None), store_url=store_url).start()
+    # a drain from here is done on the router's own table, as the router's `drain` action
+    # does: one flag an instance's picks read (a request picked a moment before still goes)
+    server = ControlServer(status, port=port, verifier=getattr(access, "verifier", None),
+                           policy=getattr(access, "policy", None), store_url=store_url,
+                           drain=lambda name: router.drain_instance(name.encode()))
+    (REGISTRY if registry is None else registry).register(ControlCollector(status, server))
+    return server.start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,11 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     verifier, policy = (None, None) if args.insecure else home_verifier(args.home)
     status = StatusCollector(mesh_fetcher(mesh), store_url=args.store,
                              interval=args.interval).start()
-    REGISTRY.register(ControlCollector(status))
     server = ControlServer(status, port=args.port, host=args.host, verifier=verifier,
                            policy=policy, store_url=args.store,
                            drain=lambda name: mesh.request(ROUTER, "drain", {"instance": name},
-                                                           timeout=5.0)).start()
+                                                           timeout=5.0))
+    REGISTRY.register(ControlCollector(status, server))
+    server.start()
     print(json.dumps({"event": "ready", "url": server.url, "port": server.port,
                       "pid": os.getpid()}), flush=True)
     stop.wait()

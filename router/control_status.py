@@ -251,13 +251,21 @@ class ControlCollector(Collector):
     """Prometheus view of the control plane's snapshot: the mesh as the control plane sees
     it, and workflow run and step outcomes from the store."""
 
-    def __init__(self, status: StatusCollector) -> None:
+    def __init__(self, status: StatusCollector, server: Any = None) -> None:
         self.source = status
+        self.server = server  # a ControlServer: its refused and cut-off connections
 
     def collect(self) -> Iterator[Any]:
         st = self.source.status
         yield GaugeMetricFamily("agp_control_router_up", "1 when the last poll reached the router",
                                 value=1 if st.get("ok") else 0)
+        if self.server is not None:
+            dropped = CounterMetricFamily("agp_control_http_dropped_total",
+                                          "Control-plane HTTP connections refused or cut off, "
+                                          "by reason", labels=["reason"])
+            for reason, n in sorted(self.server.dropped().items()):
+                dropped.add_metric([reason], n)
+            yield dropped
         rtt = st.get("rtt_ms")
         if rtt is not None:
             yield GaugeMetricFamily("agp_control_router_rtt_seconds",

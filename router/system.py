@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from mesh import codec
-from mesh.errors import Error, ErrorCode, Unauthenticated
+from mesh.errors import Error, ErrorCode, NoSuchService, Unauthenticated
 from mesh.wire import Cmd, pack_route
 from proto import agp_pb2
 from router.table import Peer
@@ -93,6 +93,16 @@ class SystemServices:
         self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), AUTH_SERVICE, b"",
                     *codec.encode(body)])
 
+    def drain_instance(self, name: bytes) -> dict[str, Any]:
+        """Route nothing new to instance ``name``; what it has in flight finishes. Also called
+        by the control plane embedded in this process, from its HTTP thread: one flag that
+        the balancer reads, set in one step."""
+        inst = self.table.instances.get(name)
+        if inst is None:
+            raise NoSuchService(f"no instance {name!r}")
+        inst.accepting = False
+        return {"instance": name.decode(errors="replace"), "accepting": False}
+
     def _on_router_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         """The router's own service, ``agp/router``: stats and services, for tools and tests."""
         try:
@@ -112,13 +122,12 @@ class SystemServices:
             except Exception:
                 self._error(peer.rid, ErrorCode.MALFORMED, "drain needs {instance: NAME}", ident)
                 return
-            inst = self.table.instances.get(name)
-            if inst is None:
-                self._error(peer.rid, ErrorCode.NO_SUCH_SERVICE, f"no instance {name!r}", ident)
+            try:
+                body: Any = self.drain_instance(name)
+            except NoSuchService as exc:
+                self._error(peer.rid, exc.code, exc.message, ident)
                 return
-            inst.accepting = False
             log.warning("instance %s drained by %s", name.decode(errors="replace"), peer.name)
-            body: Any = {"instance": name.decode(errors="replace"), "accepting": False}
         elif action == "stats":
             body = {**self.stats.as_dict(), "peers": len(self.peers),
                          "router_id": self.config.router_id,

@@ -92,13 +92,11 @@ def test_admin_actions_need_an_admin_token(control_plane: Callable[..., ManagedP
              == ["cancelled"], 10, message="cancel visible on the dashboard")
     assert http("POST", cancel, {"run": "ffffffffffff"}, token=admin_token)[0] == 404
     assert http("POST", url + "/api/admin/reboot", {}, token=admin_token)[0] == 404
-    # drain: accepted once the router has the `drain` action (501 until then)
     code, body = http("POST", drain, instance, token=admin_token)
-    assert code in (200, 501), body
-    if code == 200:
-        wait_for(lambda: any(i["name"] == "test/adm/echo/one" and not i["accepting"]
-                             for s in _status(url)["services"] for i in s["instances"]),
-                 10, message="instance drained")
+    assert code == 200, body
+    wait_for(lambda: any(i["name"] == "test/adm/echo/one" and not i["accepting"]
+                         for s in _status(url)["services"] for i in s["instances"]),
+             10, message="instance drained")
 
 
 def test_embedded_in_the_router_process() -> None:
