@@ -3,6 +3,8 @@
 Each child prints one JSON line ``{"event": "ready", ...}`` on stdout when it serves; we
 wait for that line (with a deadline) instead of sleeping. Output goes to one log file per
 process. ``stop()`` sends SIGTERM, waits, then SIGKILL: only to the pid we started.
+:class:`MeshLaunch` says how each process of a configured mesh is started (command line,
+environment, identity), apart from when the supervisor starts it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agents.supervisor_config import AgentSpec, MeshConfig
 from mesh.errors import DeadlineExceeded, Unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR_IDENTITY = "agp-supervisor"
+CONTROL_IDENTITY = "agp-control"
+REGISTRY_IDENTITY = "agp-registry"
 
 
 class ManagedProcess:
@@ -47,8 +55,10 @@ class ManagedProcess:
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else -1
 
-    def start(self, ready_timeout: float | None = 30.0) -> dict[str, Any]:
-        """Start; wait for the ready line unless ``ready_timeout`` is None."""
+    def start(self, ready_timeout: float | None = 30.0, *,
+              on_spawn: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Start; wait for the ready line unless ``ready_timeout`` is None. ``on_spawn`` runs
+        once the process exists, before it is ready (to record its pid at once)."""
         env = dict(os.environ)
         for key, value in (self.env or {}).items():
             if value is None:
@@ -72,6 +82,8 @@ class ManagedProcess:
         if ready_timeout is None:
             return {}
         try:
+            if on_spawn is not None:
+                on_spawn()
             return self.wait_ready(ready_timeout)
         except BaseException:
             self.stop(timeout=5)  # never ready: not left running behind its caller
@@ -162,14 +174,83 @@ class ManagedProcess:
 
 def router_process(name: str = "router", *, bind: str = "tcp://127.0.0.1:0",
                    pub_bind: str = "tcp://127.0.0.1:0", extra: list[str] | None = None,
-                   log_dir: Path | None = None, env: dict[str, str] | None = None
+                   log_dir: Path | None = None, env: Mapping[str, str | None] | None = None
                    ) -> ManagedProcess:
     return ManagedProcess(name, ["-m", "router", "--bind", bind, "--pub-bind", pub_bind,
                                  *(extra or [])], log_dir=log_dir, env=env)
 
 
 def agent_process(module: str, endpoint: str, *, name: str, extra: list[str] | None = None,
-                  log_dir: Path | None = None, env: dict[str, str] | None = None
+                  log_dir: Path | None = None, env: Mapping[str, str | None] | None = None
                   ) -> ManagedProcess:
     return ManagedProcess(name, ["-m", module, "--endpoint", endpoint, *(extra or [])],
                           log_dir=log_dir, env=env)
+
+
+class MeshLaunch:
+    """The command line, environment and identity of each process a :class:`MeshConfig`
+    asks for; the supervisor decides when (and how often) each is started."""
+
+    def __init__(self, config: MeshConfig, log_dir: Path) -> None:
+        self.config = config
+        self.log_dir = log_dir
+        self.home = ""  # AGP_HOME, once prepare_home ran (empty when insecure)
+
+    def prepare_home(self) -> None:
+        """Open AGP_HOME, make the router's keys on first use and enroll one identity per
+        service (role ``agent``, bound to its namespace), plus admin identities for the
+        supervisor and the control plane, which read the router's own service."""
+        if self.config.insecure:
+            return
+        from security.home import enroll_identity, ensure_router, open_home
+
+        home = open_home(self.config.home or None)
+        self.home = str(home.root)
+        os.environ["AGP_HOME"] = self.home  # the supervisor's own mesh client uses it too
+        ensure_router(home)
+        enroll_identity(home, SUPERVISOR_IDENTITY, roles=("admin",))
+        enroll_identity(home, CONTROL_IDENTITY, roles=("admin",))
+        if self.config.registry:
+            enroll_identity(home, REGISTRY_IDENTITY, roles=("agent",), namespace="agp/system")
+        for spec in self.config.agents:
+            enroll_identity(home, spec.identity, roles=("agent",), namespace=spec.namespace)
+
+    def env(self) -> dict[str, str]:
+        """What each child adds to the supervisor's environment."""
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "AGP_METRICS_PORT": "0"}  # agents pick a free port
+        if self.home:
+            env["AGP_HOME"] = self.home
+        return env
+
+    def _security(self, identity: str) -> list[str]:
+        return ["--insecure"] if self.config.insecure else ["--identity", identity]
+
+    def router(self, bind: str, pub: str) -> ManagedProcess:
+        c = self.config
+        extra = ["--insecure"] if c.insecure else ["--auth-port", str(c.auth_port),
+                                                    "--home", self.home]
+        if c.metrics_port is not None:
+            extra += ["--metrics-port", str(c.metrics_port)]
+        return router_process(bind=bind, pub_bind=pub, extra=extra, log_dir=self.log_dir,
+                              env=self.env())
+
+    def control(self, endpoint: str, port: int) -> ManagedProcess:
+        store = self.config.store
+        args = ["-m", "router.control", "--endpoint", endpoint, "--port", str(port),
+                *(["--store", store] if store else []), *self._security(CONTROL_IDENTITY)]
+        return ManagedProcess("control", args, log_dir=self.log_dir, env=self.env())
+
+    def registry(self, endpoint: str) -> ManagedProcess:
+        return agent_process("discovery.service", endpoint, name="registry",
+                             extra=["--instance", "registry-0",
+                                    *self._security(REGISTRY_IDENTITY)],
+                             log_dir=self.log_dir, env=self.env())
+
+    def agent(self, spec: AgentSpec, instance: str, endpoint: str) -> ManagedProcess:
+        args = ["--namespace", spec.namespace, "--name", spec.service, "--instance", instance,
+                *(["--capacity", str(spec.capacity)] if spec.capacity else []),
+                *(["--weight", str(spec.weight)] if spec.weight else []),
+                *self._security(spec.identity), *spec.args]
+        return agent_process(spec.module, endpoint, name=instance, extra=args,
+                             log_dir=self.log_dir, env={**self.env(), **spec.env})

@@ -13,11 +13,11 @@ loops every 0.1 s:
   replica (up to ``max``), one idle for ``down_after`` s loses its newest (down to ``min``),
   which drains: SIGTERM, in-flight work finishes, nothing new is routed to it.
 
-Security: it opens AGP_HOME (config ``home``, else the environment, else ~/.agp), makes the
-router's keys on first use, and enrolls one identity per service (role ``agent``, bound to
-its namespace), plus admin identities for itself and the control plane, which read the
-router's own service. Everything it started is in ``run/supervisor.json`` (pids with their
-kernel start times), so ``agp down`` stops it all even if the supervisor itself was killed.
+Security: it opens AGP_HOME (config ``home``, else the environment, else ~/.agp) and enrolls
+the identities its processes use (``agents.procs.MeshLaunch``, which also holds each one's
+command line). Everything it started is in ``run/supervisor.json`` (pids with their kernel
+start times), written as each process starts, so ``agp down`` stops it all even if the
+supervisor itself was killed, while it was still starting the mesh too.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.autoscale import ScalePolicy
-from agents.procs import ManagedProcess, agent_process, router_process
+from agents.procs import SUPERVISOR_IDENTITY, ManagedProcess, MeshLaunch
 from agents.supervisor_config import (
     AgentSpec,
     MeshConfig,
@@ -42,10 +42,6 @@ from agents.supervisor_config import (
 
 log = logging.getLogger("agp.supervisor")
 
-ROOT = Path(__file__).resolve().parent.parent
-SUPERVISOR_IDENTITY = "agp-supervisor"
-CONTROL_IDENTITY = "agp-control"
-REGISTRY_IDENTITY = "agp-registry"
 YOUNG = 10.0  # a process that dies younger than this is crash-looping: back off
 
 
@@ -79,87 +75,33 @@ class Supervisor:
         self.endpoint = ""
         self.router_info: dict[str, Any] = {}
         self.control_url = ""
-        self.home = ""
+        self.launch = MeshLaunch(config, self.log_dir)
+        self.state = "starting"  # then running, then stopped: as the state file says
         self.mesh: Any = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self.policy = ScalePolicy(config.scaling)
         self.events: list[dict[str, Any]] = []
 
-    # ------------------------------------------------------------------ setup
-    def _env(self) -> dict[str, str]:
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {"PYTHONPATH": path, "AGP_METRICS_PORT": "0"}  # agents pick a free port
-        if self.home:
-            env["AGP_HOME"] = self.home
-        env.pop("AGP_IDENTITY", None)
-        return env
-
-    def _prepare_home(self) -> None:
-        if self.config.insecure:
-            return
-        from security.home import enroll_identity, ensure_router, open_home
-
-        home = open_home(self.config.home or None)
-        self.home = str(home.root)
-        os.environ["AGP_HOME"] = self.home  # our own mesh client uses it too
-        ensure_router(home)
-        enroll_identity(home, SUPERVISOR_IDENTITY, roles=("admin",))
-        enroll_identity(home, CONTROL_IDENTITY, roles=("admin",))
-        if self.config.registry:
-            enroll_identity(home, REGISTRY_IDENTITY, roles=("agent",), namespace="agp/system")
-        for spec in self.config.agents:
-            enroll_identity(home, spec.identity, roles=("agent",), namespace=spec.namespace)
-
-    def _security_args(self, identity: str) -> list[str]:
-        return ["--insecure"] if self.config.insecure else ["--identity", identity]
-
-    def _router(self) -> ManagedProcess:
-        c = self.config
-        extra = ["--insecure"] if c.insecure else ["--auth-port", str(c.auth_port),
-                                                    "--home", self.home]
-        if c.metrics_port is not None:
-            extra += ["--metrics-port", str(c.metrics_port)]
-        return router_process(bind=self.endpoint or c.router, pub_bind=self.router_info.get(
-            "pub", c.pub), extra=extra, log_dir=self.log_dir, env=self._env())
-
-    def _control(self) -> ManagedProcess:
-        c = self.config
-        port = self.router_info.get("control_port", c.control_port or 0)
-        args = ["-m", "router.control", "--endpoint", self.endpoint, "--port", str(port),
-                *(["--store", c.store] if c.store else []),
-                *(["--insecure"] if c.insecure else ["--identity", CONTROL_IDENTITY])]
-        return ManagedProcess("control", args, log_dir=self.log_dir, env=self._env())
-
-    def _registry(self) -> ManagedProcess:
-        return agent_process("discovery.service", self.endpoint, name="registry",
-                             extra=["--instance", "registry-0",
-                                    *self._security_args(REGISTRY_IDENTITY)],
-                             log_dir=self.log_dir, env=self._env())
-
-    def _agent(self, spec: AgentSpec, instance: str) -> ManagedProcess:
-        args = ["--namespace", spec.namespace, "--name", spec.service, "--instance", instance,
-                *(["--capacity", str(spec.capacity)] if spec.capacity else []),
-                *(["--weight", str(spec.weight)] if spec.weight else []),
-                *self._security_args(spec.identity), *spec.args]
-        return agent_process(spec.module, self.endpoint, name=instance, extra=args,
-                             log_dir=self.log_dir, env={**self._env(), **spec.env})
-
     # ------------------------------------------------------------------ up and down
     def up(self, timeout: float = 60.0) -> dict[str, Any]:
         """Start everything; returns the ready summary (router endpoint, control URL)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare_home()
+        self.launch.prepare_home()
+        cfg, launch = self.config, self.launch
         try:
-            router = self._add(Child("router", "router", self._router))
+            router = self._add(Child("router", "router", lambda: launch.router(
+                self.endpoint or cfg.router, self.router_info.get("pub", cfg.pub))))
             self._start(router, timeout)
             self.router_info = dict(router.info)
             self.endpoint = router.info["router"]
             firsts: list[Child] = []
-            if self.config.control_port is not None:
-                firsts.append(self._add(Child("control", "control", self._control)))
-            if self.config.registry:
-                firsts.append(self._add(Child("registry", "registry", self._registry)))
+            if cfg.control_port is not None:
+                firsts.append(self._add(Child("control", "control", lambda: launch.control(
+                    self.endpoint, self.router_info.get("control_port", cfg.control_port or 0)))))
+            if cfg.registry:
+                firsts.append(self._add(Child("registry", "registry",
+                                              lambda: launch.registry(self.endpoint))))
             for spec in self.config.agents:
                 for i in range(spec.min):
                     firsts.append(self._new_replica(spec, i))
@@ -172,6 +114,7 @@ class Supervisor:
         except BaseException:
             self.down()
             raise
+        self.state = "running"
         self.save()
         return self.summary()
 
@@ -185,8 +128,8 @@ class Supervisor:
 
     def summary(self) -> dict[str, Any]:
         return {"event": "ready", "router": self.endpoint, "pub": self.router_info.get("pub"),
-                "control": self.control_url, "home": self.home, "run_dir": str(self.run_dir),
-                "pid": os.getpid(),
+                "control": self.control_url, "home": self.launch.home,
+                "run_dir": str(self.run_dir), "pid": os.getpid(),
                 "processes": {c.name: c.proc.pid for c in self.children if c.proc is not None}}
 
     def down(self, timeout: float = 15.0) -> dict[str, Any]:
@@ -209,15 +152,17 @@ class Supervisor:
                 t.start()
             for t in threads:
                 t.join(timeout + 15)
-        # a replica a scaling or restart thread was starting meanwhile stops itself once
-        # started (it sees _stopping); wait for those, so none outlives this supervisor
+        # a replica a scaling or restart thread was launching meanwhile is not launched, or
+        # stops itself once started (both see _stopping): wait for those, so that none is
+        # launched after this returns (the supervisor then exits) and outlives it
         deadline = time.monotonic() + timeout + 60
         while any(c.starting for c in self.children) and time.monotonic() < deadline:
             time.sleep(0.05)
         for c in self.children:
             if c.proc is not None and c.proc.alive():
                 codes[c.name] = c.proc.stop(timeout)
-        self.save(state="stopped")
+        self.state = "stopped"
+        self.save()
         return codes
 
     # ------------------------------------------------------------------ children
@@ -232,7 +177,8 @@ class Supervisor:
         while f"{spec.name}-{i}" in used:
             i += 1
         name = f"{spec.name}-{i}"
-        return self._add(Child(name, "agent", lambda: self._agent(spec, name), spec=spec))
+        return self._add(Child(name, "agent", lambda: self.launch.agent(
+            spec, name, self.endpoint), spec=spec))
 
     def _start(self, child: Child, timeout: float = 60.0) -> None:
         child.starting = True
@@ -240,7 +186,9 @@ class Supervisor:
             if child.proc is not None:
                 child.proc.stop(1.0)  # already dead: closes its log and reader
             child.proc = child.make()
-            child.info = child.proc.start(timeout)
+            if self._stopping.is_set():  # `down` came first: launch nothing
+                return
+            child.info = child.proc.start(timeout, on_spawn=self.save)  # recorded at once
             child.started = time.monotonic()
             if self._stopping.is_set():  # `down` ran while this one was starting
                 child.proc.stop(10.0)
@@ -274,7 +222,8 @@ class Supervisor:
 
     def _restart_later(self, child: Child) -> None:
         def run() -> None:
-            if self._stopping.wait(child.delay):
+            if self._stopping.wait(child.delay):  # stopped during the backoff: no start is
+                child.starting = False  # under way, and down() must not wait for one
                 return
             try:
                 self._start(child, 30.0)
@@ -340,6 +289,7 @@ class Supervisor:
                 log.warning("scaling %s up to %d (queued %d, %d/%d in flight)", key, n + 1,
                             queued, inflight, capacity)
                 self._scaled(key, "up", n + 1)
+                child.starting = True  # before its thread runs: a down() now waits for it
                 threading.Thread(target=self._start_new, args=(child,), daemon=True).start()
             elif decision == "down":
                 victim = max(replicas, key=lambda c: c.started)
@@ -381,7 +331,9 @@ class Supervisor:
                 except Exception:
                     log.exception("scaling round failed")
 
-    def save(self, state: str = "running") -> None:
+    def save(self) -> None:
+        """Write the state file and the Prometheus targets. Under the lock: the threads that
+        start, restart and retire children all save, each file through one temporary file."""
         with self._lock:
             procs = [{"name": c.name, "role": c.role,
                       "service": c.spec.full_name if c.spec else None,
@@ -390,16 +342,16 @@ class Supervisor:
                       "restarts": c.restarts, "last_recovery_s": c.last_recovery,
                       "log": str(self.log_dir / f"{c.name}.log")}
                      for c in self.children]
-        write_targets(self.run_dir, [
-            {"targets": [f"127.0.0.1:{c.info['metrics_port']}"],
-             "labels": {"role": c.role, "process": c.name,
-                        "service": c.spec.full_name if c.spec else c.name}}
-            for c in list(self.children)
-            if c.info.get("metrics_port") and c.proc is not None and c.proc.alive()])
-        write_state(self.run_dir, {
-            "state": state, "config": self.config_path, "home": self.home,
-            "supervisor": {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())},
-            "router": {"endpoint": self.endpoint, "pub": self.router_info.get("pub"),
-                       "auth": self.router_info.get("auth")},
-            "control": {"url": self.control_url}, "processes": procs,
-            "events": self.events[-50:]})
+            write_targets(self.run_dir, [
+                {"targets": [f"127.0.0.1:{c.info['metrics_port']}"],
+                 "labels": {"role": c.role, "process": c.name,
+                            "service": c.spec.full_name if c.spec else c.name}}
+                for c in self.children
+                if c.info.get("metrics_port") and c.proc is not None and c.proc.alive()])
+            write_state(self.run_dir, {
+                "state": self.state, "config": self.config_path, "home": self.launch.home,
+                "supervisor": {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())},
+                "router": {"endpoint": self.endpoint, "pub": self.router_info.get("pub"),
+                           "auth": self.router_info.get("auth")},
+                "control": {"url": self.control_url}, "processes": procs,
+                "events": self.events[-50:]})

@@ -6,7 +6,10 @@
 
 ``up`` runs the supervisor in the foreground (Ctrl-C or SIGTERM stops the mesh); with
 ``--detach`` it runs in the background and returns once the mesh is up. It prints one JSON
-ready line on stdout (router endpoint, control plane URL) for scripts and tests. ``down``
+ready line on stdout (router endpoint, control plane URL) for scripts and tests. It refuses
+while the run dir's supervisor lives; if that one died (kill -9), it first stops what it had
+left running, which nothing supervises any more (their output went to the dead supervisor),
+rather than start a second copy beside it and lose it from the record. ``down``
 works from the state file alone, so it also cleans up after a supervisor that was killed:
 every recorded process that still runs (same pid *and* kernel start time) gets SIGTERM, then
 SIGKILL after the timeout.
@@ -27,8 +30,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agents.supervisor_config import load_config, read_state, same_process, state_path
+from agents.supervisor_config import (
+    load_config,
+    read_state,
+    same_process,
+    state_path,
+    write_state,
+)
 from mesh.errors import ConfigError, Error
+
+LEFTOVER_GRACE = 15.0  # seconds a dead supervisor's children get to drain on the next up
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -48,10 +59,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     run_dir = Path(args.run_dir or config.run_dir)
     previous = read_state(run_dir)
-    if previous and previous.get("state") == "running" and _alive(previous["supervisor"]):
-        print(f"a mesh is already up (supervisor pid {previous['supervisor']['pid']}); "
-              f"run `agp down --run-dir {run_dir}` first", file=sys.stderr)
-        return 1
+    if previous is not None:
+        sup = previous.get("supervisor", {})
+        if _alive(sup):  # running, or still starting: either way the run dir is taken
+            print(f"agp up: a mesh is already {previous.get('state', 'up')} in {run_dir} "
+                  f"(supervisor pid {sup['pid']}); run `agp down --run-dir {run_dir}` first",
+                  file=sys.stderr)
+            return 1
+        if not _stop_leftovers(run_dir, previous):
+            return 1
     if args.detach:
         return _detach(args, run_dir)
     logging.basicConfig(level=args.log_level.upper(),
@@ -113,6 +129,40 @@ def _wait_gone(entries: list[dict[str, Any]], timeout: float) -> list[dict[str, 
     return left
 
 
+def _stop_recorded(entries: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+    """SIGTERM every recorded process that still runs (same pid *and* start time: never an
+    unrelated process that got the pid since), SIGKILL those alive after ``timeout``.
+    Returns those still alive after that."""
+    procs = [p for p in entries if _alive(p)]
+    for p in procs:
+        _signal(int(p["pid"]), signal.SIGTERM)
+    for p in _wait_gone(procs, timeout):
+        print(f"{p['name']} (pid {p['pid']}) ignored SIGTERM; killing it", file=sys.stderr)
+        _signal(int(p["pid"]), signal.SIGKILL)
+    return _wait_gone(procs, 5.0)
+
+
+def _stop_leftovers(run_dir: Path, state: dict[str, Any]) -> bool:
+    """The run dir's supervisor is dead: stop what it started that still runs, and mark the
+    state file stopped. False (with the reason said) if any of them would not stop."""
+    left = [p for p in state.get("processes", []) if _alive(p)]
+    if not left:
+        return True
+    pid = state.get("supervisor", {}).get("pid")
+    print(f"agp up: the previous supervisor (pid {pid}) is not running; stopping what it "
+          f"left running: " + ", ".join(f"{p['name']} (pid {p['pid']})" for p in left),
+          file=sys.stderr, flush=True)
+    still = _stop_recorded(left, LEFTOVER_GRACE)
+    write_state(run_dir, {**state, "state": "stopped"})
+    if still:
+        print("agp up: could not stop " + ", ".join(f"{p['name']} (pid {p['pid']})"
+                                                    for p in still)
+              + "; not starting a second mesh beside them", file=sys.stderr)
+        return False
+    print(f"agp up: stopped {len(left)} processes it left", file=sys.stderr, flush=True)
+    return True
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args)
     state = read_state(run_dir)
@@ -125,17 +175,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         if _wait_gone([sup], args.timeout + 20):
             _signal(int(sup["pid"]), signal.SIGKILL)
     # whatever is left (the supervisor was killed, or a child ignored it): by pid, checked
-    procs = [p for p in state.get("processes", []) if _alive(p)]
-    for p in procs:
-        _signal(int(p["pid"]), signal.SIGTERM)
-    for p in _wait_gone(procs, args.timeout):
-        print(f"{p['name']} (pid {p['pid']}) ignored SIGTERM; killing it", file=sys.stderr)
-        _signal(int(p["pid"]), signal.SIGKILL)
-    left = _wait_gone(procs, 5.0)
+    left = _stop_recorded(state.get("processes", []), args.timeout)
     # in the state file, nothing runs any more
     state["state"] = "stopped"
-    from agents.supervisor_config import write_state
-
     write_state(run_dir, state)
     print(f"mesh down: {len(state.get('processes', []))} processes stopped"
           + (f", {len(left)} still alive" if left else ""), file=sys.stderr)
