@@ -53,11 +53,12 @@ class Announcement:
     pub_port: int | None = None
     sub_port: int | None = None
     instance_id: str = ""  # an agent's instance id (TXT ``inst``); reach it as name/instance_id
+    reached: str = ""  # the address that answered a probe (discovery.reach); else the preferred
 
     def _endpoint(self, port: int | None) -> str | None:
         if not port or not self.addresses:
             return None
-        host = _preferred_address(self.addresses)
+        host = self.reached or _preferred_address(self.addresses)
         return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
     @property
@@ -83,15 +84,19 @@ RouterInfo = Announcement
 """What :func:`discovery.mdns.browse_routers` returns: an announcement with role router."""
 
 
+def candidate_addresses(addresses: Sequence[str]) -> list[str]:
+    """The addresses in the order to try them: LAN IPv4 (reaches us from other hosts), then
+    loopback IPv4 (only from this one), then IPv6; announced order within each."""
+    def rank(addr: str) -> int:
+        if ":" in addr:
+            return 2
+        return 1 if ipaddress.ip_address(addr).is_loopback else 0
+
+    return sorted(addresses, key=rank)  # stable: announced order kept within a rank
+
+
 def _preferred_address(addresses: Sequence[str]) -> str:
-    # A LAN address reaches us from other hosts; loopback only from this one.
-    for addr in addresses:
-        if not ipaddress.ip_address(addr).is_loopback and ":" not in addr:
-            return addr
-    for addr in addresses:
-        if ":" not in addr:
-            return addr
-    return addresses[0]
+    return candidate_addresses(addresses)[0]
 
 
 def dns_label(text: str) -> str:

@@ -6,6 +6,13 @@ never taken for one) whose announced key equals the key the caller pinned, or wh
 caller's ``trust`` check accepts (for example "this key is enrolled"). The CURVE handshake
 then proves the router holds it. Every name costs at most ``RESOLVE_TIMEOUT``; at most
 ``MAX_CANDIDATES`` names are handled per browse; bad records are counted and dropped.
+
+:func:`find_router` returns a trusted router one of whose addresses answers (see
+:mod:`discovery.reach`): its addresses are tried in order, then the next trusted record.
+Routers none of whose addresses answer are counted in ``stats.unreachable``; if no trusted
+router answers within ``FALLBACK_WAIT`` of the first that did not, that first one is returned
+as announced (the caller's connect reports the failure, as it did before any probing). The
+probe in progress may add up to ``2 * CONNECT_TIMEOUT`` to the caller's timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from discovery.mdns_config import (
     mdns_interfaces,
     refuse_in_loop,
 )
+from discovery.reach import CONNECT_TIMEOUT, async_first_answering, first_answering
 from discovery.records import check_endpoint, check_z85_key
 from mesh.errors import ConfigError, Malformed, TooLarge
 
@@ -46,6 +54,7 @@ log = logging.getLogger("discovery.mdns")
 
 MAX_CANDIDATES: Final = 256  # names handled per browse; bounds work a flooder can cause
 RESOLVE_TIMEOUT: Final = 1.0  # seconds one silent name may cost
+FALLBACK_WAIT: Final = 2.5  # seconds to look on after a trusted router did not answer
 
 
 def _instance_of(name: str) -> str:
@@ -101,16 +110,48 @@ def _change_handler(put_nowait: Callable[[tuple[str, bool]], None],
     return on_change
 
 
+def _probe_budget(remaining: float) -> float:
+    # the rest of the browse's time, and never less than one blackholed address plus one
+    return max(2 * CONNECT_TIMEOUT, remaining)
+
+
+class _Found:
+    """What one browse found. For find_router (``first``): the first trusted router that
+    answers; failing that, ``FALLBACK_WAIT`` after the first trusted one that did not, that
+    one as announced (as before probing: the caller's connect then reports the failure)."""
+
+    def __init__(self, first: bool, deadline: float) -> None:
+        self.first = first
+        self.deadline = deadline
+        self.items: dict[str, Announcement] = {}
+        self._fallback: tuple[str, Announcement] | None = None
+
+    def remove(self, name: str) -> None:
+        self.items.pop(name, None)
+        if self._fallback is not None and self._fallback[0] == name:
+            self._fallback = None
+
+    def unreachable(self, name: str, ann: Announcement, now: float, stats: MdnsStats) -> None:
+        stats.unreachable += 1
+        if self._fallback is None:
+            self._fallback = (name, ann)
+            self.deadline = min(self.deadline, now + FALLBACK_WAIT)
+
+    def result(self) -> list[Announcement]:
+        if self.items or self._fallback is None:
+            return list(self.items.values())
+        return [self._fallback[1]]
+
+
 def _browse_sync(zc: Zeroconf, timeout: float, accept: _Filter, first: bool) -> list[Announcement]:
     names: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=MAX_CANDIDATES)
     on_change = _change_handler(names.put_nowait, queue.Full, accept.stats)
 
-    found: dict[str, Announcement] = {}
-    deadline = time.monotonic() + timeout
+    found = _Found(first, time.monotonic() + timeout)
     browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
     try:
         for _ in range(MAX_CANDIDATES):
-            remaining = deadline - time.monotonic()
+            remaining = found.deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
@@ -118,17 +159,23 @@ def _browse_sync(zc: Zeroconf, timeout: float, accept: _Filter, first: bool) -> 
             except queue.Empty:
                 break
             if removed:
-                found.pop(name, None)
+                found.remove(name)
                 continue
             accept.stats.seen += 1
-            ann = _resolve_sync(zc, name, deadline, accept.stats)
-            if ann is not None and accept(ann):
-                found[name] = ann
-                if first:
-                    break
+            ann = _resolve_sync(zc, name, found.deadline, accept.stats)
+            if ann is None or not accept(ann):
+                continue
+            if first:  # find_router: only a router that answers, else the next one
+                reached = first_answering(ann, _probe_budget(found.deadline - time.monotonic()))
+                if reached is None:
+                    found.unreachable(name, ann, time.monotonic(), accept.stats)
+                    continue
+                found.items[name] = reached
+                break
+            found.items[name] = ann
     finally:
         browser.cancel()
-    return list(found.values())
+    return found.result()
 
 
 def _resolve_sync(zc: Zeroconf, name: str, deadline: float,
@@ -152,13 +199,12 @@ async def _browse_async(aiozc: AsyncZeroconf, timeout: float, accept: _Filter,
     names: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(maxsize=MAX_CANDIDATES)
     on_change = _change_handler(names.put_nowait, asyncio.QueueFull, accept.stats)
 
-    found: dict[str, Announcement] = {}
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    found = _Found(first, loop.time() + timeout)
     browser = AsyncServiceBrowser(aiozc.zeroconf, SERVICE_TYPE, handlers=[on_change])
     try:
         for _ in range(MAX_CANDIDATES):
-            remaining = deadline - loop.time()
+            remaining = found.deadline - loop.time()
             if remaining <= 0:
                 break
             try:
@@ -166,10 +212,10 @@ async def _browse_async(aiozc: AsyncZeroconf, timeout: float, accept: _Filter,
             except asyncio.TimeoutError:
                 break
             if removed:
-                found.pop(name, None)
+                found.remove(name)
                 continue
             accept.stats.seen += 1
-            wait_ms = int(min(deadline - loop.time(), RESOLVE_TIMEOUT) * 1000)
+            wait_ms = int(min(found.deadline - loop.time(), RESOLVE_TIMEOUT) * 1000)
             try:
                 info = AsyncServiceInfo(SERVICE_TYPE, name)
                 ok = wait_ms > 0 and await info.async_request(aiozc.zeroconf, wait_ms)
@@ -181,13 +227,20 @@ async def _browse_async(aiozc: AsyncZeroconf, timeout: float, accept: _Filter,
                 continue
             accept.stats.resolved += 1
             ann = _announcement(info, accept.stats)
-            if ann is not None and accept(ann):
-                found[name] = ann
-                if first:
-                    break
+            if ann is None or not accept(ann):
+                continue
+            if first:  # find_router: only a router that answers, else the next one
+                budget = _probe_budget(found.deadline - loop.time())
+                reached = await async_first_answering(ann, budget)
+                if reached is None:
+                    found.unreachable(name, ann, loop.time(), accept.stats)
+                    continue
+                found.items[name] = reached
+                break
+            found.items[name] = ann
     finally:
         await browser.async_cancel()
-    return list(found.values())
+    return found.result()
 
 
 def _run_sync(timeout: float, accept: _Filter, first: bool, interfaces: Interfaces | None,
@@ -278,9 +331,11 @@ def find_router(timeout: float = 3.0, *, pinned_key: str | bytes | None = None,
                 env: Mapping[str, str] | None = None,
                 stats: MdnsStats | None = None) -> RouterInfo | None:
     """The first router whose key equals ``pinned_key`` (Z85 text or 32 raw bytes) or passes
-    ``trust``; None after ``timeout`` seconds, or at once when mDNS is off.
+    ``trust``, and one of whose addresses answers (its ``endpoint`` is that address); None
+    after ``timeout`` seconds, or at once when mDNS is off.
 
-    Routers that fail both are counted in ``stats.untrusted`` and never returned.
+    Routers that fail the key check are counted in ``stats.untrusted``, those that do not
+    answer in ``stats.unreachable``; neither is returned.
     """
     accept = _Filter("router", mesh, stats or STATS, _pinned(pinned_key, trust), trust, True)
     found = _run_sync(timeout, accept, True, interfaces, zc, env)

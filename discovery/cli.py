@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Any
 
-from discovery.events import parse_event, parse_snapshot
+from discovery.events import parse_event
 from discovery.replica import ApplyResult, Replica
 from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
+from discovery.snapshots import fetch_list, fetch_snapshot
 from mesh import DeadlineExceeded, Error, Forbidden, Mesh
 
 
@@ -50,8 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0, help="with --watch: stop after this")
     args = p.parse_args(argv)
     with Mesh.connect(args.endpoint) as m:
+        def registry(action: str, data: Any) -> Any:
+            return m.request(REGISTRY_SERVICE, action, data)
+
+        def resync(replica: Replica) -> None:
+            # a snapshot answered by a registry that has since restarted is refused: again
+            for _ in range(3):
+                if replica.apply_snapshot(fetch_snapshot(registry)):
+                    return
+
         if not args.watch:
-            records = m.request(REGISTRY_SERVICE, "list")
+            records = fetch_list(registry)
             if args.json:
                 print(json.dumps(records, indent=2))
             else:
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         replica = Replica()
         sub = m.subscribe(EVENTS_TOPIC)
-        replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
+        resync(replica)
         print(render([r.to_wire() for r in replica.records()], _router_load(m)), flush=True)
         stop_at = time.monotonic() + args.seconds if args.seconds else float("inf")
         while time.monotonic() < stop_at:
@@ -73,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped an undecodable event: {exc}", file=sys.stderr, flush=True)
                 continue
             result = replica.apply(event)
-            if result in (ApplyResult.GAP, ApplyResult.OVERFLOW):
-                # events were lost on the way (a slow watcher): the registry's state again,
-                # whole, rather than joins and leaves that no longer add up
-                replica.apply_snapshot(parse_snapshot(m.request(REGISTRY_SERVICE, "snapshot")))
-                print(json.dumps({"resync": replica.seq}) if args.json else
-                      f"events lost; the registry as of event {replica.seq}:\n"
+            if result in (ApplyResult.GAP, ApplyResult.OVERFLOW, ApplyResult.RESTARTED):
+                # events were lost on the way (a slow watcher), or the registry restarted:
+                # its state again, whole, rather than joins and leaves that no longer add up
+                resync(replica)
+                print(json.dumps({"resync": replica.seq, "epoch": replica.epoch}) if args.json
+                      else f"events lost or registry restarted; as of event {replica.seq}:\n"
                       + render([r.to_wire() for r in replica.records()], _router_load(m)),
                       flush=True)
             elif result is ApplyResult.APPLIED:

@@ -37,6 +37,7 @@ class MdnsStats:
     resolved: int = 0
     unresolved: int = 0
     untrusted: int = 0
+    unreachable: int = 0  # trusted routers none of whose addresses answered (find_router)
     dropped: Counter[str] = field(default_factory=Counter)
 
 

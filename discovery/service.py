@@ -7,22 +7,34 @@ subscribes first, then asks for a snapshot, and feeds both to a ``Replica`` (the
 pattern): events older than the snapshot are dropped, none is missed.
 
 Soft state: nothing is stored. After a registry restart, agents find their lease unknown on
-their next heartbeat and register again within a second or two.
+their next heartbeat and register again within a second or two; the new registry's events and
+snapshots carry a new epoch, so watchers know to take a fresh snapshot.
+
+Snapshots and the list come in pages under the mesh's message size limit (see
+:mod:`discovery.snapshots`); a ``list`` asked with no arguments still answers one plain list
+when it fits :data:`LEGACY_LIST_BYTES`, and TOO_LARGE (use the pages) when it does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgpack
 
 from agents.base import Agent, Context, action
-from discovery.records import parse_registration
-from discovery.table import RegistryTable
+from discovery.records import Registration, parse_registration
+from discovery.snapshots import SnapshotPages
+from discovery.table import InstanceTaken, KeyQuotaExceeded, RegistryTable, TableFull
+from mesh.errors import TooLarge
+from mesh.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 REGISTRY_SERVICE = "agp/system/registry"
 EVENTS_TOPIC = "agp.registry.events"
 SWEEP_SECONDS = 0.5
+LEGACY_LIST_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES // 2
 
 
 class Registry(Agent):
@@ -36,6 +48,7 @@ class Registry(Agent):
     def __init__(self, *, ttl: float = 3.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table = RegistryTable(ttl=ttl)
+        self.pages = SnapshotPages()
         self._joined: dict[tuple[str, str], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -61,7 +74,11 @@ class Registry(Agent):
     def register(self, data: Any, ctx: Context) -> Any:
         reg = parse_registration(data)
         now = time.monotonic()
-        event = self.table.register(reg, now)
+        try:
+            event = self.table.register(reg, now)
+        except (InstanceTaken, KeyQuotaExceeded, TableFull) as exc:
+            self._count_drop(f"register_{exc.reason}")  # agp_agent_dropped_total{reason}
+            raise
         self._joined.setdefault(reg.key, now)
         if event is not None:
             self._publish(event.to_wire())
@@ -96,13 +113,27 @@ class Registry(Agent):
 
     @action(inline=True)
     def list(self, data: Any, ctx: Context) -> Any:
+        """Every record with its age: one page (``{"records", "next"?}``) when asked with a
+        map (``cursor``, ``page_bytes``); a plain list when asked with nothing (older
+        callers), refused as TOO_LARGE past :data:`LEGACY_LIST_BYTES`."""
         now = time.monotonic()
-        return [{**r.to_wire(), "age": round(now - self._joined.get(r.key, now), 1)}
-                for r in self.table.list()]
+
+        def aged(r: Registration) -> dict[str, Any]:
+            return {**r.to_wire(), "age": round(now - self._joined.get(r.key, now), 1)}
+
+        if isinstance(data, Mapping):
+            return self.pages.page(data, self.table.snapshot, now, aged)
+        rows = [aged(r) for r in self.table.list()]
+        size = len(msgpack.packb(rows))
+        if size > LEGACY_LIST_BYTES:
+            raise TooLarge(f"the list is {size} bytes; ask page by page "
+                           "(discovery.snapshots.fetch_list)", details={"field": "list"})
+        return rows
 
     @action(inline=True)
     def snapshot(self, data: Any, ctx: Context) -> Any:
-        return self.table.snapshot().to_wire()
+        """One page of the table as of one seq and epoch; see :mod:`discovery.snapshots`."""
+        return self.pages.page(data, self.table.snapshot, time.monotonic())
 
 
 if __name__ == "__main__":

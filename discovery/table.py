@@ -12,12 +12,22 @@ under 3.5 s, inside the mesh's 5 s failure-detection budget.
 Ownership: an instance belongs to the public key that first registered it. The same key may
 register again (a refresh, or an update when the record changed); another key is refused
 with :class:`InstanceTaken` and nothing changes.
+
+Quotas: one key holds at most ``max_per_key`` records (:class:`KeyQuotaExceeded`), so one
+client cannot fill the table's memory or crowd out everyone else; the whole table holds at
+most ``max_records`` (:class:`TableFull`). Every refused registration is counted in
+:attr:`RegistryTable.refused` by reason.
+
+Epoch: a random id drawn when the table is made. Sequence numbers start again at 1 with
+every registry start, so events and snapshots carry the epoch too: a replica that sees a new
+one knows its numbers mean nothing any more and takes a fresh snapshot.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections import OrderedDict, deque
+import secrets
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,6 +38,7 @@ from mesh.errors import Forbidden, NoSuchService, Overloaded
 
 DEFAULT_TTL: Final = 3.0
 DEFAULT_MAX_RECORDS: Final = 10_000
+DEFAULT_MAX_PER_KEY: Final = 1_000
 DEFAULT_HISTORY: Final = 1_024
 
 Key = tuple[str, str]
@@ -35,6 +46,8 @@ Key = tuple[str, str]
 
 class InstanceTaken(Forbidden):
     """The (name, instance) is registered by another public key."""
+
+    reason = "instance_taken"
 
 
 class NotOwner(Forbidden):
@@ -47,6 +60,15 @@ class UnknownInstance(NoSuchService):
 
 class TableFull(Overloaded):
     """The table holds ``max_records`` records; a new instance cannot join."""
+
+    reason = "table_full"
+
+
+class KeyQuotaExceeded(Forbidden):
+    """The registering key already holds ``max_per_key`` records. Forbidden, not Overloaded:
+    waiting does not help (the key must deregister some), so clients must not retry it."""
+
+    reason = "key_quota"
 
 
 @dataclass(slots=True)
@@ -63,11 +85,17 @@ class RegistryTable:
     """Records by (name, instance), with leases, lookups by name/capability/label, and events."""
 
     def __init__(self, *, ttl: float = DEFAULT_TTL, max_records: int = DEFAULT_MAX_RECORDS,
-                 history: int = DEFAULT_HISTORY) -> None:
-        if ttl <= 0 or max_records < 1 or history < 0:
-            raise ValueError("ttl must be > 0, max_records >= 1, history >= 0")
+                 max_per_key: int = DEFAULT_MAX_PER_KEY, history: int = DEFAULT_HISTORY,
+                 epoch: str | None = None) -> None:
+        if ttl <= 0 or max_records < 1 or max_per_key < 1 or history < 0:
+            raise ValueError("ttl must be > 0, max_records >= 1, max_per_key >= 1, "
+                             "history >= 0")
         self.ttl = ttl
         self.max_records = max_records
+        self.max_per_key = max_per_key
+        self.epoch = epoch or secrets.token_hex(8)
+        self.refused: Counter[str] = Counter()
+        self._per_key: Counter[str] = Counter()
         self._seq = 0
         self._now = float("-inf")
         # Ordered by last refresh; with one ttl for all, that is also expiry order, so expire()
@@ -84,12 +112,15 @@ class RegistryTable:
         """Add or refresh ``reg``; returns the JOIN/UPDATE event, or None for a pure refresh.
 
         Raises :class:`InstanceTaken` if another key owns the instance, :class:`TableFull`
-        when a new instance would exceed ``max_records``.
+        when a new instance would exceed ``max_records``, :class:`KeyQuotaExceeded` when it
+        would give its key more than ``max_per_key``. A refusal changes nothing but
+        :attr:`refused`.
         """
         now = self._clock(now)
         old = self._leases.get(reg.key)
         if old is not None:
             if not _same_key(old.record.public_key, reg.public_key):
+                self.refused[InstanceTaken.reason] += 1
                 raise InstanceTaken(f"{reg.name} instance {reg.instance} is owned by another key",
                                     details={"name": reg.name, "instance": reg.instance})
             self._touch(reg.key, now)
@@ -99,9 +130,18 @@ class RegistryTable:
             old.record = reg
             self._index(reg)
             return self._emit(EventKind.UPDATE, reg)
+        if self._per_key[reg.public_key] >= self.max_per_key:
+            self.refused[KeyQuotaExceeded.reason] += 1
+            raise KeyQuotaExceeded(
+                f"key {reg.public_key[:8]}... already holds {self.max_per_key} records, the "
+                "limit per key: deregister some first",
+                details={"name": reg.name, "instance": reg.instance,
+                         "limit": str(self.max_per_key)})
         if len(self._leases) >= self.max_records:
+            self.refused[TableFull.reason] += 1
             raise TableFull(f"registry holds {self.max_records} records")
         self._leases[reg.key] = _Lease(reg, now + self.ttl)
+        self._per_key[reg.public_key] += 1
         self._index(reg)
         return self._emit(EventKind.JOIN, reg)
 
@@ -156,6 +196,10 @@ class RegistryTable:
     def __len__(self) -> int:
         return len(self._leases)
 
+    def held_by(self, key: str) -> int:
+        """How many records ``key`` holds (what :attr:`max_per_key` bounds)."""
+        return self._per_key.get(key, 0)
+
     @property
     def seq(self) -> int:
         """The number of the last event (0 before any)."""
@@ -163,7 +207,8 @@ class RegistryTable:
 
     def snapshot(self) -> Snapshot:
         """The state as of :attr:`seq`, for a late joiner (see :mod:`discovery.replica`)."""
-        return Snapshot(self._seq, tuple(lease.record for lease in self._leases.values()))
+        return Snapshot(self._seq, tuple(lease.record for lease in self._leases.values()),
+                        self.epoch)
 
     def events_since(self, seq: int) -> list[Event] | None:
         """Events after ``seq`` from the bounded history, or None if some are no longer kept.
@@ -200,12 +245,17 @@ class RegistryTable:
 
     def _remove(self, reg: Registration) -> Event:
         del self._leases[reg.key]
+        left = self._per_key[reg.public_key] - 1
+        if left > 0:
+            self._per_key[reg.public_key] = left
+        else:
+            del self._per_key[reg.public_key]  # no entry kept for a key with no record
         self._unindex(reg)
         return self._emit(EventKind.LEAVE, reg)
 
     def _emit(self, kind: EventKind, reg: Registration) -> Event:
         self._seq += 1
-        event = Event(self._seq, kind, reg)
+        event = Event(self._seq, kind, reg, self.epoch)
         self._history.append(event)
         return event
 
