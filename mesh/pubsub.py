@@ -184,8 +184,9 @@ class SubscriberSide:
             self.endpoint = endpoint
             if self.subs:
                 sock = self._ensure_socket()
-                for prefix in self.subs:
-                    sock.setsockopt(zmq.SUBSCRIBE, prefix)
+                for prefix, subs in self.subs.items():
+                    for _ in subs:  # libzmq counts per prefix: one per Subscription, as
+                        sock.setsockopt(zmq.SUBSCRIBE, prefix)  # each close takes one
                 self._schedule_drain()
             return
         self.endpoint = endpoint

@@ -127,3 +127,41 @@ def test_subscriptions_follow_a_router_whose_pub_endpoint_moved(spawn, router) -
         later = m.subscribe("later.")  # new subscriptions go to the new endpoint too
         m.publish("later.t", "x")
         assert later.get(timeout=10).data == "x"
+
+
+def test_after_a_move_closing_one_of_two_subscriptions_keeps_the_other(spawn, router) -> None:
+    """libzmq counts SUBSCRIBEs per prefix: the new socket must hold one per Subscription,
+    or the first close unsubscribes the prefix for the other too (nothing counted)."""
+    endpoint = router.ready_info["router"]
+    with Mesh.connect(endpoint) as m:
+        a = m.subscribe("moved.")
+        b = m.subscribe("moved.")
+        router.kill()
+        spawn(router_process(name="router2", bind=endpoint, pub_bind="tcp://127.0.0.1:0",
+                             extra=["--auth-port", "0"]))
+        published = 0
+
+        def b_hears() -> bool:
+            nonlocal published
+            m.publish("moved.t", published)
+            published += 1
+            try:
+                return b.get(timeout=0.5).data >= 0
+            except (DeadlineExceeded, Unavailable, NoSuchService):
+                return False
+
+        wait_for(b_hears, timeout=20, interval=0.1, message="b hears the new router")
+        a.close()
+        for i in range(20):
+            m.publish("moved.t", 1000 + i)
+        m.flush(wait=True)
+        got: list[int] = []
+
+        def b_got_them() -> bool:
+            try:
+                got.append(b.get(timeout=0.2).data)
+            except DeadlineExceeded:
+                pass
+            return sum(1 for g in got if g >= 1000) == 20
+
+        wait_for(b_got_them, timeout=15, message=f"b hears all 20 after a.close() (got {got})")
