@@ -48,7 +48,7 @@ class Registry(Agent):
     def __init__(self, *, ttl: float = 3.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table = RegistryTable(ttl=ttl)
-        self.pages = SnapshotPages()
+        self.pages = SnapshotPages(on_drop=self._count_drop)  # agp_agent_dropped_total
         self._joined: dict[tuple[str, str], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -122,18 +122,28 @@ class Registry(Agent):
             return {**r.to_wire(), "age": round(now - self._joined.get(r.key, now), 1)}
 
         if isinstance(data, Mapping):
-            return self.pages.page(data, self.table.snapshot, now, aged)
-        rows = [aged(r) for r in self.table.list()]
-        size = len(msgpack.packb(rows))
-        if size > LEGACY_LIST_BYTES:
-            raise TooLarge(f"the list is {size} bytes; ask page by page "
-                           "(discovery.snapshots.fetch_list)", details={"field": "list"})
-        return rows
+            return self.pages.page(data, self.table.snapshot, now, aged, caller=ctx.crid)
+        return _whole([aged(r) for r in self.table.list()], "list", "fetch_list")
 
     @action(inline=True)
     def snapshot(self, data: Any, ctx: Context) -> Any:
-        """One page of the table as of one seq and epoch; see :mod:`discovery.snapshots`."""
-        return self.pages.page(data, self.table.snapshot, time.monotonic())
+        """One page of the table as of one seq and epoch when asked with a map (see
+        :mod:`discovery.snapshots`); the whole snapshot when asked with nothing (older
+        callers, which take the answer for the whole table), TOO_LARGE past
+        :data:`LEGACY_LIST_BYTES`."""
+        if isinstance(data, Mapping):
+            return self.pages.page(data, self.table.snapshot, time.monotonic(),
+                                   caller=ctx.crid)
+        return _whole(self.table.snapshot().to_wire(), "snapshot", "fetch_snapshot")
+
+
+def _whole(body: Any, action: str, fetch: str) -> Any:
+    """``body`` in one answer for a caller that does not page, if it fits."""
+    size = len(msgpack.packb(body))
+    if size > LEGACY_LIST_BYTES:
+        raise TooLarge(f"the {action} is {size} bytes; ask page by page "
+                       f"(discovery.snapshots.{fetch})", details={"field": action})
+    return body
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ that seq exactly, whatever changed in between (the events since carry those chan
 
 Server side, :class:`SnapshotPages` is sans-IO (the caller passes ``now``) and bounded: at
 most ``max_open`` frozen snapshots, each dropped ``ttl`` seconds after its last page or
-when its last page is served; an unknown or expired cursor is :class:`CursorExpired`, and
-the client starts again. Client side, :func:`fetch_snapshot` and :func:`fetch_list` page
-through with any ``request(action, data)`` callable, bounded in pages and restarts.
+when its last page is served, and at most ``per_caller`` for one caller (its own oldest
+makes room: a caller can only spoil its own fetches). When all are taken a new fetch is
+refused OVERLOADED rather than evicting another caller's (a crowd resyncing at once, after a
+registry restart, would evict each other's cursors for ever). An unknown or expired cursor
+is :class:`CursorExpired`, and the client starts again. Every drop is counted by reason.
+Client side, :func:`fetch_snapshot` and :func:`fetch_list` page through with any
+``request(action, data)`` callable, bounded in pages and restarts.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import msgpack
 
 from discovery.events import MAX_SNAPSHOT_RECORDS, Snapshot, parse_cursor, parse_snapshot_page
 from discovery.records import Registration
-from mesh.errors import Malformed, TooLarge
+from mesh.errors import Malformed, Overloaded, TooLarge
 
 PAGE_BYTES: Final = 64 * 1024  # default budget: far under any sane router limit
 MIN_PAGE_BYTES: Final = 32 * 1024  # one record at its caps (~18 KiB) always fits a page
 MAX_PAGE_BYTES: Final = 4 * 1024 * 1024
-MAX_OPEN: Final = 16  # frozen snapshots held at once (references, not copies)
+MAX_OPEN: Final = 64  # frozen snapshots held at once (references, not copies)
+PER_CALLER: Final = 2  # of them, for one caller (connection)
 CURSOR_TTL: Final = 30.0  # seconds a frozen snapshot outlives its last page
 MAX_RESTARTS: Final = 3  # a client's fresh starts after a cursor expired
 PAGE_OVERHEAD: Final = 128  # the page map's own keys, seq, epoch, cursor
@@ -51,6 +56,7 @@ class CursorExpired(Malformed):
 class _Frozen:
     snapshot: Snapshot
     expires: float
+    caller: bytes = b""
 
 
 def _size(record: dict[str, Any]) -> int:
@@ -60,22 +66,32 @@ def _size(record: dict[str, Any]) -> int:
 class SnapshotPages:
     """Frozen snapshots and their cursors, for the registry's ``snapshot`` and ``list``."""
 
-    def __init__(self, *, max_open: int = MAX_OPEN, ttl: float = CURSOR_TTL) -> None:
+    def __init__(self, *, max_open: int = MAX_OPEN, per_caller: int = PER_CALLER,
+                 ttl: float = CURSOR_TTL, on_drop: Callable[[str], None] | None = None
+                 ) -> None:
         self.max_open = max_open
+        self.per_caller = per_caller
         self.ttl = ttl
+        self.on_drop = on_drop  # called with the reason of each drop (the agent's metric)
         self._open: OrderedDict[str, _Frozen] = OrderedDict()
-        self.evicted = 0  # frozen snapshots dropped for room before their last page
+        self.evicted = 0  # a caller's own frozen snapshots dropped for its newer one
         self.expired = 0  # dropped after ttl without a page
+        self.busy = 0  # first pages refused: every slot held by fetches under way
+
+    def _drop(self, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(f"snapshot_{reason}")
 
     def __len__(self) -> int:
         return len(self._open)
 
     def page(self, request: object, snapshot: Callable[[], Snapshot], now: float,
              render: Callable[[Registration], dict[str, Any]] = Registration.to_wire,
-             ) -> dict[str, Any]:
+             caller: bytes = b"") -> dict[str, Any]:
         """One page for ``request`` (None, or a map with ``cursor`` and/or ``page_bytes``):
         ``{"seq", "epoch", "records", "next"?}``. ``snapshot()`` freezes the table for a
-        first page; ``render`` turns a record into its wire map."""
+        first page; ``render`` turns a record into its wire map; ``caller`` (its connection)
+        is whom a frozen snapshot is held for."""
         if request is not None and not isinstance(request, Mapping):
             raise Malformed("snapshot request: expected a map or nothing",
                             details={"field": "request"})
@@ -83,12 +99,13 @@ class SnapshotPages:
         self._expire(now)
         budget = _page_bytes(opts.get("page_bytes"))
         if opts.get("cursor") is None:
-            frozen, offset = _Frozen(snapshot(), now + self.ttl), 0
+            frozen, offset = _Frozen(snapshot(), now + self.ttl, caller), 0
             token = ""
         else:
             token, offset = _split(parse_cursor(opts["cursor"]))
             found = self._open.get(token)
             if found is None or offset > len(found.snapshot.records):
+                self._drop("cursor_unknown")
                 raise CursorExpired()
             frozen = found
         records = frozen.snapshot.records
@@ -116,9 +133,16 @@ class SnapshotPages:
         return page
 
     def _keep(self, frozen: _Frozen) -> str:
-        while len(self._open) >= self.max_open:
-            self._open.popitem(last=False)
+        mine = [t for t, f in self._open.items() if f.caller == frozen.caller]
+        while len(mine) >= self.per_caller:  # its own oldest (a restarted fetch) goes
+            del self._open[mine.pop(0)]
             self.evicted += 1
+            self._drop("evicted")
+        if len(self._open) >= self.max_open:
+            self.busy += 1
+            self._drop("busy")
+            raise Overloaded(f"the registry is serving {self.max_open} snapshots already; "
+                             "retry shortly", details={"field": "cursor", "reason": "busy"})
         token = secrets.token_hex(8)
         self._open[token] = frozen
         return token
@@ -127,6 +151,7 @@ class SnapshotPages:
         for token in [t for t, f in self._open.items() if f.expires <= now]:
             del self._open[token]
             self.expired += 1
+            self._drop("expired")
 
 
 def _page_bytes(value: object) -> int:

@@ -50,7 +50,7 @@ from discovery.snapshots import (
 )
 from discovery.table import DEFAULT_MAX_PER_KEY, KeyQuotaExceeded, RegistryTable
 from mesh import AsyncMesh, DeadlineExceeded, Forbidden, Mesh, NoSuchService, Unavailable
-from mesh.errors import Malformed, TooLarge
+from mesh.errors import Malformed, Overloaded, TooLarge
 from security.home import Home, ensure_router
 from tests.helpers import wait_for
 
@@ -317,12 +317,19 @@ def test_cursors_are_bounded_checked_and_expire(make_reg: MakeReg) -> None:
     table = RegistryTable(ttl=60.0)
     for i in range(10):
         table.register(make_reg(instance=f"i{i}", labels=big_labels()), now=0.0)
-    pages = SnapshotPages(max_open=4, ttl=5.0)
-    firsts = [pages.page({"page_bytes": 1}, table.snapshot, 0.0) for _ in range(6)]
+    drops: list[str] = []
+    pages = SnapshotPages(max_open=4, per_caller=2, ttl=5.0, on_drop=drops.append)
+    firsts = [pages.page({"page_bytes": 1}, table.snapshot, 0.0, caller=b"c%d" % (i // 3))
+              for i in range(6)]  # two callers, three fetches each: each keeps its two
     assert len(pages) == 4
     assert pages.evicted == 2
-    with pytest.raises(CursorExpired):  # evicted
+    assert drops.count("snapshot_evicted") == 2
+    with pytest.raises(CursorExpired):  # evicted by its own caller's newer fetch
         pages.page({"cursor": firsts[0]["next"]}, table.snapshot, 0.0)
+    with pytest.raises(Overloaded):  # every slot held: a third caller waits, evicts nobody
+        pages.page({"page_bytes": 1}, table.snapshot, 0.0, caller=b"c9")
+    assert len(pages) == 4
+    assert drops.count("snapshot_busy") == 1
     assert pages.page({"cursor": firsts[5]["next"]}, table.snapshot, 1.0)["records"]
     with pytest.raises(CursorExpired) as expired:  # unused for longer than the ttl
         pages.page({"cursor": firsts[4]["next"]}, table.snapshot, 60.0)
@@ -527,3 +534,49 @@ def test_mesh_connect_uses_the_address_that_answers(
     with _announce(mdns_on, key, port, [lan, "127.0.0.1"], "router"), \
             Mesh.connect(timeout=15) as m:
         assert m.request("agp/router", "stats")["router_id"] == r.ready_info["router_id"]
+
+
+def test_a_crowd_of_fetchers_is_served_in_turn_without_spoiling_each_other(
+        make_reg: MakeReg) -> None:
+    """More callers paging at once than there are slots: the late ones are refused
+    OVERLOADED at their first page and served on their retry; no cursor of another caller
+    is ever evicted, so every fetch that started finishes."""
+    table = RegistryTable(ttl=60.0)
+    for i in range(10):
+        table.register(make_reg(instance=f"i{i}", labels=big_labels()), now=0.0)
+    pages = SnapshotPages(max_open=4, ttl=5.0)
+    callers = [b"caller%d" % i for i in range(12)]
+    cursors: dict[bytes, str | None] = {c: None for c in callers}
+    done: dict[bytes, int] = {}
+    for _ in range(200):  # round robin, one page per caller per turn
+        if len(done) == len(callers):
+            break
+        for c in callers:
+            if c in done:
+                continue
+            req: dict[str, object] = {"page_bytes": 1}
+            if cursors[c] is not None:
+                req["cursor"] = cursors[c]
+            try:
+                page = pages.page(req, table.snapshot, 0.0, caller=c)
+            except Overloaded:
+                continue
+            cursors[c] = page.get("next")
+            if cursors[c] is None:
+                done[c] = 1
+    assert len(done) == len(callers)
+    assert pages.evicted == 0
+    assert pages.busy > 0
+
+
+def test_a_caller_that_does_not_page_gets_the_whole_snapshot(make_reg: MakeReg) -> None:
+    """``snapshot`` asked with nothing (what callers before pages send, and take as the
+    whole table) answers the whole table, never its first page alone."""
+    from discovery.service import Registry
+
+    reg = Registry(endpoint="tcp://127.0.0.1:1")
+    for i in range(20):  # ~180 KiB: several pages
+        reg.table.register(make_reg(instance=f"i{i}", labels=big_labels()), now=0.0)
+    body = wire(reg.snapshot(None, None))
+    assert "next" not in body
+    assert len(parse_snapshot(body).records) == 20
