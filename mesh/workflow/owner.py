@@ -91,13 +91,16 @@ def owner_gone(owner: str | None, lease_until: float | None, *, grace: float = L
     """Whether a ``running`` run may be taken over without force.
 
     Yes for no owner and a dead process on this host; no for a live one on this host (its
-    lease does not matter: liveness is known); for any other owner, yes once its lease
-    plus ``grace`` has passed, and no while it holds one or when it holds none.
+    lease does not matter: liveness is known); for any other owner (another host's, or a
+    name that is no process id), yes once its lease plus ``grace`` has passed, and no while
+    it holds one or when it holds none.
     """
-    if not owner_alive(owner):
+    if not owner:
         return True
-    if owner_here(owner):
-        return False
+    if owner_here(owner):  # a process of this host: its liveness is known
+        return not owner_alive(owner)
+    # another host's, or an id that names no process (a runner given its own name): only
+    # its lease tells
     at = takeover_at(lease_until, grace=grace)
     return at is not None and (time.time() if now is None else now) > at
 

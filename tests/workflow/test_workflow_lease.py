@@ -460,3 +460,17 @@ def test_cli_resume_force_reaches_the_takeover(router: ManagedProcess, tmp_path:
     assert after.state is RunState.SUCCEEDED
     assert after.owner is not None
     assert after.owner.startswith(f"{socket.gethostname()}:")
+
+
+def test_an_owner_named_without_a_pid_is_judged_by_its_lease() -> None:
+    """A runner given its own name (``owner="orchestrator-a"``) is no process this host can
+    look up: its lease decides, as for another host's owner."""
+    import time
+
+    from mesh.workflow.owner import LEASE_GRACE, owner_gone
+
+    now = time.time()
+    assert not owner_gone("orchestrator-a", now + 20, now=now)
+    assert not owner_gone("orchestrator-a", None, now=now)
+    assert owner_gone("orchestrator-a", now - LEASE_GRACE - 1, now=now)
+    assert owner_gone(None, now + 20, now=now)
