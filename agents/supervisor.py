@@ -186,8 +186,8 @@ class Supervisor:
             if child.proc is not None:
                 child.proc.stop(1.0)  # already dead: closes its log and reader
             child.proc = child.make()
-            if self._stopping.is_set():  # `down` came first: launch nothing
-                return
+            if self._stopping.is_set() or child.retiring:  # `down` or a scale-down came
+                return  # first: launch nothing
             child.info = child.proc.start(timeout, on_spawn=self.save)  # recorded at once
             child.started = time.monotonic()
             if self._stopping.is_set():  # `down` ran while this one was starting
@@ -292,7 +292,10 @@ class Supervisor:
                 child.starting = True  # before its thread runs: a down() now waits for it
                 threading.Thread(target=self._start_new, args=(child,), daemon=True).start()
             elif decision == "down":
-                victim = max(replicas, key=lambda c: c.started)
+                settled = [c for c in replicas if not c.starting]  # a restarting one would
+                if not settled:  # come back unsupervised once retired
+                    continue
+                victim = max(settled, key=lambda c: c.started)
                 victim.retiring = True
                 log.warning("scaling %s down to %d (idle)", key, n - 1)
                 self._scaled(key, "down", n - 1)

@@ -58,7 +58,11 @@ def _alive(entry: dict[str, Any]) -> bool:
 def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     run_dir = Path(args.run_dir or config.run_dir)
+    held = args.detach or _hold_run_dir(run_dir)  # (a detached one takes it itself)
     previous = read_state(run_dir)
+    if not held and (previous is None or not _alive(previous.get("supervisor", {}))):
+        print(f"agp up: another `agp up` is starting in {run_dir}", file=sys.stderr)
+        return 1
     if previous is not None:
         sup = previous.get("supervisor", {})
         if _alive(sup):  # running, or still starting: either way the run dir is taken
@@ -93,6 +97,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         codes = sup.down()
         print(f"mesh down: {codes}", file=sys.stderr, flush=True)
     return 0
+
+
+_run_dir_lock: list[Any] = []  # the open lock file, held for the life of this process
+
+
+def _hold_run_dir(run_dir: Path) -> bool:
+    """Take the run dir's lock for the life of this process; False if another process
+    holds it. Two `agp up` at once would both see no live supervisor in the state file and
+    start two meshes, the second overwriting the first's record."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / "supervisor.lock", "a+b")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return False
+    _run_dir_lock.append(f)
+    return True
 
 
 def _detach(args: argparse.Namespace, run_dir: Path) -> int:

@@ -291,3 +291,21 @@ def test_down_does_not_wait_out_a_restart_backoff(in_process: Callable[..., Supe
 
 if __name__ == "__main__":
     sys.exit(_slow_agent_main())
+
+
+def test_up_refuses_while_another_up_holds_the_run_dir(
+        no_mesh_left: Callable[[], list[str]], tmp_path: Path) -> None:
+    """Two `agp up` at once: the state file names no live supervisor yet for either, so
+    the run dir's lock decides; the second refuses and starts nothing."""
+    import fcntl
+
+    config = write_config(tmp_path / "mesh.toml")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "supervisor.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # an `agp up` starting
+        out = agp("up", "--config", str(config), "--run-dir", str(run_dir))
+    assert out.returncode == 1
+    assert "another `agp up` is starting" in out.stderr
+    assert read_state(run_dir) is None
+    assert no_mesh_left() == []
