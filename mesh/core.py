@@ -15,7 +15,6 @@ lets an agent re-announce itself through ``on_session``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import heapq
 import itertools
 import logging
@@ -31,6 +30,7 @@ from mesh.errors import Closed, DeadlineExceeded, Error, Unavailable
 from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
+from mesh.token_side import TokenSide
 from mesh.wire import HEARTBEAT_FRAME, ROUTE, Cmd, Flag, pack_route, parse_route
 from mesh.zmqio import readable, recv_frames
 from proto import agp_pb2
@@ -44,21 +44,26 @@ DRAIN_BATCH = 1000
 
 
 class Pending:
-    """A request waiting for its reply. ``waiter`` has set_result/set_exception."""
+    """A request waiting for its reply. ``waiter`` has set_result/set_exception.
 
-    __slots__ = ("waiter", "frames", "deadline", "on_progress", "instance", "epoch")
+    ``hellos`` is how many HELLOs this connection had sent when the request was: a router
+    that answers a later HELLO cannot have it (it died with the one before), one that
+    answers an earlier or that same HELLO got it behind the HELLO. ``instance`` is who
+    spoke for it (progress, a stream's credit): a stream with one was opened."""
 
-    def __init__(self, waiter: Any, frames: list[Any], deadline: float, epoch: int,
+    __slots__ = ("waiter", "frames", "deadline", "on_progress", "instance", "hellos")
+
+    def __init__(self, waiter: Any, frames: list[Any], deadline: float, hellos: int,
                  on_progress: Callable[[bytes, list[bytes]], None] | None = None) -> None:
         self.waiter = waiter
         self.frames = frames
         self.deadline = deadline
-        self.epoch = epoch
+        self.hellos = hellos
         self.on_progress = on_progress
         self.instance = b""
 
 
-class Core(Outgoing, SessionSide):
+class Core(Outgoing, SessionSide, TokenSide):
     def __init__(
         self,
         endpoint: str,
@@ -94,12 +99,16 @@ class Core(Outgoing, SessionSide):
         self._resend: list[int] = []
         self._hello_waiters: list[asyncio.Future[None]] = []
         self._hello_sent_at = -1e9
-        self._hello_ids: collections.deque[int] = collections.deque(maxlen=64)  # recent HELLOs
+        self._hello_ids: dict[int, int] = {}  # recent HELLOs: id -> number (1, 2, ...)
+        self._hellos = 0  # HELLOs sent on this connection
         self._live_hellos: set[int] = set()  # HELLOs sent on a live session (token refresh)
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._sent = False
-        self._refreshing = False
+        self._refreshing = False  # a token fetch or refresh runs
+        self._token_refused = False  # the router refused the provider's token: ask again
+        self._token_attempts = 0  # failed token fetches (or provider asks) in a row ...
+        self._token_retry_at = 0.0  # ... and the loop time before which none is tried
         self._monitor: zmq.Socket[Any] | None = None
         self.auth_failed = False
         self._started = False
@@ -228,7 +237,7 @@ class Core(Outgoing, SessionSide):
         frames = [pack_route(cmd, flags, 0, timeout_ms, ident), dest, header, *payload]
         assert self.loop is not None
         deadline = self.loop.time() + timeout
-        self.pending[ident] = Pending(waiter, frames, deadline, self.epoch, on_progress)
+        self.pending[ident] = Pending(waiter, frames, deadline, self._hellos, on_progress)
         heapq.heappush(self._deadlines, (deadline, ident))
         try:
             self.queue_frames(frames)

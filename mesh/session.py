@@ -1,6 +1,6 @@
 """A client connection's session with the router: HELLO and WELCOME, the CURVE handshake's
-outcome, the access token (fetched, presented, refreshed before it expires), and ERRORs
-(a request's, handed to its caller; the session's own: unknown, refused).
+outcome, the access token presented (fetched and refreshed by :mod:`mesh.token_side`), and
+ERRORs (a request's, handed to its caller; the session's own: unknown, refused).
 
 A mixin of :class:`mesh.core.Core`, off the hot path: the core moves messages, this keeps
 the session they travel in alive across token expiry and router restarts.
@@ -9,7 +9,6 @@ the session they travel in alive across token expiry and router restarts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,6 @@ from mesh import batch
 from mesh.errors import (
     Error,
     ErrorCode,
-    Malformed,
     Unauthenticated,
     Unavailable,
     error_from_code,
@@ -44,7 +42,7 @@ def _fail(waiter: Any, exc: BaseException) -> None:
         waiter.set_exception(exc)
 
 
-AUTH_SERVICE = b"agp/system/auth"
+MAX_HELLOS_KEPT = 1024  # recent HELLOs whose answer (WELCOME or ERROR) is recognised
 
 
 class Security:
@@ -54,7 +52,9 @@ class Security:
     With no ``token_provider`` the token is fetched over the mesh itself: a connection whose
     CURVE key is enrolled may ask ``agp/system/auth`` for a token bound to that key (the key
     authenticates the client, as a TLS client certificate does in RFC 8705), then says HELLO
-    again with it. Tokens are refreshed on their own at 80% of their lifetime.
+    again with it. Tokens are refreshed on their own at 80% of their lifetime (a provider's
+    token: of what its ``exp`` leaves; the provider is asked again when the router refuses
+    its token, with a growing wait between asks).
     """
 
     def __init__(self, public: bytes, secret: bytes, server_public: bytes,
@@ -98,15 +98,21 @@ class SessionSide:
     _resend: list[int]
     _hello_waiters: list[asyncio.Future[None]]
     _hello_sent_at: float
-    _hello_ids: collections.deque[int]
+    _hello_ids: dict[int, int]
+    _hellos: int
     _live_hellos: set[int]
     _refreshing: bool
+    _token_refused: bool
+    _token_attempts: int
+    _token_retry_at: float
     _started: bool
     _monitor: zmq.Socket[Any] | None
     _send_outbox: Any
     send_frames: Any
     start_request: Any
     _count: Any
+    _fetch_token: Any  # TokenSide
+    _ask_provider_again: Any
 
     def _watch_handshake(self, sock: zmq.Socket[Any]) -> None:
         """A refused CURVE handshake is final in libzmq (no retry): surface it at once."""
@@ -146,53 +152,6 @@ class SessionSide:
         self.loop.add_reader(mon.getsockopt(zmq.FD), on_event)
         self.loop.call_soon(on_event)
 
-    async def _acquire_token(self) -> None:
-        """Get an access token (provider, or the mesh's auth service) and present it."""
-        sec = self.security
-        assert sec is not None
-        assert self.loop is not None
-        if sec.token_provider is not None:
-            token = sec.token_provider()
-            lifetime = 300.0
-        else:
-            waiter = self.loop.create_future()
-            self.start_request(Cmd.REQUEST, AUTH_SERVICE,
-                               agp_pb2.Envelope(action="token").SerializeToString(), [],
-                               waiter, timeout=10.0)
-            from mesh import codec
-
-            msg = await waiter
-            body = codec.decode(msg[3:])
-            try:
-                token = str(body["access_token"])
-                lifetime = float(body.get("expires_in", 300))
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise Malformed("the auth service answered without a token") from None
-        sec.token = token
-        sec.token_lifetime = lifetime
-        sec.token_expires = self.loop.time() + lifetime
-        welcome = self.loop.create_future()
-        self._hello_waiters.append(welcome)
-        self._send_hello()
-        await welcome
-        self._refreshing = False
-
-    def _maybe_refresh(self, now: float) -> None:
-        sec = self.security
-        if (sec is None or not sec.token or self._refreshing or not self.connected
-                or now < sec.token_expires - 0.2 * sec.token_lifetime):
-            return
-        self._refreshing = True
-        assert self.loop is not None
-        task = self.loop.create_task(self._acquire_token())
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._refreshing = False
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("token refresh failed: %s", t.exception())
-
-        task.add_done_callback(done)
-
     async def wait_session(self, timeout: float) -> None:
         """Wait until a session with the router is up (after a restart, say)."""
         if self.connected:
@@ -204,6 +163,9 @@ class SessionSide:
 
     def _send_hello(self) -> None:
         assert self.loop is not None
+        sec = self.security
+        if sec is not None and self._token_refused and sec.token_provider is not None:
+            self._ask_provider_again()
         token = self.security.token if self.security is not None else ""
         public = self.security.public if self.security is not None else b""
         hello = agp_pb2.Hello(protocol_version=PROTOCOL_VERSION, peer_name=self.name,
@@ -212,7 +174,10 @@ class SessionSide:
         if self.sock is None:
             return
         ident = next(self._ids)  # the request id space: an ERROR names what it answers
-        self._hello_ids.append(ident)
+        self._hellos += 1  # what was sent before it (Pending.hellos) is older than its session
+        if len(self._hello_ids) >= MAX_HELLOS_KEPT:
+            del self._hello_ids[next(iter(self._hello_ids))]
+        self._hello_ids[ident] = self._hellos
         if self.connected:  # a token on a live session: its WELCOME must be taken
             if len(self._live_hellos) > 16:
                 self._live_hellos.clear()
@@ -249,39 +214,55 @@ class SessionSide:
         if restarted:
             self.epoch += 1
             log.info("router restarted (new id %s); session re-established", welcome.router_id)
-            resend = set(self._resend)
-            for ident, p in list(self.pending.items()):
-                if ident not in resend and p.frames and p.frames[0][1] != Cmd.READY:
-                    del self.pending[ident]
-                    _fail(p.waiter, Unavailable("the router restarted with this request in flight"))
-        for ident in self._resend:
-            p = self.pending.get(ident)
+            self._fail_lost(self._hello_ids.get(ident, self._hellos + 1))
+        for rid in self._resend:
+            p = self.pending.get(rid)
             if p is not None:
+                p.hellos = self._hellos  # (re)sent in this session
                 try:
                     self.send_frames(p.frames)
                 except Error as exc:
-                    self.pending.pop(ident, None)
+                    self.pending.pop(rid, None)
                     _fail(p.waiter, exc)
         self._resend.clear()
         self.subs.on_session(welcome, restarted)
         sec = self.security
-        if sec is not None and not sec.token and self._started and not self._refreshing:
-            self._refreshing = True
-            assert self.loop is not None
-            self.loop.create_task(self._acquire_token())
+        if sec is not None and sec.token:  # its token was taken: the next refusal is new
+            self._token_refused, self._token_attempts, self._token_retry_at = False, 0, 0.0
+        elif sec is not None and self._started:
+            self._fetch_token()  # (a failed one is tried again by _tick, after a wait)
         for w in self._hello_waiters:
             _resolve(w, None)
         self._hello_waiters.clear()
         if self.on_session is not None:
             self.on_session()
 
+    def _fail_lost(self, hello: int) -> None:
+        """A new router answered HELLO number ``hello``: what was sent before that HELLO went
+        to the old router and died with it (unless the new one refused it: ``_resend``);
+        what was sent after it reached the new router behind it, and will be answered."""
+        resend = set(self._resend)
+        for rid, p in list(self.pending.items()):
+            if (p.hellos < hello and rid not in resend and p.frames
+                    and p.frames[0][1] != Cmd.READY):
+                del self.pending[rid]
+                _fail(p.waiter, Unavailable("the router restarted with this request in flight"))
+
     def _on_error(self, route: Any, msg: list[bytes], ident: int) -> None:
         """An ERROR: a pending request's fails its caller; UNKNOWN_SESSION says HELLO again
         (and resends what it refused); UNAUTHENTICATED fails whoever waits for a session."""
         code, message, details = parse_error(route, msg)
         if code == ErrorCode.UNKNOWN_SESSION:
-            if ident in self.pending:
-                self._resend.append(ident)
+            p = self.pending.get(ident)
+            if p is not None and p.instance and p.frames[0][1] == Cmd.STREAM_OPEN:
+                # a chunk (or the end) of a stream whose open a router answered and lost:
+                # opened anew, the agent would take the rest as a whole stream
+                del self.pending[ident]
+                self._count("streams_lost_to_restart")
+                _fail(p.waiter, Unavailable("the router lost this stream (restarted?); the "
+                                            "chunks sent so far are gone"))
+            elif p is not None:
+                self._resend.append(ident)  # refused before any router took it: sent again
             self.connected = False
             self._send_hello()
             return
@@ -310,6 +291,8 @@ class SessionSide:
             sec = self.security
             if sec is not None and sec.token and sec.token_provider is None:
                 sec.token = ""  # expired or revoked: the next HELLO bootstraps a fresh one
+            elif sec is not None and sec.token_provider is not None:
+                self._token_refused = True  # the next HELLO asks the provider again
             exc = error_from_code(code, message, details)
             for w in self._hello_waiters:
                 _fail(w, exc)
