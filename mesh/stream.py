@@ -240,8 +240,10 @@ class AsyncStream:
         """Send one chunk, waiting for credit first."""
         if self._ended:
             raise Closed("stream already ended")
-        if self.credits <= 0:
-            await self._wait_for(lambda: self.credits > 0)
+        waiter = self._waiter
+        assert waiter is not None
+        if self.credits <= 0 or waiter.done():  # (done: it failed, or was answered early)
+            await self._wait_for(lambda: self.credits > 0 and not waiter.done())
         self.credits -= 1
         payload: list[Any] = [data] if raw else codec.encode(data)
         flags = Flag.RAW if raw else 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -167,6 +168,9 @@ def test_a_stream_the_old_router_opened_fails_and_is_not_opened_anew_mid_way(spa
             core.heartbeat, core.liveness = 1.0, 3.0
             await until(lambda: core.connected and core.router_id != old_router,
                         what="a session with the new router")
+            await until(lambda: opened.ident not in core.pending, what="the stream failed")
+            with pytest.raises(Unavailable):  # a write hears it at once, credits or not
+                await opened.write(b"d", raw=True)
             closed = await asyncio.wait_for(
                 asyncio.gather(opened.close(), return_exceptions=True), DEADLINE)
             # (opened anew, it answered as if the agent had the whole stream: 0 chunks)
