@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,6 +21,18 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
         last = condition()
     return last
+
+
+async def until(condition: Callable[[], T], timeout: float = 10.0,
+                what: str = "condition") -> T:
+    """:func:`wait_for` on an event loop: poll ``condition`` without blocking the loop (it
+    may be what makes the condition come true); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.01)
+    return value
 
 
 def rss_bytes(pid: int) -> int:

@@ -22,6 +22,7 @@ from agents.procs import ManagedProcess, agent_process, router_process
 from mesh import Mesh
 from mesh.aio import AsyncMesh
 from mesh.errors import Error, Unavailable
+from tests.helpers import until as _until
 from tests.helpers import wait_for
 
 SVC = "test/ns/echo"
@@ -30,13 +31,7 @@ DEADLINE = 20.0  # generous: 2 shared cores
 
 async def until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
                 ) -> Any:
-    """Poll ``cond`` on the loop until truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
-    return value
+    return await _until(cond, timeout, what)
 
 
 async def served(m: AsyncMesh) -> bool:

@@ -17,6 +17,7 @@ from mesh.errors import Error, Unauthenticated
 from security import jwt
 from security.clients import ClientRegistry
 from security.home import AUDIENCE, ISSUER, Home, client_security, enroll_identity
+from tests.helpers import until as _until
 from tests.security.sealed_mesh import secure_router_thread
 
 DEADLINE = 20.0  # generous: 2 shared cores
@@ -24,13 +25,7 @@ DEADLINE = 20.0  # generous: 2 shared cores
 
 async def until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
                 ) -> Any:
-    """Poll ``cond`` on the loop until truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
-    return value
+    return await _until(cond, timeout, what)
 
 
 async def admin_works(m: AsyncMesh) -> bool:
