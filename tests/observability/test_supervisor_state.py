@@ -289,9 +289,6 @@ def test_down_does_not_wait_out_a_restart_backoff(in_process: Callable[..., Supe
     assert no_mesh_left() == []
 
 
-if __name__ == "__main__":
-    sys.exit(_slow_agent_main())
-
 
 def test_up_refuses_while_another_up_holds_the_run_dir(
         no_mesh_left: Callable[[], list[str]], tmp_path: Path) -> None:
@@ -309,3 +306,36 @@ def test_up_refuses_while_another_up_holds_the_run_dir(
     assert "another `agp up` is starting" in out.stderr
     assert read_state(run_dir) is None
     assert no_mesh_left() == []
+
+
+def test_scale_down_never_retires_a_replica_that_is_restarting(
+        in_process: Callable[..., Supervisor], no_mesh_left: Callable[[], list[str]]) -> None:
+    """The newest replica is waiting out a restart backoff when the service is idle: the
+    scale-down retires a settled one instead (retired mid-restart, the restarted process
+    would come back unsupervised), and the restarting one is then launched as planned."""
+    sup = in_process(restart_backoff=60.0, restart_backoff_max=60.0)
+    spec = sup.config.agents[0]
+    second = sup._new_replica(spec)
+    sup._start_new(second)
+    assert second.proc is not None
+    assert second.proc.alive()
+    first_proc = second.proc
+    first_proc.kill()  # the first crash is restarted at once ...
+    sup.check(time.monotonic())
+    wait_for(lambda: not second.starting and second.proc is not first_proc
+             and second.proc.alive(), 30, message="echo-1 restarted")
+    second.proc.kill()  # ... a second one young waits out the backoff: it is "starting"
+    sup.check(time.monotonic())
+    assert second.starting
+    wait_for(lambda: sup.mesh is not None, 10, message="the supervisor's mesh client")
+    sup.policy.decide = lambda *a, **k: "down"  # type: ignore[method-assign]  # idle, say
+    sup.scale(time.monotonic())
+    retired = [c.name for c in sup.children if c.retiring]
+    assert retired == ["echo-0"], retired
+    assert not second.retiring
+    sup.down(timeout=10)
+    assert no_mesh_left() == []
+
+
+if __name__ == "__main__":
+    sys.exit(_slow_agent_main())
