@@ -288,8 +288,11 @@ class Agent(Presence, Calls):
                     env, nonce = self._sealed_envelope(header)
                 else:
                     env = agp_pb2.Envelope.FromString(header) if header else _EMPTY_ENVELOPE
-                    if len(self._envelopes) < 4096:
-                        self._envelopes[header] = env  # the same action from the same client
+                    # the same action from the same client; a header with a trace context
+                    # or an idempotency key is single-use and would only fill the cache
+                    if (len(self._envelopes) < 4096 and not env.traceparent
+                            and not env.idempotency_key):
+                        self._envelopes[header] = env
             except DecodeError:
                 self._count_drop("malformed_envelope")
                 if reply:  # answered, so the call ends now and its slot here is freed
@@ -328,11 +331,12 @@ class Agent(Presence, Calls):
             if reply and env.idempotency_key:
                 cached = self._idem.get(env.idempotency_key)
                 if cached is not None:
-                    self._reply(ctx, cached[0], cached[2:])
+                    self._replay(ctx, cached)
                     return
             data = (payload[0] if payload else b"") if flags & _RAW else (
                 codec.decode(payload) if payload and payload != [b""] else None)
         except Error as exc:
+            telemetry.end_span(ctx.span, exc)
             self._count_drop(f"refused_{exc.code.name.lower()}")
             if reply or exc.code == ErrorCode.NOT_A_RECIPIENT:
                 # (a fire-and-forget sealed for keys older than this instance too: its
@@ -344,6 +348,7 @@ class Agent(Presence, Calls):
             try:
                 st = accept(self, crid, ident, flags, env, STREAM_WINDOW)
             except Error as exc:
+                telemetry.end_span(ctx.span, exc)
                 self._count_drop(f"refused_{exc.code.name.lower()}")
                 self._error(crid, ident, exc.code, exc.message)
                 return

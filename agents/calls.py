@@ -163,6 +163,17 @@ class Calls:
             self._remember_answer(key_i, flags, payload)
         self._reply(ctx, flags, payload)
 
+    def _replay(self, ctx: Context, cached: list[Any]) -> None:
+        """Answer a retried call from the idempotency cache: served, as a first call is
+        (its span ended, its latency observed), without running the handler again."""
+        if ctx.span is not None:
+            ctx.span.set_attribute("agp.idempotent_replay", True)
+            telemetry.end_span(ctx.span)
+        if self.metrics is not None:
+            self.metrics.handled(ctx.action, self.loop.time() - ctx.started, None)
+        self.served += 1
+        self._reply(ctx, cached[0], cached[2:])
+
     def _remember_answer(self, key: str, flags: int, payload: list[Any]) -> None:
         """Keep an answer for a retry of the same call, within a count and a byte budget
         (oldest out first); an answer bigger than the whole budget is not kept."""
@@ -202,7 +213,8 @@ class Calls:
                 except DecodeError:  # the cut was not between fields: read it whole
                     env = agp_pb2.Envelope.FromString(header)
                     return env, env.nonce
-                if len(self._envelopes) < 4096:
+                if (len(self._envelopes) < 4096 and not env.traceparent
+                        and not env.idempotency_key):  # single-use headers: not kept
                     self._envelopes[prefix] = env
             return env, blob
         env = agp_pb2.Envelope.FromString(header)

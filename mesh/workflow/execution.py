@@ -87,6 +87,7 @@ class RunExecution:
         self.lease = LeaseKeeper(store, run_id, settings.owner, lease=settings.lease,
                                  until=lease_until, on_lost=self._lease_lost)
         self._conflict: RunConflict | None = None
+        self._span: Any = None  # the run's span while it runs, when tracing is on
         self._stop = asyncio.Event()
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._drive(), name=f"workflow-run-{run_id}")
@@ -111,7 +112,7 @@ class RunExecution:
         try:
             # one run is one trace: steps are its children, agent calls their grandchildren
             with (telemetry.run_span(self.run_id, self.spec.name) if telemetry.ENABLED
-                  else contextlib.nullcontext()):
+                  else contextlib.nullcontext()) as self._span:
                 if self.doomed is not None:
                     await self._failed(self.doomed)
                 else:
@@ -199,8 +200,8 @@ class RunExecution:
         # must stay distinguishable from this step's own deadline.
         span = (telemetry.step_span(self.run_id, step.name, step.agent, progress.attempt)
                 if telemetry.ENABLED else contextlib.nullcontext())
-        with span:  # the call's task copies the context: its requests carry this step's span
-            call = asyncio.ensure_future(
+        with span as current:  # the call's task copies the context: its requests carry
+            call = asyncio.ensure_future(  # this step's span
                 self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
             timed_out = False  # stays False when this attempt itself is cancelled (halt)
             try:
@@ -210,17 +211,20 @@ class RunExecution:
                 if not call.done():  # the call hears why: its destination's breaker counts it
                     call.cancel(STEP_TIMED_OUT if timed_out else None)
                     await asyncio.gather(call, return_exceptions=True)
-        failure: BaseException
-        if timed_out:
-            failure = DeadlineExceeded(f"step {step.name!r} exceeded its {timeout:g} s timeout")
-        elif call.cancelled():
-            failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
-        else:
-            exc = call.exception()
-            if exc is None:
-                result = call.result()
-                return result if isinstance(result, StepResult) else StepResult(output=result)
-            failure = exc
+            failure: BaseException
+            if timed_out:
+                failure = DeadlineExceeded(
+                    f"step {step.name!r} exceeded its {timeout:g} s timeout")
+            elif call.cancelled():
+                failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
+            else:
+                exc = call.exception()
+                if exc is None:
+                    result = call.result()
+                    return result if isinstance(result, StepResult) else StepResult(output=result)
+                failure = exc
+            # asyncio.wait raised nothing: the span would end OK unless told otherwise
+            _mark_failed(current, failure)
         if not isinstance(failure, Exception):
             raise failure
         return self._attempt_failed(step, progress, failure)
@@ -278,6 +282,7 @@ class RunExecution:
                 self.outputs.pop(dep, None)
 
     async def _failed(self, failure: StepFailed) -> None:
+        _mark_failed(self._span, failure)  # the run span ends without an exception
         now = time.time()
         progress = self.steps[failure.step]
         if failure.instance:
@@ -399,3 +404,16 @@ class RunExecution:
             hook(Event(kind=kind, run_id=self.run_id, at=time.time(), **fields))
         except Exception:
             log.exception("workflow on_event hook failed on %s", kind.value)
+
+
+def _mark_failed(span: Any, exc: BaseException) -> None:
+    """Give a span that will end without an exception the ERROR status of ``exc`` (as
+    :mod:`mesh.telemetry` does for one that ends with it); no-op without a span."""
+    if span is None or not span.is_recording():
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
+    code = getattr(exc, "code", None)
+    if code is not None:
+        span.set_attribute("agp.error_code", getattr(code, "name", str(code)))
