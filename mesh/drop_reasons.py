@@ -41,17 +41,49 @@ def other_drops(counters: dict[str, int]) -> dict[str, int]:
             if not name.startswith(_EXPORTED_APART)}
 
 
+MAX_TOPIC_SERIES = 1000  # (topic, reason) pairs kept once retired; past it: topic "other"
+SUB_REASONS = (("queue_full", "dropped"), ("router_gap", "gaps"), ("lost", "lost"),
+               ("callback_error", "callback_errors"))
+
+
+def add_capped(totals: dict[tuple[str, str], int], key: tuple[str, str], n: int) -> None:
+    """``totals[key] += n``, with at most :data:`MAX_TOPIC_SERIES` keys (more go to 'other')."""
+    if key not in totals and len(totals) >= MAX_TOPIC_SERIES:
+        key = ("other", key[1])
+    totals[key] = totals.get(key, 0) + n
+
+
+def retire(totals: dict[tuple[str, str], int], sub: Any) -> None:
+    """Fold a closing subscription's losses into ``totals``: the counters a scrape exports
+    must not fall when it closes (Prometheus would read a reset)."""
+    topic = sub.prefix.decode(errors="replace")
+    for reason, attr in SUB_REASONS:
+        n = int(getattr(sub, attr, 0))
+        if n:
+            add_capped(totals, (topic, reason), n)
+
+
 def subscription_drops(core: Any) -> dict[tuple[str, str], int]:
     """(topic prefix, reason) -> messages: a subscription's own queue overflowed
     (``queue_full``), the router skipped them for it (``router_gap``), they died with a
-    router (``lost``), or its callback raised on them (``callback_error``)."""
-    out: dict[tuple[str, str], int] = {}
-    subs = getattr(getattr(core, "subs", None), "subs", None) or {}
+    router (``lost``), or its callback raised on them (``callback_error``); open
+    subscriptions and those closed already (the side's ``retired``) alike."""
+    side = getattr(core, "subs", None)
+    lock = getattr(side, "tally_lock", None)
+    if lock is None:
+        return _drops(side)
+    with lock:  # a subscription moves from open to retired under it: counted once
+        return _drops(side)
+
+
+def _drops(side: Any) -> dict[tuple[str, str], int]:
+    out = dict(getattr(side, "retired", None) or {})
+    subs = getattr(side, "subs", None) or {}
     for prefix, lst in list(subs.items()):
         topic = prefix.decode(errors="replace")
         for s in list(lst):
-            for reason, n in (("queue_full", s.dropped), ("router_gap", s.gaps),
-                              ("lost", s.lost), ("callback_error", s.callback_errors)):
+            for reason, attr in SUB_REASONS:
+                n = getattr(s, attr)
                 if n:
                     out[(topic, reason)] = out.get((topic, reason), 0) + n
     return out

@@ -32,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,7 +44,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from mesh.drop_reasons import other_drops, pubsub_drops, subscription_drops
+from mesh.drop_reasons import add_capped, other_drops, pubsub_drops, subscription_drops
 
 # seconds: from a sub-millisecond local hop to a minute-long training step
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -110,6 +111,16 @@ class HistogramSet:
 
 
 # ---------------------------------------------------------------------- client
+class _Tracked(NamedTuple):
+    """A tracked client's tallies, held here so they outlive it: the client itself only
+    weakly (its core can hold it back, so a strong ref would keep it for ever)."""
+
+    client: weakref.ref[Any]
+    counters: dict[str, int]  # its Core.counters
+    retired: dict[tuple[str, str], int]  # what its closed subscriptions lost
+    lock: Any  # its SubscriberSide.tally_lock
+
+
 class ClientStats:
     """What one process's mesh clients did. Hooks call :meth:`sent` and :meth:`done`."""
 
@@ -121,6 +132,12 @@ class ClientStats:
         self.latency = HistogramSet(("service", "outcome"))
         # AsyncMesh objects, for pending counts and breakers; weak, so a closed client goes
         self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        # their drop tallies, by id(client); a gone client's are folded into the _gone_*
+        # totals (bounded: counter names, topic x reason), so exported counters only grow
+        self._tracked: dict[int, _Tracked] = {}
+        self._gone_counters: dict[str, int] = {}
+        self._gone_topics: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
 
     def sent(self, pattern: str, nbytes: int = 0, n: int = 1) -> None:
         self.messages[pattern] = self.messages.get(pattern, 0) + n
@@ -135,8 +152,50 @@ class ClientStats:
             self.errors[outcome] = self.errors.get(outcome, 0) + 1
 
     def track(self, amesh: Any) -> None:
-        """Export this client's pending requests and circuit breakers too."""
+        """Export this client's pending requests, circuit breakers and drops too."""
         self.clients.add(amesh)
+        core = getattr(amesh, "core", None)
+        if core is None:
+            return
+        side = getattr(core, "subs", None)
+        with self._lock:
+            self._live()  # folds the gone first: an id may be reused
+            self._tracked[id(amesh)] = _Tracked(
+                weakref.ref(amesh), core.counters, getattr(side, "retired", {}),
+                getattr(side, "tally_lock", None) or threading.Lock())
+
+    def _live(self) -> list[Any]:
+        """The tracked clients still alive; the tallies of those gone are folded into the
+        totals (under ``_lock``: a scrape sees each client's counts once, never twice)."""
+        alive = []
+        for key, t in list(self._tracked.items()):
+            m = t.client()
+            if m is not None:
+                alive.append(m)
+                continue
+            del self._tracked[key]
+            for name, n in list(t.counters.items()):
+                self._gone_counters[name] = self._gone_counters.get(name, 0) + int(n)
+            with t.lock:
+                retired = list(t.retired.items())
+            for topic_reason, n in retired:
+                add_capped(self._gone_topics, topic_reason, n)
+        return alive
+
+    def drop_tallies(self) -> tuple[list[Any], dict[str, int], dict[tuple[str, str], int]]:
+        """(live clients, Core.counters summed over every client ever tracked, subscription
+        losses by (topic, reason) likewise): gone clients and closed subscriptions included."""
+        with self._lock:
+            alive = self._live()
+            counters = dict(self._gone_counters)
+            by_topic = dict(self._gone_topics)
+            for m in alive:
+                core = m.core
+                for name, n in list(core.counters.items()):
+                    counters[name] = counters.get(name, 0) + int(n)
+                for key, n in subscription_drops(core).items():
+                    by_topic[key] = by_topic.get(key, 0) + n
+        return alive, counters, by_topic
 
     def collect(self) -> Iterator[Any]:
         msgs = CounterMetricFamily("agp_client_messages_total",
@@ -181,26 +240,20 @@ class ClientStats:
                                           "Pub/sub messages a subscription lost, by reason",
                                           labels=["topic", "reason"])
         n_pending = 0
-        n_late = n_refused = 0
         states: dict[str, int] = {}
-        by_reason: dict[tuple[str, str], int] = {}
-        other: dict[str, int] = {}
-        by_topic: dict[tuple[str, str], int] = {}
-        for m in list(self.clients):
+        live, counters, by_topic = self.drop_tallies()
+        tracked = {id(m) for m in live}
+        for m in [*live, *(m for m in list(self.clients) if id(m) not in tracked)]:
             core = getattr(m, "core", None)
             if core is not None:
                 n_pending += len(core.pending)
-                n_late += int(core.counters.get("late_replies", 0))
-                n_refused += int(core.counters.get("sends_refused", 0))
-                for key, n in pubsub_drops(core.counters).items():
-                    by_reason[key] = by_reason.get(key, 0) + n
-                for reason, n in other_drops(core.counters).items():
-                    other[reason] = other.get(reason, 0) + n
-                for key, n in subscription_drops(core).items():
-                    by_topic[key] = by_topic.get(key, 0) + n
             for key, b in list((getattr(m, "_breakers", None) or {}).items()):
                 dest = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
                 states[dest] = max(states.get(dest, 0), breaker_value(b))
+        n_late = int(counters.get("late_replies", 0))
+        n_refused = int(counters.get("sends_refused", 0))
+        by_reason = pubsub_drops(counters)
+        other = other_drops(counters)
         pending.add_metric([], n_pending)
         late.add_metric([], n_late)
         refused.add_metric([], n_refused)
@@ -314,8 +367,17 @@ class StatsCollector(Collector):
         self.sources = list(sources)
 
     def collect(self) -> Iterator[Any]:
+        """One family per name: two agents in a process each yield agp_agent_messages_total,
+        and an exposition naming a family twice is rejected by strict parsers."""
+        merged: dict[str, Any] = {}
         for s in list(self.sources):
-            yield from s.collect()
+            for fam in s.collect():
+                first = merged.get(fam.name)
+                if first is None:
+                    merged[fam.name] = fam
+                else:
+                    first.samples.extend(fam.samples)
+        yield from merged.values()
 
 
 CLIENT: ClientStats | None = None  # set by enable_client_metrics(); hooks test for None

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ import msgpack
 import zmq
 
 from mesh import codec
+from mesh.drop_reasons import retire
 from mesh.errors import Closed, DeadlineExceeded, Error, Malformed, Overloaded
 from mesh.subscription import MAX_BATCH, MAX_BATCH_BYTES, Message, Subscription, unbatch
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
@@ -66,6 +68,10 @@ class SubscriberSide:
         self.sock: zmq.Socket[Any] | None = None
         self.endpoint = ""
         self.subs: dict[bytes, list[Subscription]] = {}
+        # what closed subscriptions lost, (topic, reason) -> n: exported counters only grow;
+        # a subscription leaves ``subs`` for it under ``tally_lock`` (the scrape's too)
+        self.retired: dict[tuple[str, str], int] = {}
+        self.tally_lock = threading.Lock()
         self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
         self._expected: dict[bytes, int] = {}
         self.gaps = 0
@@ -242,7 +248,9 @@ class SubscriberSide:
     def _unsubscribe(self, sub: Subscription) -> None:
         lst = self.subs.get(sub.prefix)
         if lst is not None and sub in lst:
-            lst.remove(sub)
+            with self.tally_lock:
+                lst.remove(sub)
+                retire(self.retired, sub)
             if self.sock is not None:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, sub.prefix)
             if not lst:
@@ -419,5 +427,9 @@ class SubscriberSide:
             for s in subs:
                 s.closed = True
                 s._wake()
-        self.subs.clear()
+        with self.tally_lock:
+            for subs in self.subs.values():
+                for s in subs:
+                    retire(self.retired, s)
+            self.subs.clear()
         self._close_socket()

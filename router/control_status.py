@@ -28,6 +28,8 @@ log = logging.getLogger("agp.control")
 
 HISTORY = 120  # points kept for sparklines (two minutes at one a second)
 MAX_RUNS = 20  # workflow runs shown
+SERVED_FORGET = 3600.0  # s: a service (or instance) unseen this long leaves agp_mesh_served_total
+MAX_SERVED_INSTANCES = 10_000  # instances remembered for it; past it the longest unseen go
 RATE_KEYS = ("requests", "replies", "sends", "published_messages", "stream_chunks",
              "errors_sent")
 
@@ -94,6 +96,12 @@ class StatusCollector:
         self._prev: tuple[float, dict[str, Any], dict[str, int]] | None = None
         self._history: dict[str, deque[float]] = {}
         self._store: Any = None
+        # agp_mesh_served_total must only grow, though instances come and go: per service the
+        # sum of each instance's increases; per (service, instance): last count, last seen
+        self._served_total: dict[str, int] = {}
+        self._served_seen: dict[str, float] = {}
+        self._served_last: dict[tuple[str, str], tuple[int, float]] = {}
+        self._served_router: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> StatusCollector:
@@ -167,6 +175,9 @@ class StatusCollector:
         served = {s["service"]: sum(int(i.get("served", 0)) for i in s.get("instances", []))
                   for s in services}
         rates, svc_rates = self._rates(now, router, served)
+        if router or services:
+            self._count_served(time.monotonic(), router.get("router_id"), services)
+        status["served_totals"] = dict(self._served_total)
         status["router"] = router
         status["rtt_ms"] = None if rtt is None else round(rtt, 3)
         status["rates"] = rates
@@ -195,6 +206,35 @@ class StatusCollector:
                     svc_rates[name] = round(max(0, v - prev[2].get(name, v)) / dt, 2)
             self._prev = (now, {**counts, "router_id": router.get("router_id")}, served)
         return rates, svc_rates
+
+    def _count_served(self, now: float, router_id: Any,
+                      services: list[dict[str, Any]]) -> None:
+        """Add each instance's increase since the last poll to its service's total: one that
+        left keeps what it served; one whose count went down (restarted, or a new router)
+        adds its new count. Bounded: what stays unseen for :data:`SERVED_FORGET` goes."""
+        last = self._served_last
+        if router_id != self._served_router:  # another router: its counts start afresh
+            self._served_router = router_id
+            last.clear()
+        for svc in services:
+            name = str(svc.get("service", ""))
+            total = self._served_total.get(name, 0)
+            for inst in svc.get("instances", []):
+                key = (name, str(inst.get("name", "")))
+                count = int(inst.get("served", 0))
+                prev = last.get(key)
+                total += count - prev[0] if prev is not None and count >= prev[0] else count
+                last[key] = (count, now)
+            self._served_total[name] = total
+            self._served_seen[name] = now
+        for name in [n for n, t in self._served_seen.items() if now - t > SERVED_FORGET]:
+            del self._served_seen[name]
+            self._served_total.pop(name, None)
+        stale = [k for k, (_, t) in last.items() if now - t > SERVED_FORGET]
+        if len(last) - len(stale) > MAX_SERVED_INSTANCES:
+            stale = sorted(last, key=lambda k: last[k][1])[:len(last) - MAX_SERVED_INSTANCES]
+        for k in stale:
+            del last[k]
 
     def _remember(self, rates: dict[str, float], rtt: float | None,
                   router: dict[str, Any]) -> None:
@@ -281,15 +321,16 @@ class ControlCollector(Collector):
             "queued": GaugeMetricFamily("agp_mesh_queue_depth", "Queued per service",
                                         labels=["service"]),
         }
-        served = CounterMetricFamily("agp_mesh_served_total", "Replies per service (live "
-                                     "instances)", labels=["service"])
+        served = CounterMetricFamily("agp_mesh_served_total", "Replies per service, by every "
+                                     "instance seen (gone ones too)", labels=["service"])
         for s in st.get("services", []):
             name = s["service"]
             fams["instances"].add_metric([name], len(s.get("instances", [])))
             fams["capacity"].add_metric([name], s.get("capacity", 0))
             fams["inflight"].add_metric([name], s.get("inflight", 0))
             fams["queued"].add_metric([name], s.get("queued", 0))
-            served.add_metric([name], s.get("served", 0))
+        for name, n in sorted(dict(st.get("served_totals") or {}).items()):
+            served.add_metric([name], n)
         yield from fams.values()
         yield served
         workflows = st.get("workflows")
