@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +18,7 @@ import zmq
 from mesh import codec, metrics, telemetry
 from mesh.backoff import Backoff
 from mesh.breaker import CircuitBreaker
+from mesh.breaker import State as BreakerState
 from mesh.core import Core, Security, flags_for
 from mesh.errors import (
     MAYBE_RAN,
@@ -64,6 +66,18 @@ async def _find_on_lan(security: Security | None) -> str | None:
 # (names, keys, stats), and the registry, holding every key, is not registered in itself
 _NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
 _ENCRYPTED, _IDEMPOTENT = int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
+MAX_BREAKERS = 1024  # destinations with a breaker kept (and exported) per client
+
+
+def _evict_breaker(breakers: OrderedDict[bytes, CircuitBreaker]) -> None:
+    """Make room for one: the least recently used closed breaker, else (all open or
+    half-open, twice the bound) the least recently used of any."""
+    for key, b in breakers.items():
+        if b.state is BreakerState.CLOSED:
+            del breakers[key]
+            return
+    if len(breakers) >= 2 * MAX_BREAKERS:
+        breakers.popitem(last=False)
 
 
 class AsyncMesh(FireAndForget, NowaitRequests):
@@ -78,7 +92,8 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         core.on_send_refused = self.service_keys.forget  # stale keys: the next call asks again
         self._headers: dict[str, bytes] = {}
         self._sealed_headers: dict[str, bytes] = {}  # action -> Envelope(action, sender_key)
-        self._breakers: dict[bytes, CircuitBreaker] | None = {} if breakers else None
+        self._breakers: OrderedDict[bytes, CircuitBreaker] | None = (
+            OrderedDict() if breakers else None)
 
     @classmethod
     async def connect(
@@ -201,12 +216,20 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         return loop
 
     def breaker(self, dest: str) -> CircuitBreaker | None:
-        if self._breakers is None:
+        """This destination's breaker, most recently used last; past ``MAX_BREAKERS`` the
+        least recently used closed one goes (an open or half-open one only past twice that:
+        its state is what protects the caller)."""
+        breakers = self._breakers
+        if breakers is None:
             return None
         key = dest.encode()
-        b = self._breakers.get(key)
-        if b is None:
-            b = self._breakers[key] = CircuitBreaker(dest)
+        b = breakers.get(key)
+        if b is not None:
+            breakers.move_to_end(key)
+            return b
+        if len(breakers) >= MAX_BREAKERS:
+            _evict_breaker(breakers)
+        b = breakers[key] = CircuitBreaker(dest)
         return b
 
     # ------------------------------------------------------------------ request-response
@@ -337,13 +360,18 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         if raw:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise ConfigError("raw=True publishes bytes")
-            self.core.subs.publish(t, bytes(data), True)
+            data = bytes(data)
+            self.core.subs.publish(t, data, True)
+            if metrics.CLIENT is not None:
+                metrics.CLIENT.sent("publish", len(data))
             return
         frames = codec.encode(data)
         if len(frames) == 1:
             self.core.subs.publish(t, frames[0], False)
         else:
             self.core.subs.publish_frames(t, frames, 0)
+        if metrics.CLIENT is not None:
+            metrics.CLIENT.sent("publish", metrics.payload_bytes(frames))
 
     async def flush(self, *, wait: bool = False, timeout: float = 30.0) -> None:
         """Send every publish made so far; with ``wait``, return once the router has taken
@@ -353,8 +381,20 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         if crypto is not None:  # batches waiting for their topic key leave (or are counted)
             await crypto.settle(timeout)
             self.core.subs.flush()
-        if wait:  # the router's own ping carries no payload: never sealed
-            await self._request("agp/router", "ping", timeout=timeout)
+        if wait:  # the router's own ping carries no payload: never sealed, not counted
+            await self._barrier(timeout)
+
+    async def _barrier(self, timeout: float) -> None:
+        """A ping to the router, behind every message sent so far (one ordered connection);
+        not a user's request: no breaker, no count."""
+        waiter = self._loop().create_future()
+        ident = self.core.start_request(Cmd.REQUEST, b"agp/router", self._header("ping"),
+                                        codec.encode(None), waiter, timeout=timeout)
+        try:
+            decode_reply(await waiter)
+        except asyncio.CancelledError:
+            self.core.cancel_request(ident)
+            raise
 
     async def subscribe(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mesh import codec, metrics
+from mesh import codec, metrics, telemetry
 from mesh.core import Core
 from mesh.errors import ConfigError, Overloaded
 from mesh.service_keys import ServiceKeys
@@ -40,37 +40,50 @@ class FireAndForget:
         the outgoing queue is full. Refusals by the router are counted and logged."""
         loop = self._loop()
         deadline = loop.time() + timeout
+        tp = telemetry.inject() if telemetry.ENABLED else None  # the agent's span: our child
         sealed: list[Any] | None = None
+        nbytes = 0
         if self.e2e is not None:  # sealed for the service's keys, like a request
-            sealed = await self._sealed_send(dest, action, data, raw)
+            sealed, nbytes = await self._sealed_send(dest, action, data, raw, tp)
         while True:
             try:
                 if sealed is not None:
                     self.core.send_frames(sealed)
+                    if metrics.CLIENT is not None:
+                        metrics.CLIENT.sent("send", nbytes)
                 else:
-                    self.send_nowait(dest, action, data, raw=raw)
+                    self._send_plain(dest, action, data, raw, tp)
                 return
             except Overloaded:
                 if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(0.001)  # backpressure: the socket drains meanwhile
 
-    async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool) -> list[Any]:
+    async def _sealed_send(self, dest: str, action: str, data: Any, raw: bool,
+                           tp: str | None) -> tuple[list[Any], int]:
+        """The frames of a sealed SEND and its plain payload's size (counted as requests)."""
         recipients = await self.service_keys.get(dest)
         ident = self.core.next_id()
         payload: list[Any] = [data] if raw else codec.encode(data)
-        header, sealed, _ = self._seal(recipients, action, ident, payload)
-        flags = _ENCRYPTED | (_RAW if raw else 0)
-        return [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
+        header, sealed, _ = self._seal(recipients, action, ident, payload, None, tp)
+        flags = _ENCRYPTED | (_RAW if raw else 0) | telemetry.route_flags(tp)
+        frames = [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
+        return frames, metrics.payload_bytes(payload)
 
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
         """Fire-and-forget now (plain payload; use ``send`` on an end-to-end mesh)."""
         if self.e2e is not None:
             raise ConfigError("this client seals payloads end to end: use `await send(...)`")
+        self._send_plain(dest, action, data, raw,
+                         telemetry.inject() if telemetry.ENABLED else None)
+
+    def _send_plain(self, dest: str, action: str, data: Any, raw: bool, tp: str | None) -> None:
+        """One plain SEND carrying ``tp`` (the caller's trace context), counted."""
         address = self._address(dest)
         payload: list[Any] = [data] if raw else codec.encode(data)
-        frames = [pack_route(Cmd.SEND, Flag.RAW if raw else 0, 0, 0, self.core.next_id()),
-                  address, self._header(action), *payload]
+        flags = (_RAW if raw else 0) | telemetry.route_flags(tp)
+        frames = [pack_route(Cmd.SEND, flags, 0, 0, self.core.next_id()),
+                  address, self._header(action, None, tp), *payload]
         self.core.send_frames(frames)
         if metrics.CLIENT is not None:
             metrics.CLIENT.sent("send", metrics.payload_bytes(payload))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from mesh import codec
+from mesh import codec, metrics, telemetry
 from mesh.errors import (
     Closed,
     Error,
@@ -170,7 +170,8 @@ class AsyncStream:
         self.credits = 0
         self.ident = ident = core.next_id()
         payload: list[Any] = codec.encode(self.params)
-        flags = 0
+        tp = telemetry.inject() if telemetry.ENABLED else None  # the agent's span: our child
+        flags = telemetry.route_flags(tp)  # traced: the router records its hop
         exchange = None
         if mesh.e2e is not None:
             from security.stream_keys import ClientExchange
@@ -180,14 +181,14 @@ class AsyncStream:
             aad = self.action.encode() + b"\0" + ident.to_bytes(8, "little") + exchange.public
             blob, payload, self._reply_key = mesh.e2e.seal(self._recipients, payload, aad)
             header = agp_pb2.Envelope(action=self.action, nonce=blob,
-                                      sender_key=mesh.e2e.public,
+                                      sender_key=mesh.e2e.public, traceparent=tp or "",
                                       ephemeral_key=exchange.public).SerializeToString()
             flags |= Flag.ENCRYPTED
         elif direct and core.security is not None:  # the router checks it is ours
-            header = agp_pb2.Envelope(action=self.action,
+            header = agp_pb2.Envelope(action=self.action, traceparent=tp or "",
                                       sender_key=core.security.public).SerializeToString()
         else:
-            header = mesh._header(self.action)
+            header = mesh._header(self.action, None, tp)
         if direct:
             flags |= Flag.DIRECT
         core.stream_acks[ident] = self._on_credit
@@ -246,6 +247,8 @@ class AsyncStream:
             await self._wait_for(lambda: self.credits > 0 and not waiter.done())
         self.credits -= 1
         payload: list[Any] = [data] if raw else codec.encode(data)
+        stats = metrics.CLIENT
+        nbytes = metrics.payload_bytes(payload) if stats is not None else 0  # as requests: plain
         flags = Flag.RAW if raw else 0
         if self._sealer is not None and self._sock is None:
             # through the router: sealed; peer to peer the CURVE session to the key the
@@ -257,6 +260,8 @@ class AsyncStream:
         self.sent += 1
         if raw:
             self.bytes_sent += len(data)
+        if stats is not None:
+            stats.sent("stream", nbytes)
 
     def _send_chunk(self, route: bytes, payload: list[Any]) -> None:
         if self._sock is None:

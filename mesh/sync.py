@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from mesh import codec
+from mesh import codec, metrics
 from mesh.aio import AsyncMesh
 from mesh.errors import Closed, ConfigError, DeadlineExceeded
 from mesh.pubsub import Message, Subscription
@@ -24,6 +24,7 @@ from mesh.wire import MAX_ADDRESS_BYTES
 
 T = TypeVar("T")
 _PUBQ_HIGH_WATER = 200_000
+_ONE, _RAW, _MANY = 0, 1, 2  # a queued publish: one msgpack frame, raw bytes, array frames
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -81,7 +82,7 @@ class Mesh:
     def __init__(self, amesh: AsyncMesh, io: LoopThread) -> None:
         self._amesh = amesh
         self._io = io
-        self._pubq: deque[tuple[bytes, Any, bool]] = deque()
+        self._pubq: deque[tuple[bytes, Any, int]] = deque()  # (topic, payload, kind)
         self._pub_wake = False
         self._closed = False
 
@@ -144,9 +145,16 @@ class Mesh:
         t = topic.encode()
         if not t or len(t) > MAX_ADDRESS_BYTES:
             raise ConfigError(f"bad topic {topic!r}")
-        if raw and not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ConfigError("raw=True publishes bytes")
-        self._pubq.append((t, bytes(data) if raw else data, raw))
+        if raw:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ConfigError("raw=True publishes bytes")
+            self._pubq.append((t, bytes(data), _RAW))
+        else:  # encoded here: an unencodable value raises to its caller (TypeError)
+            frames = codec.encode(data)
+            if len(frames) == 1:
+                self._pubq.append((t, frames[0], _ONE))
+            else:
+                self._pubq.append((t, frames, _MANY))
         if not self._pub_wake:
             self._pub_wake = True
             self._io.loop.call_soon_threadsafe(self._drain_pubq)
@@ -154,21 +162,27 @@ class Mesh:
             self.flush()
 
     def _drain_pubq(self) -> None:
+        """Hand the queued publishes (encoded by their callers) to the batcher; counted in
+        one go when client metrics are on."""
         self._pub_wake = False
         q = self._pubq
         subs = self._amesh.core.subs
-        amesh = self._amesh
-        while q:
-            t, data, raw = q.popleft()
-            if raw:
-                subs.publish(t, data, True)
-                continue
-            frames = codec.encode(data)
-            if len(frames) == 1:
-                subs.publish(t, frames[0], False)
-            else:
-                subs.publish_frames(t, frames, 0)
-        del amesh
+        stats = metrics.CLIENT
+        n = nbytes = 0
+        try:
+            while q:
+                t, payload, kind = q.popleft()
+                if kind == _MANY:
+                    subs.publish_frames(t, payload, 0)
+                else:
+                    subs.publish(t, payload, kind == _RAW)
+                if stats is not None:
+                    n += 1
+                    nbytes += metrics.payload_bytes(payload) if kind == _MANY else len(payload)
+        finally:
+            if n:
+                assert stats is not None
+                stats.sent("publish", nbytes, n)
 
     def flush(self, timeout: float = 10.0, *, wait: bool = False) -> None:
         """Hand every publish made so far to the socket; with ``wait``, return once the
