@@ -38,6 +38,7 @@ from mesh.workflow import (
     WorkflowSpec,
     load_spec,
     open_store,
+    validate,
 )
 from mesh.workflow.owner import owner_gone
 
@@ -138,13 +139,17 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
                        on_start: Callable[[str], Any] | None = None,
                        resume: str | None = None, force: bool = False,
                        timeout: float | None = None,
-                       mesh: AsyncMesh | None = None) -> WorkflowResult:
+                       mesh: AsyncMesh | None = None,
+                       check_names: bool = True) -> WorkflowResult:
     """Run (or ``resume``) a workflow on the mesh at ``endpoint`` and wait for its end.
 
     ``spec`` is a dict, a WorkflowSpec or a .toml/.json path. State goes to ``store_url``;
     if this process dies, ``resume`` with the run id (``on_start`` receives it) continues it
     without re-running finished steps (``force``: even if its owner may be alive, see
     :meth:`WorkflowRunner.resume`). On ``timeout`` the run is left running, resumable.
+    A new run's agents and actions are first checked against what the router serves now
+    (:func:`mesh_catalog`; ``check_names=False`` for agents that join later): a step naming
+    anything else refuses the whole spec, every such step listed, before anything runs.
     """
     if not isinstance(spec, (WorkflowSpec, Mapping)) and resume is None:
         spec = load_spec(spec)
@@ -163,6 +168,9 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
             run_id = await runner.resume(resume, force=force)
         else:
             assert isinstance(spec, (WorkflowSpec, Mapping))
+            catalog = await mesh_catalog(mesh) if check_names else None
+            if catalog is not None:  # every unknown agent or action listed before any runs
+                spec = validate(spec, catalog=catalog)
             run_id = await runner.start(spec)
         if on_start is not None:
             on_start(run_id)
@@ -179,6 +187,23 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
         store.close()
         if own_mesh and mesh is not None:
             await mesh.close()
+
+
+async def mesh_catalog(mesh: AsyncMesh) -> dict[str, list[str] | None] | None:
+    """``{service: the actions its instances serve}`` for the services this identity may
+    call, as the router knows them now (None for a service whose agents name none: any
+    action), or None when the router does not say (an older router): names are then
+    checked as the steps run."""
+    try:
+        served = await mesh.request("agp/router", "catalog", timeout=5.0)
+    except Error as exc:
+        log.debug("no catalog from the router (%s): agent names checked at run time", exc)
+        return None
+    if not isinstance(served, Mapping):
+        return None
+    return {name: [a for a in actions if isinstance(a, str)] or None
+            for name, actions in served.items()
+            if isinstance(name, str) and isinstance(actions, list)}
 
 
 async def cancel_in_store(store_url: str, run_id: str) -> RunRecord:

@@ -1,7 +1,7 @@
-"""The router's own services, off the hot path: ``agp/router`` (ping for anyone; stats,
-services and drain for admins), ``agp/system/auth`` (a token for the key the connection
-authenticated with; revoke for admins), the registry's door (a lease only for a name the
-caller may register, under its own key) and the check a direct stream's open gets.
+"""The router's own services, off the hot path: ``agp/router`` (ping and catalog for
+anyone; stats, services and drain for admins), ``agp/system/auth`` (a token for the key the
+connection authenticated with; revoke for admins), the registry's door (a lease only for a
+name the caller may register, under its own key) and the check a direct stream's open gets.
 
 A mixin of :class:`router.server.Router`: it answers through ``self._send`` and friends, so
 whatever wraps the router's sends (a test's tap) sees these replies too.
@@ -103,6 +103,20 @@ class SystemServices:
         inst.accepting = False
         return {"instance": name.decode(errors="replace"), "accepting": False}
 
+    def _catalog(self, peer: Peer) -> dict[str, list[str]]:
+        """``{service: actions its instances serve}`` for the services ``peer`` may request
+        (an agent naming no actions: an empty list, any action). A workflow's steps are
+        checked against it before the run starts; nothing it may not call is disclosed."""
+        out: dict[str, list[str]] = {}
+        for name, svc in self.table.services.items():
+            if self.secure and not self.access.allowed(peer.session, "request", name):
+                continue
+            actions: set[str] = set()
+            for inst in svc.instances:
+                actions.update(inst.actions)
+            out[name.decode(errors="replace")] = sorted(actions)
+        return out
+
     def _on_router_service(self, peer: Peer, msg: list[bytes], ident: int) -> None:
         """The router's own service, ``agp/router``: stats and services, for tools and tests."""
         try:
@@ -112,6 +126,10 @@ class SystemServices:
         if action == "ping":  # anyone: a barrier (everything sent before it has been taken)
             self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
                         *codec.encode("pong")])
+            return
+        if action == "catalog":  # anyone: what it may call, so specs are checked up front
+            self._send([peer.rid, pack_route(Cmd.REPLY, 0, 0, 0, ident), ROUTER_SERVICE, b"",
+                        *codec.encode(self._catalog(peer))])
             return
         if self.secure and not self.access.allowed(peer.session, "admin", ROUTER_SERVICE):
             self._deny(peer, "admin", ROUTER_SERVICE, ident)

@@ -165,6 +165,7 @@ class RoutingTable:
                             "accepting": i.accepting,
                             "labels": i.labels,
                             "version": i.version,
+                            "actions": list(i.actions),
                         }
                         for i in svc.instances
                     ],

@@ -13,7 +13,7 @@ from agents.orchestrator import cancel_in_store, run_workflow
 from agents.procs import ManagedProcess
 from agents.scenarios import ml_workflow, run_ml_scenario
 from mesh import Malformed, Mesh
-from mesh.workflow import RunState, StepState, open_store
+from mesh.workflow import RunState, StepState, WorkflowSpecError, open_store
 from tests.helpers import wait_for
 
 
@@ -49,6 +49,27 @@ def test_poison_input_fails_its_step_and_the_agent_keeps_serving(
     assert stats["failures"]["describe"] == before + 2
     fine = client.request("data_analyst", "describe", {"X": [[1.0, 2.0], [3.0, 4.0]]})
     assert fine["x0"]["count"] == 2
+
+
+def test_unknown_agents_and_actions_are_listed_before_anything_runs(
+        endpoint: str, store_url: str) -> None:
+    """The router knows which services run and which actions their agents serve: a spec
+    naming others is refused whole, every problem listed, and no run is recorded."""
+    spec = {"name": "typos", "steps": {
+        "ok": {"agent": "data_analyst", "action": "describe"},
+        "agent_typo": {"agent": "data_analyts", "action": "describe"},
+        "action_typo": {"agent": "data_analyst", "action": "descibe", "depends_on": ["ok"]}}}
+    with pytest.raises(WorkflowSpecError) as refused:
+        asyncio.run(run_workflow(spec, endpoint, store_url))
+    problems = refused.value.problems
+    assert any("unknown agent 'data_analyts'" in p for p in problems), problems
+    assert any("has no action 'descibe'" in p and "describe" in p for p in problems), problems
+    assert len(problems) == 2, problems
+    store = open_store(store_url)
+    try:
+        assert "typos" not in [r.name for r in store.list_runs()]
+    finally:
+        store.close()
 
 
 def _trainers(local_mesh: LocalMesh, extra: list[ManagedProcess], name: str
@@ -163,7 +184,8 @@ def test_breaker_opens_for_a_missing_service_and_shows_in_the_result(
         endpoint: str, store_url: str) -> None:
     spec = {"name": "nobody", "steps": {"ask": {
         "agent": "test/scn/nobody_home", "retries": 6, "backoff": 0.01}}}
-    result = asyncio.run(run_workflow(spec, endpoint, store_url))
+    # (a service that is gone at run time: the up-front check would refuse the spec)
+    result = asyncio.run(run_workflow(spec, endpoint, store_url, check_names=False))
     assert result.record.state is RunState.FAILED
     assert result.breakers == {"test/scn/nobody_home": "open"}
     assert "circuit for test/scn/nobody_home is open" in result.steps["ask"].error
