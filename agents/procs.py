@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_IDENTITY = "agp-supervisor"
 CONTROL_IDENTITY = "agp-control"
 REGISTRY_IDENTITY = "agp-registry"
+KEYS_IDENTITY = "agp-keys"  # the topic key service, agp/system/keys
 
 
 class ManagedProcess:
@@ -212,6 +213,7 @@ class MeshLaunch:
         enroll_identity(home, CONTROL_IDENTITY, roles=("admin",))
         if self.config.registry:
             enroll_identity(home, REGISTRY_IDENTITY, roles=("agent",), namespace="agp/system")
+            enroll_identity(home, KEYS_IDENTITY, roles=("agent",), namespace="agp/system")
         for spec in self.config.agents:
             enroll_identity(home, spec.identity, roles=("agent",), namespace=spec.namespace)
 
@@ -245,6 +247,13 @@ class MeshLaunch:
         return agent_process("discovery.service", endpoint, name="registry",
                              extra=["--instance", "registry-0",
                                     *self._security(REGISTRY_IDENTITY)],
+                             log_dir=self.log_dir, env=self.env())
+
+    def keys(self, endpoint: str) -> ManagedProcess:
+        """The topic key service (end-to-end pub/sub's per-topic keys, handed only to
+        authorized subscribers); it finds its readers' keys in the registry."""
+        return agent_process("security.key_service", endpoint, name="keys",
+                             extra=["--instance", "keys-0", *self._security(KEYS_IDENTITY)],
                              log_dir=self.log_dir, env=self.env())
 
     def agent(self, spec: AgentSpec, instance: str, endpoint: str) -> ManagedProcess:

@@ -50,7 +50,7 @@ class Child:
     """One supervised process and its history."""
 
     name: str
-    role: str  # router | control | registry | agent
+    role: str  # router | control | registry (and the key service) | agent
     make: Any  # () -> ManagedProcess: a fresh one for each (re)start
     spec: AgentSpec | None = None
     proc: ManagedProcess | None = None
@@ -102,6 +102,9 @@ class Supervisor:
             if cfg.registry:
                 firsts.append(self._add(Child("registry", "registry",
                                               lambda: launch.registry(self.endpoint))))
+                if not cfg.insecure:  # sealed pub/sub: topic keys, from readers' keys there
+                    firsts.append(self._add(Child("keys", "registry",
+                                                  lambda: launch.keys(self.endpoint))))
             for spec in self.config.agents:
                 for i in range(spec.min):
                     firsts.append(self._new_replica(spec, i))

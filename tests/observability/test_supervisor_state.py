@@ -337,5 +337,45 @@ def test_scale_down_never_retires_a_replica_that_is_restarting(
     assert no_mesh_left() == []
 
 
+def test_agp_up_serves_end_to_end_pub_sub(
+        spawn: Callable[..., ManagedProcess], no_mesh_left: Callable[[], list[str]],
+        mesh_home: Home, tmp_path: Path) -> None:
+    """A secure mesh from `agp up` runs the topic key service beside the registry, so a
+    sealed publish reaches a sealed subscriber (without it the publish found no key)."""
+    from mesh import DeadlineExceeded, Mesh
+    from security.home import enroll_identity
+
+    config = tmp_path / "mesh.toml"
+    config.write_text("""
+[mesh]
+router = "tcp://127.0.0.1:0"
+pub = "tcp://127.0.0.1:0"
+control_port = false
+registry = true
+""")
+    run_dir = tmp_path / "run"
+    sup = supervisor(spawn, config, run_dir)
+    assert "keys" in alive(read_state(run_dir)["processes"])
+    enroll_identity(mesh_home, "e2e-tester", roles=("admin",))
+    endpoint = sup.ready_info["router"]
+    with Mesh.connect(endpoint, identity="e2e-tester", e2e=True) as m:
+        sub = m.subscribe("sealed.")
+        sent = 0
+
+        def heard() -> bool:  # publishes before the key service registered are dropped
+            nonlocal sent
+            sent += 1
+            m.publish("sealed.t", {"n": sent})
+            try:
+                return bool(sub.get(timeout=0.5).data["n"] >= 1)
+            except DeadlineExceeded:
+                return False
+
+        wait_for(heard, 30, interval=0.1, message="a sealed publish reached the subscriber")
+    assert agp("down", "--run-dir", str(run_dir)).returncode == 0
+    assert sup.proc.wait(10) == 0
+    assert no_mesh_left() == []
+
+
 if __name__ == "__main__":
     sys.exit(_slow_agent_main())
