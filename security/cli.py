@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 
 from mesh.errors import Error
@@ -31,11 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         ensure_router(home)
         if args.cmd == "new":
             roles = tuple(r for r in args.roles.split(",") if r)
+            secret = secrets.token_urlsafe(24)  # stored hashed: shown here once
             kp = enroll_identity(home, args.name, roles=roles, namespace=args.namespace,
-                                 overwrite=args.force)
+                                 overwrite=args.force, secret=secret)
             if args.namespace is None and "agent" in roles:
                 bind(home, args.name, roles, {"ns": f"agp/{args.name}"})
             print(f"{args.name}: {kp.public.decode()}  (keys in {home.keys}, mode 0600)")
+            print(f"OAuth2 client {args.name!r} secret, shown once (for POST /oauth2/token, "
+                  f"the client-credentials grant): {secret}")
         elif args.cmd == "enroll":
             home.trust().enroll(args.name, args.public_key)
             print(f"enrolled {args.name}")

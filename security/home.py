@@ -125,8 +125,11 @@ def ensure_router(home: Home) -> KeyPair:
 
 
 def enroll_identity(home: Home, name: str, *, roles: tuple[str, ...] = ("client",),
-                    namespace: str | None = None, overwrite: bool = False) -> KeyPair:
-    """Keypair + trust-store enrolment + OAuth2 client (id = name) + an RBAC binding."""
+                    namespace: str | None = None, overwrite: bool = False,
+                    secret: str | None = None) -> KeyPair:
+    """Keypair + trust-store enrolment + OAuth2 client (id = name, with ``secret``, or a
+    random one nobody is told: the client then gets its tokens over the mesh) + an RBAC
+    binding."""
     if home.has_keys(name) and not overwrite:
         kp = home.keypair(name)
     else:
@@ -135,7 +138,8 @@ def enroll_identity(home: Home, name: str, *, roles: tuple[str, ...] = ("client"
     if not trust.is_trusted(kp.public):
         trust.enroll(name, kp.public)
     reg = home.registry()
-    reg.register(name, secrets.token_urlsafe(24), curve_public=kp.public, roles=roles)
+    reg.register(name, secret or secrets.token_urlsafe(24), curve_public=kp.public,
+                 roles=roles)
     home.clients.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     reg.save(home.clients)
     if namespace is not None:
