@@ -157,7 +157,11 @@ class Core(Outgoing, SessionSide, TokenSide):
             self._started = True
         except asyncio.TimeoutError:
             await self.close()
-            raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s")
+            hint = "" if self.security is not None else (
+                " (this client has no identity: a secure router answers only CURVE; set "
+                "AGP_IDENTITY or pass identity=)")
+            raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s"
+                              + hint) from None
         except Error:
             await self.close()
             raise

@@ -30,6 +30,7 @@ from mesh import (
     Mesh,
     NoSuchService,
     Unauthenticated,
+    Unavailable,
     codec,
 )
 from mesh.core import Security
@@ -310,6 +311,16 @@ class TestMeshRefusals:
         assert after["hellos"] == before["hellos"]
         assert after["peers"] == before["peers"]
         secure_mesh.assert_still_serves()
+
+    def test_a_client_without_identity_is_told_why_nobody_answers(
+            self, secure_mesh: SecureMesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Plain ZMTP to a CURVE server gets no answer at all; the client says what it
+        lacks instead of only that nobody answered."""
+        monkeypatch.delenv("AGP_IDENTITY", raising=False)
+        with pytest.raises(Unavailable) as refused:
+            Mesh.connect(secure_mesh.endpoint, timeout=1.5)
+        assert "no identity" in str(refused.value)
+        assert "AGP_IDENTITY" in str(refused.value)
 
     def test_wrong_server_key_is_refused(self, secure_mesh: SecureMesh) -> None:
         good = secure_mesh.identity("wrong-server-key")
