@@ -16,6 +16,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from mesh.errors import ConfigError
+
 if TYPE_CHECKING:
     from agents.base import Agent
 
@@ -104,7 +106,11 @@ def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:
     if not args.insecure:
         from security.home import client_security
 
-        security = client_security(args.identity or args.name)
+        try:
+            security = client_security(args.identity or args.name)
+        except ConfigError as exc:  # no keys yet: say what to run, not a traceback
+            print(f"agent {args.name}: {exc.message}", file=sys.stderr, flush=True)
+            return 2
     from discovery.presence import AgentPresence, lan_router
 
     # no endpoint anywhere: a router on the LAN whose key is the pinned one (mDNS)

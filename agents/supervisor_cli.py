@@ -244,7 +244,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"running": running, **state, "processes": rows}, indent=2))
         return 0 if running else 3
-    print(f"mesh: {'up' if running else state.get('state', '?')}   supervisor pid "
+    said = state.get("state", "?")
+    if not running and said in ("running", "starting"):  # the record outlived its writer
+        said = f"down (the supervisor recorded {said!r} but is gone; `agp up` cleans up)"
+    print(f"mesh: {'up' if running else said}   supervisor pid "
           f"{sup.get('pid')}   router {state.get('router', {}).get('endpoint', '')}   "
           f"control {state.get('control', {}).get('url', '') or '-'}")
     header = ("NAME", "ROLE", "SERVICE", "PID", "ALIVE", "RESTARTS", "RECOVERY", "LOAD")

@@ -152,6 +152,9 @@ def test_up_after_a_killed_supervisor_stops_what_it_left(
     os.kill(first.pid, signal.SIGKILL)
     first.proc.wait(10)
     assert sorted(alive(old)) == ["echo-0", "echo-1", "router"]  # orphans, still serving
+    status = agp("status", "--run-dir", str(run_dir))
+    assert status.returncode == 3
+    assert "mesh: down (the supervisor recorded 'running' but is gone" in status.stdout
 
     second = supervisor(spawn, config, run_dir)
     assert not alive(old), "the second agp up left the first one's processes running"

@@ -1,0 +1,21 @@
+"""An agent started without keys says what to run in one line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_an_agent_without_keys_says_what_to_run(tmp_path: Path) -> None:
+    env = {**os.environ, "AGP_HOME": str(tmp_path / "empty-home"), "AGP_MDNS": "0"}
+    env.pop("AGP_IDENTITY", None)
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "agent", "echo", "--namespace",
+                          "acme/ml", "--endpoint", "tcp://127.0.0.1:1"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT, env=env, check=False)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "run `agp keys new echo`" in out.stderr
