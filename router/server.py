@@ -329,6 +329,10 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
             msg[0] = inst.peer.rid
             msg[2] = peer.rid
             self._send(msg)  # if it cannot go, the client hears so (router.outbound)
+            if flags & _TRACED and telemetry.ENABLED:  # its hop: no reply will end it
+                t = time.time_ns()
+                telemetry.router_hop(msg[3], inst.service.name.decode(), inst.name.decode(),
+                                     t, t, None)
             return
         self.stats.requests += 1
         if flags & _TRACED and telemetry.ENABLED and len(self.traced) < 10_000:
