@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -42,3 +44,23 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.contextmanager
+def router_in_thread(join_timeout: float = 10.0) -> Iterator[Any]:
+    """An insecure router on ephemeral loopback ports, run on a thread of this process;
+    stopped (and its thread joined) on exit."""
+    from router.config import RouterConfig
+    from router.server import Router
+
+    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
+    r.start()
+    thread = threading.Thread(target=r.run, daemon=True)
+    thread.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+        thread.join(join_timeout)
+        assert not thread.is_alive(), "the router thread did not stop"
+

@@ -9,7 +9,6 @@ A real router runs in a thread of this process, the agent on the test's asyncio 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +19,8 @@ from agents.base import Agent, action
 from mesh import Mesh, aio, metrics, telemetry
 from mesh.aio import AsyncMesh
 from mesh.errors import NoSuchService
-from router.config import RouterConfig
 from router.server import Router
-from tests.helpers import until
+from tests.helpers import router_in_thread, until
 from tests.security.sealed_mesh import sealed_mesh, tapped_router  # noqa: F401 (fixtures)
 from tests.workflow._helpers import run_async
 
@@ -48,16 +46,8 @@ def stats(monkeypatch: pytest.MonkeyPatch) -> metrics.ClientStats:
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
     monkeypatch.setenv("AGP_DIRECT_STREAMS", "0")
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
-    r.start()
-    th = threading.Thread(target=r.run, daemon=True)
-    th.start()
-    try:
+    with router_in_thread() as r:
         yield r
-    finally:
-        r.stop()
-        th.join(10)
-        assert not th.is_alive()
 
 
 class Echo(Agent):

@@ -28,8 +28,8 @@ from mesh.aio import AsyncMesh
 from mesh.errors import ErrorCode, Unauthenticated
 from mesh.wire import Cmd, Flag, pack_route, parse_error, parse_route
 from proto import agp_pb2
-from router.config import RouterConfig
 from router.server import Router
+from tests.helpers import router_in_thread
 from tests.workflow._helpers import run_async
 
 
@@ -65,16 +65,8 @@ def spans() -> Iterator[tuple[InMemorySpanExporter, OpenSpans]]:
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
     monkeypatch.setenv("AGP_DIRECT_STREAMS", "0")
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
-    r.start()
-    th = threading.Thread(target=r.run, daemon=True)
-    th.start()
-    try:
+    with router_in_thread() as r:
         yield r
-    finally:
-        r.stop()
-        th.join(10)
-        assert not th.is_alive()
 
 
 class Strict(Agent):
