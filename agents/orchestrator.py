@@ -25,7 +25,7 @@ from agents.base import Context, action
 from agents.common import WorkAgent, work
 from agents.step_caller import DEFAULT_STEP_TIMEOUT, MeshStepCaller, ProgressHook
 from mesh.aio import AsyncMesh
-from mesh.errors import ConfigError, Error, InternalError
+from mesh.errors import ConfigError, Error, ErrorCode, InternalError
 from mesh.workflow import (
     ArtifactStore,
     Event,
@@ -36,6 +36,7 @@ from mesh.workflow import (
     Store,
     WorkflowRunner,
     WorkflowSpec,
+    WorkflowSpecError,
     load_spec,
     open_store,
     validate,
@@ -43,6 +44,9 @@ from mesh.workflow import (
 from mesh.workflow.owner import owner_gone
 
 log = logging.getLogger("agp.orchestrator")
+
+CATALOG_TRIES: Final = 3  # looks at the router's catalog before a name is called unknown
+CATALOG_WAIT: Final = 1.0  # seconds between them
 
 ORCHESTRATOR_SERVICE: Final = "agp/system/orchestrator"
 DEFAULT_STORE: Final = "sqlite:///run/workflows.db"
@@ -168,9 +172,8 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
             run_id = await runner.resume(resume, force=force)
         else:
             assert isinstance(spec, (WorkflowSpec, Mapping))
-            catalog = await mesh_catalog(mesh) if check_names else None
-            if catalog is not None:  # every unknown agent or action listed before any runs
-                spec = validate(spec, catalog=catalog)
+            if check_names:  # every unknown agent or action listed before any runs
+                spec = await checked_names(spec, mesh)
             run_id = await runner.start(spec)
         if on_start is not None:
             on_start(run_id)
@@ -189,6 +192,26 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
             await mesh.close()
 
 
+async def checked_names(spec: WorkflowSpec | Mapping[str, Any], mesh: AsyncMesh
+                        ) -> WorkflowSpec | Mapping[str, Any]:
+    """``spec`` validated, its agents and actions against :func:`mesh_catalog`. A name the
+    router does not serve now is looked up again (``CATALOG_TRIES`` times, ``CATALOG_WAIT``
+    apart) before the spec is refused: the router forgets a service whose last instance
+    left, and a crashed agent is back within seconds."""
+    checked = validate(spec)  # what is wrong whatever runs: at once
+    for attempt in range(CATALOG_TRIES):
+        catalog = await mesh_catalog(mesh)
+        if catalog is None:  # the router does not say: names are checked as steps run
+            return checked
+        try:
+            return validate(checked, catalog=catalog)
+        except WorkflowSpecError:
+            if attempt == CATALOG_TRIES - 1:
+                raise
+        await asyncio.sleep(CATALOG_WAIT)
+    return checked
+
+
 async def mesh_catalog(mesh: AsyncMesh) -> dict[str, list[str] | None] | None:
     """``{service: the actions its instances serve}`` for the services this identity may
     call, as the router knows them now (None for a service whose agents name none: any
@@ -197,7 +220,9 @@ async def mesh_catalog(mesh: AsyncMesh) -> dict[str, list[str] | None] | None:
     try:
         served = await mesh.request("agp/router", "catalog", timeout=5.0)
     except Error as exc:
-        log.debug("no catalog from the router (%s): agent names checked at run time", exc)
+        if exc.code not in (ErrorCode.NO_SUCH_ACTION, ErrorCode.FORBIDDEN):
+            log.warning("no catalog from the router (%s): agent names are checked as the "
+                        "steps run", exc)
         return None
     if not isinstance(served, Mapping):
         return None

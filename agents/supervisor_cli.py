@@ -241,11 +241,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     sup = state.get("supervisor", {})
     running = state.get("state") == "running" and _alive(sup)
     rows = status_rows(state)
-    if args.json:
-        print(json.dumps({"running": running, **state, "processes": rows}, indent=2))
-        return 0 if running else 3
     said = state.get("state", "?")
-    if not running and said in ("running", "starting"):  # the record outlived its writer
+    gone = not running and said in ("running", "starting")  # the record outlived its writer
+    if args.json:
+        print(json.dumps({**state, "running": running, "processes": rows,
+                          **({"state": "down", "recorded_state": said} if gone else {})},
+                         indent=2))
+        return 0 if running else 3
+    if gone:
         said = f"down (the supervisor recorded {said!r} but is gone; `agp up` cleans up)"
     print(f"mesh: {'up' if running else said}   supervisor pid "
           f"{sup.get('pid')}   router {state.get('router', {}).get('endpoint', '')}   "

@@ -23,6 +23,9 @@ class Access(Protocol):
     def allowed(self, session: Any, action: str, name: bytes) -> bool:
         """True when the session may do ``action`` on ``name`` (cached by the implementation)."""
 
+    def may(self, session: Any, action: str, name: bytes) -> bool:
+        """``allowed`` for a listing: no log, no reload, nothing cached or counted."""
+
     def allowed_prefix(self, identity: str | None, prefix: bytes) -> bool:
         """True when the identity may subscribe to every topic under ``prefix``."""
 
@@ -42,6 +45,9 @@ class OpenAccess:
         return None
 
     def allowed(self, session: Any, action: str, name: bytes) -> bool:
+        return True
+
+    def may(self, session: Any, action: str, name: bytes) -> bool:
         return True
 
     def allowed_prefix(self, identity: str | None, prefix: bytes) -> bool:

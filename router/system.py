@@ -109,7 +109,7 @@ class SystemServices:
         checked against it before the run starts; nothing it may not call is disclosed."""
         out: dict[str, list[str]] = {}
         for name, svc in self.table.services.items():
-            if self.secure and not self.access.allowed(peer.session, "request", name):
+            if self.secure and not self.access.may(peer.session, "request", name):
                 continue
             actions: set[str] = set()
             for inst in svc.instances:

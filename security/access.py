@@ -27,7 +27,10 @@ log = logging.getLogger("agp.access")
 AUTH_SERVICE = b"agp/system/auth"
 REGISTRY_SERVICE = b"agp/system/registry"
 KEYS_SERVICE = b"agp/system/keys"
-_SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE, KEYS_SERVICE})
+# the router's own service: ping and catalog for every session; its other actions (stats,
+# services, drain) check the ``admin`` right themselves (router.system)
+ROUTER_SERVICE = b"agp/router"
+_SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE, KEYS_SERVICE, ROUTER_SERVICE})
 # the topic key service's rotation notices: every session may hear them (a publisher must
 # learn at once that a reader lost the right), only who may register the key service may say
 KEY_NOTICES = b"agp.system.topickeys"
@@ -104,6 +107,17 @@ class SecureAccess:
         if not decision.allowed:
             log.info("denied %s %s %r: %s", s.principal.sub, action, text, decision.reason)
         return decision.allowed
+
+    def may(self, session: Any, action: str, name: bytes) -> bool:
+        """``allowed`` without its side effects (no log line, no policy reload, no cache
+        entry): for listing what a session may do, where a "no" is not a refusal."""
+        s: Session = session
+        if s.principal is None:
+            return False
+        hit = s.cache.get((action, name)) if s.generation == self._generation else None
+        if hit is not None:
+            return hit
+        return bool(self._decide(s.principal, action, name.decode(errors="replace")).allowed)
 
     def _decide(self, principal: Principal, action: str, text: str) -> Any:
         policy = self.policy.policy

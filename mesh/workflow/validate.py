@@ -285,10 +285,19 @@ def _catalog_problems(steps: Mapping[str, StepSpec], catalog: Catalog) -> list[s
 
 
 def _catalog_key(agent: str, catalog: Catalog) -> str | None:
-    """Exact match first, then a short name matching a hierarchical one's last segments."""
+    """The catalog entry ``agent`` names, as the router resolves names: the service itself,
+    the service of an instance (``org/ns/service/instance``), or for a one-segment name the
+    one service whose last segment it is (the router's short alias). A catalog keyed by
+    short names matches a full name by its last segments."""
     if agent in catalog:
         return agent
-    matches = [k for k in catalog if k.endswith("/" + agent) or agent.endswith("/" + k)]
+    service = agent.rpartition("/")[0]
+    if agent.count("/") == 3 and service in catalog:
+        return service
+    if "/" not in agent:
+        matches = [k for k in catalog if k.rsplit("/", 1)[-1] == agent]
+    else:
+        matches = [k for k in catalog if agent.endswith("/" + k)]
     return matches[0] if len(matches) == 1 else None
 
 

@@ -9,6 +9,7 @@ the supervisor is stopped or killed while it starts)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -155,6 +156,8 @@ def test_up_after_a_killed_supervisor_stops_what_it_left(
     status = agp("status", "--run-dir", str(run_dir))
     assert status.returncode == 3
     assert "mesh: down (the supervisor recorded 'running' but is gone" in status.stdout
+    as_json = json.loads(agp("status", "--json", "--run-dir", str(run_dir)).stdout)
+    assert (as_json["state"], as_json["running"]) == ("down", False)
 
     second = supervisor(spawn, config, run_dir)
     assert not alive(old), "the second agp up left the first one's processes running"

@@ -544,6 +544,21 @@ class TestMeshRefusals:
                 m.request("acme/hr/payroll", "list")
         secure_mesh.assert_still_serves()
 
+    def test_the_catalog_lists_only_what_the_caller_may_request(
+            self, secure_mesh: SecureMesh, ticker: Callable[[str], Security]) -> None:
+        """Every session may ask agp/router for its catalog (the workflow CLI checks names
+        with it); it lists the services the caller may request, with their actions, and
+        nothing else; the router's admin actions stay refused."""
+        with secure_mesh.connect(ticker("ticker-req")) as m:  # may call test/ns/echo only
+            catalog = m.request("agp/router", "catalog")
+            assert set(catalog) == {SVC}
+            assert "echo" in catalog[SVC]
+            with pytest.raises(Forbidden):
+                m.request("agp/router", "services")
+        with secure_mesh.admin() as admin:
+            assert SVC in admin.request("agp/router", "catalog")
+        secure_mesh.assert_still_serves()
+
     def test_a_short_name_is_judged_as_the_service_it_reaches(
             self, secure_mesh: SecureMesh, ticker: Callable[[str], Security]) -> None:
         with secure_mesh.connect(secure_mesh.security("walled")) as m:

@@ -198,3 +198,16 @@ def test_a_hand_built_spec_that_json_cannot_carry_is_refused_at_submit(tmp_path:
         with pytest.raises(WorkflowSpecError, match="cannot be stored as JSON"):
             store.create_run(spec)
         assert store.list_runs() == []
+
+
+def test_catalog_names_resolve_as_the_router_resolves_them() -> None:
+    """An instance name is its service's; a one-segment name is the one service ending so;
+    a two-segment suffix is no name the router knows."""
+    catalog = {"acme/ml/ml_trainer": ["training"], "acme/ml/data_analyst": None}
+    ok = validate({"a": {"agent": "acme/ml/ml_trainer/ml_trainer-0", "action": "training"},
+                   "b": {"agent": "ml_trainer", "action": "training"}}, catalog=catalog)
+    assert set(ok.steps) == {"a", "b"}
+    with pytest.raises(WorkflowSpecError) as refused:
+        validate({"c": {"agent": "ml/ml_trainer", "action": "training"}}, catalog=catalog)
+    assert "unknown agent 'ml/ml_trainer'" in str(refused.value)
+
