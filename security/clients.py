@@ -23,7 +23,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -107,11 +107,18 @@ class Client:
 class ClientRegistry:
     """Registered clients by id; thread-safe for the threaded HTTP driver."""
 
-    def __init__(self, clients: Iterable[Client] = (), *, scrypt_n: int = SCRYPT_N) -> None:
+    def __init__(self, clients: Iterable[Client] = (), *, scrypt_n: int = SCRYPT_N,
+                 path: str | Path | None = None) -> None:
         self._clients: dict[str, Client] = {c.client_id: c for c in clients}
         self._lock = threading.Lock()
         self._scrypt_n = scrypt_n
         self._dummy_hash: str | None = None
+        # the file these clients came from, and its signature then: lets a running token
+        # endpoint pick up a client `agp keys new` wrote, without a restart
+        self.path = Path(path) if path is not None else None
+        self._sig = _signature(self.path) if self.path is not None else None
+        self.reloads = 0
+        self.reload_errors = 0
 
     def register(self, client_id: str, secret: str, *, curve_public: bytes | str,
                  roles: Iterable[str] = (), scopes: Iterable[str] = (),
@@ -125,6 +132,21 @@ class ClientRegistry:
         with self._lock:
             self._clients[client_id] = client
         return client
+
+    def update(self, client_id: str, *, roles: Iterable[str] | None = None,
+               scopes: Iterable[str] | None = None,
+               grant_types: Iterable[str] | None = None) -> Client:
+        """Change a client's grants and keep its secret hash: re-enrolling an identity
+        (``agp up`` does, on every start) must not void the secret its owner was shown."""
+        with self._lock:
+            old = self._clients.get(client_id)
+            if old is None:
+                raise ConfigError(f"no client {client_id!r}")
+            new = replace(old, **{k: v for k, v in (("roles", roles), ("scopes", scopes),
+                                                    ("grant_types", grant_types))
+                                  if v is not None})
+            self._clients[client_id] = new
+        return new
 
     def remove(self, client_id: str) -> bool:
         with self._lock:
@@ -146,6 +168,27 @@ class ClientRegistry:
             return None
         return client if check_secret(secret, client.secret_hash) else None
 
+    def reload_if_changed(self) -> bool:
+        """Reload from :attr:`path` if its signature (mtime, size, inode) changed since it
+        was read; True if the clients were replaced. Keyed on the signature, so callers
+        with a wrong secret cannot make an unchanged file be parsed again. A file that no
+        longer loads keeps the clients held (counted in ``reload_errors``)."""
+        if self.path is None:
+            return False
+        with self._lock:
+            sig = _signature(self.path)
+            if sig == self._sig:
+                return False
+            self._sig = sig
+            try:
+                fresh = ClientRegistry.load(self.path)._clients if sig is not None else {}
+            except ConfigError:
+                self.reload_errors += 1
+                return False
+            self._clients = fresh
+            self.reloads += 1
+            return True
+
     @classmethod
     def load(cls, path: str | Path) -> ClientRegistry:
         try:
@@ -160,7 +203,7 @@ class ClientRegistry:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"cannot load clients from {path}: {exc}") from None
-        return cls(clients)
+        return cls(clients, path=path)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -173,3 +216,14 @@ class ClientRegistry:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if self.path is not None and path == self.path:
+            self._sig = _signature(path)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is rewritten (``save`` replaces it: a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino

@@ -93,7 +93,7 @@ class Home:
     def registry(self) -> ClientRegistry:
         if self.clients.exists():
             return ClientRegistry.load(self.clients)
-        return ClientRegistry()
+        return ClientRegistry(path=self.clients)  # picks the file up once it is written
 
     def keyring(self) -> SigningKeyRing:
         if self.signing.exists():
@@ -129,7 +129,7 @@ def enroll_identity(home: Home, name: str, *, roles: tuple[str, ...] = ("client"
                     secret: str | None = None) -> KeyPair:
     """Keypair + trust-store enrolment + OAuth2 client (id = name, with ``secret``, or a
     random one nobody is told: the client then gets its tokens over the mesh) + an RBAC
-    binding."""
+    binding. With ``secret`` None, a client already bound to this key keeps its secret."""
     if home.has_keys(name) and not overwrite:
         kp = home.keypair(name)
     else:
@@ -138,10 +138,17 @@ def enroll_identity(home: Home, name: str, *, roles: tuple[str, ...] = ("client"
     if not trust.is_trusted(kp.public):
         trust.enroll(name, kp.public)
     reg = home.registry()
-    reg.register(name, secret or secrets.token_urlsafe(24), curve_public=kp.public,
-                 roles=roles)
-    home.clients.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    reg.save(home.clients)
+    existing = reg.get(name)
+    if secret is None and existing is not None and existing.curve_public == kp.public:
+        # re-enrolment (`agp up` on every start): keep the secret its owner was shown
+        if existing.roles != tuple(roles):
+            reg.update(name, roles=roles)
+            reg.save(home.clients)
+    else:
+        reg.register(name, secret or secrets.token_urlsafe(24), curve_public=kp.public,
+                     roles=roles)
+        home.clients.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        reg.save(home.clients)
     if namespace is not None:
         bind(home, name, roles, {"ns": namespace})
     return kp

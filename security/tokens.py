@@ -250,6 +250,9 @@ class TokenService:
         else:
             return oauth_error("invalid_client", "client authentication required")
         client = self.registry.authenticate(client_id, secret)
+        if client is None and self.registry.reload_if_changed():
+            # a client made or a secret rotated (`agp keys new`) since the file was read
+            client = self.registry.authenticate(client_id, secret)
         if client is None:
             return oauth_error("invalid_client", "client authentication failed")
         return self._grant(client, params)
@@ -274,12 +277,24 @@ class TokenService:
                 return oauth_error("invalid_request", "curve_key is not a key")
             if claimed != client.curve_public:
                 return oauth_error("invalid_grant", "curve_key is not the client's key")
-        if self.trust is not None and not self.trust.is_trusted(client.curve_public):
+        if self.trust is not None and not self._trusted(client.curve_public):
             return oauth_error("invalid_grant", "the client's CURVE key is not trusted")
         token, claims = self.issue(client, scopes)
         body = {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl,
                 "scope": claims["scope"]}
         return 200, body, dict(_JSON_HEADERS)
+
+    def _trusted(self, key: bytes) -> bool:
+        """Trusted now, or since enrolled (as ZAP looks: a key `agp keys new` enrolled
+        after the last periodic refresh changes the trust directory's stat, and only then
+        is it read again)."""
+        assert self.trust is not None
+        if self.trust.is_trusted(key):
+            return True
+        refresh = getattr(self.trust, "refresh_if_enrolled", None)
+        if refresh is not None:
+            refresh()
+        return self.trust.is_trusted(key)
 
     # ---- tokens and keys ----------------------------------------------------------------
 
