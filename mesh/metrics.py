@@ -152,7 +152,12 @@ class ClientStats:
             self.errors[outcome] = self.errors.get(outcome, 0) + 1
 
     def track(self, amesh: Any) -> None:
-        """Export this client's pending requests, circuit breakers and drops too."""
+        """Export this client's pending requests, circuit breakers and drops too. Called
+        per request (``observed_request``): a client tracked already returns at once,
+        without the lock, the scan of every client or a new record."""
+        t = self._tracked.get(id(amesh))
+        if t is not None and t.client() is amesh:
+            return
         self.clients.add(amesh)
         core = getattr(amesh, "core", None)
         if core is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -17,11 +18,12 @@ from typing import Any, TypeVar
 
 from mesh import codec, metrics
 from mesh.aio import AsyncMesh
-from mesh.errors import Closed, ConfigError, DeadlineExceeded
+from mesh.errors import Closed, ConfigError, DeadlineExceeded, Error, ErrorCode, Overloaded
 from mesh.pubsub import Message, Subscription
 from mesh.stream import AsyncStream
 from mesh.wire import MAX_ADDRESS_BYTES
 
+log = logging.getLogger("agp.client")
 T = TypeVar("T")
 _PUBQ_HIGH_WATER = 200_000
 _ONE, _RAW, _MANY = 0, 1, 2  # a queued publish: one msgpack frame, raw bytes, array frames
@@ -85,6 +87,7 @@ class Mesh:
         self._pubq: deque[tuple[bytes, Any, int]] = deque()  # (topic, payload, kind)
         self._pub_wake = False
         self._closed = False
+        self._warned: set[ErrorCode] = set()  # publish refusals logged at WARNING once
 
     @classmethod
     def connect(cls, endpoint: str | None = None, *, timeout: float = 10.0,
@@ -163,19 +166,31 @@ class Mesh:
 
     def _drain_pubq(self) -> None:
         """Hand the queued publishes (encoded by their callers) to the batcher; counted in
-        one go when client metrics are on."""
+        one go when client metrics are on. A publish refused here (its topic forbidden, the
+        client overloaded) has no caller left to raise to: it is counted as a drop, as the
+        batcher counts one, and the rest go on."""
         self._pub_wake = False
         q = self._pubq
         subs = self._amesh.core.subs
         stats = metrics.CLIENT
         n = nbytes = 0
+        first: tuple[bytes, Error] | None = None  # the first publish refused, ...
+        n_refused = 0  # ... and how many were
         try:
             while q:
                 t, payload, kind = q.popleft()
-                if kind == _MANY:
-                    subs.publish_frames(t, payload, 0)
-                else:
-                    subs.publish(t, payload, kind == _RAW)
+                try:
+                    if kind == _MANY:
+                        subs.publish_frames(t, payload, 0)
+                    else:
+                        subs.publish(t, payload, kind == _RAW)
+                except Error as exc:
+                    subs.count("publish_dropped", 1)
+                    if not isinstance(exc, Overloaded):  # (the rest met a full queue)
+                        subs.count(f"publish_dropped_{exc.code.name.lower()}", 1)
+                    first = first or (t, exc)
+                    n_refused += 1
+                    continue
                 if stats is not None:
                     n += 1
                     nbytes += metrics.payload_bytes(payload) if kind == _MANY else len(payload)
@@ -183,6 +198,16 @@ class Mesh:
             if n:
                 assert stats is not None
                 stats.sent("publish", nbytes, n)
+            if first is not None:
+                self._refused(*first, n_refused)
+
+    def _refused(self, topic: bytes, exc: Error, n: int) -> None:
+        """Say why publishes were dropped: at WARNING the first time for each error code
+        (a loop publishing to a forbidden topic would fill the log), later at DEBUG."""
+        level = logging.DEBUG if exc.code in self._warned else logging.WARNING
+        self._warned.add(exc.code)
+        log.log(level, "%d publish(es) dropped, the first to %r: %s", n,
+                topic.decode(errors="replace"), exc)
 
     def flush(self, timeout: float = 10.0, *, wait: bool = False) -> None:
         """Hand every publish made so far to the socket; with ``wait``, return once the

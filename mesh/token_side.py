@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any
 
-from mesh.errors import Error, Malformed, Unavailable
+from mesh.errors import Error, Malformed
 from mesh.wire import Cmd
 from proto import agp_pb2
 
@@ -30,6 +30,7 @@ DEFAULT_TOKEN_LIFETIME = 300.0  # a provider's token that is not a JWT with an e
 MIN_TOKEN_LIFETIME = 1.0  # refreshes of a token about to expire come no closer than 0.8 s
 TOKEN_RETRY_MIN = 0.5  # after a failed fetch, or a refused token: the first wait (s) ...
 TOKEN_RETRY_MAX = 30.0  # ... doubling up to this, each with jitter (never a hot loop)
+NOTHING_NEWER_MIN = 0.25  # a provider with nothing newer is asked again no sooner (s)
 
 
 def token_lifetime(token: str, fallback: float) -> float:
@@ -64,16 +65,17 @@ class TokenSide:
     _send_hello: Any
     _count: Any
 
-    async def _acquire_token(self) -> None:
-        """Get an access token (provider, or the mesh's auth service) and present it."""
+    async def _acquire_token(self) -> bool:
+        """Get an access token (provider, or the mesh's auth service) and present it; False
+        when (a refresh) the provider has nothing newer: presenting it again would change
+        nothing, and a provider renewing lazily (near its ``exp``) is not failing."""
         sec = self.security
         assert sec is not None
         assert self.loop is not None
         if sec.token_provider is not None:
             token = sec.token_provider()
             if self._started and token and token == sec.token:
-                # (a refresh) nothing newer: presenting it again would change nothing
-                raise Unavailable("the token provider has no newer token")
+                return False
             self._take_token(token, token_lifetime(token, DEFAULT_TOKEN_LIFETIME))
         else:
             waiter = self.loop.create_future()
@@ -98,6 +100,7 @@ class TokenSide:
         self._send_hello()
         await welcome
         self._refreshing = False
+        return True
 
     def _take_token(self, token: str, lifetime: float) -> None:
         sec = self.security
@@ -116,13 +119,16 @@ class TokenSide:
         self._refreshing = True
         self.loop.create_task(self._acquire_token()).add_done_callback(self._token_fetched)
 
-    def _token_fetched(self, task: asyncio.Task[None]) -> None:
+    def _token_fetched(self, task: asyncio.Task[bool]) -> None:
         self._refreshing = False
         if task.cancelled():
             return
         exc = task.exception()
         if exc is None:
-            self._token_attempts = 0
+            if task.result():
+                self._token_attempts = 0
+            else:
+                self._nothing_newer()
             return
         self._count("token_failures")
         delay = self._token_backoff()
@@ -136,6 +142,22 @@ class TokenSide:
         delay = ceiling * random.uniform(0.5, 1.0)
         self._token_retry_at = self.loop.time() + delay
         return delay
+
+    def _nothing_newer(self) -> None:
+        """The provider gave the token it gave before: ask again later, not counted as a
+        failure, and no later than halfway to its ``exp`` (a growing wait could pass it,
+        and the router's leeway too, and the session would be dropped)."""
+        sec = self.security
+        assert sec is not None
+        assert self.loop is not None
+        now = self.loop.time()
+        self._token_backoff()  # the provider is not asked at every tick ...
+        left = sec.token_expires - now
+        if left > 0:  # ... but again before its token expires
+            delay = min(self._token_retry_at - now, max(NOTHING_NEWER_MIN, left / 2))
+            self._token_retry_at = now + delay
+        log.debug("the token provider has no newer token yet (next ask in %.1fs)",
+                  self._token_retry_at - now)
 
     def _ask_provider_again(self) -> None:
         """The router refused the provider's token (expired, revoked): the next HELLO
