@@ -18,6 +18,7 @@ import random
 import time
 from typing import Any
 
+from mesh.backoff import Backoff
 from mesh.errors import Error, Malformed
 from mesh.wire import Cmd
 from proto import agp_pb2
@@ -30,6 +31,7 @@ DEFAULT_TOKEN_LIFETIME = 300.0  # a provider's token that is not a JWT with an e
 MIN_TOKEN_LIFETIME = 1.0  # refreshes of a token about to expire come no closer than 0.8 s
 TOKEN_RETRY_MIN = 0.5  # after a failed fetch, or a refused token: the first wait (s) ...
 TOKEN_RETRY_MAX = 30.0  # ... doubling up to this, each with jitter (never a hot loop)
+_RETRY = Backoff(base=TOKEN_RETRY_MIN, cap=TOKEN_RETRY_MAX, jitter=False)  # jittered here
 NOTHING_NEWER_MIN = 0.25  # a provider with nothing newer is asked again no sooner (s)
 
 
@@ -138,7 +140,7 @@ class TokenSide:
         """Push the next token attempt back: 0.5 s, then doubling up to 30 s, jittered."""
         assert self.loop is not None
         self._token_attempts += 1
-        ceiling = min(TOKEN_RETRY_MAX, TOKEN_RETRY_MIN * 2 ** min(self._token_attempts - 1, 16))
+        ceiling = _RETRY.delay(min(self._token_attempts, 17))  # doubling, capped
         delay = ceiling * random.uniform(0.5, 1.0)
         self._token_retry_at = self.loop.time() + delay
         return delay

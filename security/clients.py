@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from mesh.errors import ConfigError
 
-from .keys import normalize_key
+from .keys import file_signature, normalize_key
 
 __all__ = ["Client", "ClientRegistry", "check_secret", "hash_secret"]
 
@@ -116,7 +116,7 @@ class ClientRegistry:
         # the file these clients came from, and its signature then: lets a running token
         # endpoint pick up a client `agp keys new` wrote, without a restart
         self.path = Path(path) if path is not None else None
-        self._sig = _signature(self.path) if self.path is not None else None
+        self._sig = file_signature(self.path) if self.path is not None else None
         self.reloads = 0
         self.reload_errors = 0
 
@@ -176,7 +176,7 @@ class ClientRegistry:
         if self.path is None:
             return False
         with self._lock:
-            sig = _signature(self.path)
+            sig = file_signature(self.path)
             if sig == self._sig:
                 return False
             self._sig = sig
@@ -217,13 +217,4 @@ class ClientRegistry:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         if self.path is not None and path == self.path:
-            self._sig = _signature(path)
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is rewritten (``save`` replaces it: a new inode)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+            self._sig = file_signature(path)

@@ -29,6 +29,7 @@ from mesh.errors import ConfigError
 __all__ = [
     "KeyPair",
     "default_keys_dir",
+    "file_signature",
     "generate",
     "load_keypair",
     "load_public",
@@ -262,3 +263,15 @@ def load_public(name_or_path: str | Path, keys_dir: Path | None = None) -> bytes
     """Load a peer's public key (z85) by name or path."""
     public_path, _ = _paths(name_or_path, keys_dir)
     return read_certificate(public_path, check_mode=False)[0]
+
+
+def file_signature(path: str | Path) -> tuple[int, int, int] | None:
+    """What changes when a file (or directory) is rewritten or replaced: mtime, size and
+    inode; None when it is not there. The trust store, the policy and the OAuth2 clients
+    reload on a change of it, and only then."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+

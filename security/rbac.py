@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import Any, Final
 
 from mesh.errors import ConfigError, Forbidden, Malformed
 from mesh.wire import MAX_ADDRESS_BYTES
+from security.keys import file_signature
 
 from .patterns import NAME_SEP, TOPIC_SEP, Pattern, parse_pattern, split_name, split_prefix
 
@@ -358,11 +358,7 @@ class PolicyStore:
         self.last_error: ConfigError | None = None
 
     def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+        return file_signature(self.path)
 
     def maybe_reload(self) -> bool:
         """Reload if the file changed; True if a new policy is live. An invalid file keeps the

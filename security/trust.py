@@ -31,7 +31,13 @@ from typing import Any, Final
 
 from mesh.errors import ConfigError, Forbidden
 
-from .keys import normalize_key, read_certificate, validate_name, write_certificate
+from .keys import (
+    file_signature,
+    normalize_key,
+    read_certificate,
+    validate_name,
+    write_certificate,
+)
 
 __all__ = ["Revocation", "RevokedKey", "TrustStore", "TrustedKey", "UnknownKey"]
 
@@ -206,11 +212,7 @@ class TrustStore:
             self.refresh()
 
     def _trusted_dir_stat(self) -> Any:
-        try:
-            st = self._trusted_dir.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return file_signature(self._trusted_dir)
 
     def _signature(self) -> tuple[Any, ...]:
         parts: builtins.list[Any] = []

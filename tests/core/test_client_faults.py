@@ -17,24 +17,16 @@ from mesh.errors import CircuitOpen, ConfigError, DeadlineExceeded
 from mesh.sync import Mesh
 from mesh.wire import ROUTE, Cmd, Flag, pack_route
 from proto import agp_pb2
-from router.config import RouterConfig
 from router.server import Router
+from tests.helpers import router_in_thread
 
 PING = "agp/router"  # answered by the router itself: no agent needed
 
 
 @pytest.fixture
 def router() -> Iterator[Router]:
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
-    r.start()
-    thread = threading.Thread(target=r.run, daemon=True)
-    thread.start()
-    try:
+    with router_in_thread() as r:
         yield r
-    finally:
-        r.stop()
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 def _half_open_due(b: CircuitBreaker) -> None:
