@@ -312,8 +312,11 @@ class StatsCollector(Collector):
         self.sources = list(sources)
 
     def collect(self) -> Iterator[Any]:
-        """One family per name: two agents in a process each yield agp_agent_messages_total,
-        and an exposition naming a family twice is rejected by strict parsers."""
+        """One family per name and one sample per label set: two agents in a process each
+        yield agp_agent_messages_total, and two agents of one service each a series with the
+        same labels; strict parsers reject an exposition naming either twice. Same-labelled
+        samples are summed (counters, in-flight and capacity gauges, histogram buckets, sums
+        and counts all add up across instances)."""
         merged: dict[str, Any] = {}
         for s in list(self.sources):
             for fam in s.collect():
@@ -322,7 +325,25 @@ class StatsCollector(Collector):
                     merged[fam.name] = fam
                 else:
                     first.samples.extend(fam.samples)
+        for fam in merged.values():
+            fam.samples = _summed(fam.samples)
         yield from merged.values()
+
+
+def _summed(samples: list[Any]) -> list[Any]:
+    """``samples`` with those of one name and label set folded into one (values summed),
+    in first-seen order; a list without repeats comes back as it was."""
+    index: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+    out: list[Any] = []
+    for sample in samples:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        at = index.get(key)
+        if at is None:
+            index[key] = len(out)
+            out.append(sample)
+        else:
+            out[at] = out[at]._replace(value=out[at].value + sample.value)
+    return out
 
 
 CLIENT: ClientStats | None = None  # set by enable_client_metrics(); hooks test for None

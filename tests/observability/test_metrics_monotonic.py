@@ -159,3 +159,35 @@ def test_two_agents_in_one_process_expose_each_family_once() -> None:
         assert value(fams, "agp_agent_dropped_total", service=svc, reason="overloaded") == 1
         assert value(fams, "agp_agent_handler_duration_seconds_count", service=svc,
                      action="echo", outcome="ok") == 1
+
+
+def test_two_agents_of_one_service_in_one_process_expose_one_summed_series() -> None:
+    class FakeAgent:  # the attributes AgentStats reads (an Agent needs a router)
+        def __init__(self) -> None:
+            self.service = "ns/a"
+            self.served = 2
+            self.failed = 1
+            self.dropped: dict[str, int] = {"overloaded": 3}
+            self._tasks: dict[str, object] = {"t": object()}
+            self.capacity = 4
+
+    sources = []
+    for _ in range(2):
+        st = metrics.AgentStats(FakeAgent())
+        st.inbound("request", 10)
+        st.handled("echo", 0.001, None)
+        sources.append(st)
+    registry = CollectorRegistry()
+    registry.register(metrics.StatsCollector(sources))
+    text, fams = scrape(registry)
+    series = [line.rsplit(" ", 1)[0] for line in text.splitlines()
+              if line and not line.startswith("#")]
+    assert len(series) == len(set(series)), text  # no name{labels} twice
+    assert value(fams, "agp_agent_messages_total", service="ns/a", pattern="request") == 2
+    assert value(fams, "agp_agent_served_total", service="ns/a") == 4
+    assert value(fams, "agp_agent_dropped_total", service="ns/a", reason="overloaded") == 6
+    assert value(fams, "agp_agent_inflight", service="ns/a") == 2
+    assert value(fams, "agp_agent_capacity", service="ns/a") == 8
+    assert value(fams, "agp_agent_handler_duration_seconds_count", service="ns/a",
+                 action="echo", outcome="ok") == 2
+    assert value(fams, "agp_agent_received_bytes_total", service="ns/a") == 20
