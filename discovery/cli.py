@@ -1,4 +1,10 @@
-"""`agp discover`: what is on the mesh, as a table, as JSON, or live (--watch)."""
+"""`agp discover`: what is on the mesh, as a table, as JSON, or live (--watch).
+
+A watch keeps a :class:`~discovery.replica.Replica` fed with the registry's events and beats
+(one subscription to both topics, so they come in the order the registry said them) and
+takes the registry's state again, whole, whenever the replica finds events lost or the
+registry restarted.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,18 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from discovery.events import parse_event
+from discovery.events import Beat, Event, parse_beat, parse_event
 from discovery.replica import ApplyResult, Replica
-from discovery.service import EVENTS_TOPIC, REGISTRY_SERVICE
+from discovery.service import BEAT_TOPIC, EVENTS_TOPIC, REGISTRY_SERVICE, TOPICS_PREFIX
 from discovery.snapshots import fetch_list, fetch_snapshot
 from mesh import DeadlineExceeded, Error, Forbidden, Mesh
+
+# what a watch reads, by topic: what to call it (on stderr when it does not decode), parser
+_READS: dict[str, tuple[str, Callable[[object], Event | Beat]]] = {
+    EVENTS_TOPIC: ("event", parse_event), BEAT_TOPIC: ("beat", parse_beat)}
 
 
 def render(records: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> str:
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(render(records, _router_load(m)))
             return 0
         replica = Replica()
-        sub = m.subscribe(EVENTS_TOPIC)
+        sub = m.subscribe(TOPICS_PREFIX)  # events and beats: both before the snapshot
         resync(replica)
         print(render([r.to_wire() for r in replica.records()], _router_load(m)), flush=True)
         stop_at = time.monotonic() + args.seconds if args.seconds else float("inf")
@@ -77,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                 msg = sub.get(timeout=min(1.0, max(0.01, stop_at - time.monotonic())))
             except DeadlineExceeded:
                 continue
-            try:
-                event = parse_event(msg.data)
-            except Error as exc:  # not the registry's: said, and skipped
-                print(f"skipped an undecodable event: {exc}", file=sys.stderr, flush=True)
+            what, parse = _READS.get(msg.topic, ("", None))
+            if parse is None:  # another of the registry's topics: not a watch's
                 continue
-            result = replica.apply(event)
+            try:
+                item = parse(msg.data)
+            except Error as exc:  # not the registry's: said, and skipped
+                print(f"skipped an undecodable {what}: {exc}", file=sys.stderr, flush=True)
+                continue
+            # a beat tells what no event may: a restart nobody registered after, lost last events
+            result = (replica.observe_beat(item) if isinstance(item, Beat)
+                      else replica.apply(item))
             if result in (ApplyResult.GAP, ApplyResult.OVERFLOW, ApplyResult.RESTARTED):
                 # events were lost on the way (a slow watcher), or the registry restarted:
                 # its state again, whole, rather than joins and leaves that no longer add up
@@ -91,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                       else f"events lost or registry restarted; as of event {replica.seq}:\n"
                       + render([r.to_wire() for r in replica.records()], _router_load(m)),
                       flush=True)
-            elif result is ApplyResult.APPLIED:
-                line = {"seq": event.seq, "kind": event.kind.value, **event.record.to_wire()}
+            elif result is ApplyResult.APPLIED and isinstance(item, Event):
+                line = {"seq": item.seq, "kind": item.kind.value, **item.record.to_wire()}
                 print(json.dumps(line) if args.json else
-                      f"{event.kind.value:<6} {event.record.name}/{event.record.instance}",
+                      f"{item.kind.value:<6} {item.record.name}/{item.record.instance}",
                       flush=True)
     return 0
 

@@ -6,8 +6,10 @@ only events numbered after it; see :mod:`discovery.replica`. Numbers start again
 the registry restarts, so both also carry the registry's *epoch* (a random id per start):
 numbers compare only within one epoch. A snapshot travels as pages (see
 :mod:`discovery.snapshots`), each under the mesh's message size limit; a page that says more
-follow carries a ``next`` cursor. The parsers take untrusted msgpack-decoded values and raise
-only :class:`~mesh.errors.Malformed` or :class:`~mesh.errors.TooLarge`.
+follow carries a ``next`` cursor. Between changes the registry says a :class:`Beat` (its
+current seq and epoch) every second, so a subscriber learns of a restart or of lost last
+events even when nothing changes after them. The parsers take untrusted msgpack-decoded
+values and raise only :class:`~mesh.errors.Malformed` or :class:`~mesh.errors.TooLarge`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ class Snapshot:
                 "records": [r.to_wire() for r in self.records]}
 
 
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The registry's heartbeat: every event up to ``seq`` of ``epoch`` has been published.
+
+    A subscriber only learns from events when one arrives; a beat tells it, while nothing
+    changes, that the registry restarted (a new epoch) or that events it never got exist (a
+    seq past its own). The Clone pattern's HUGZ, carrying the state's position.
+    """
+
+    seq: int
+    epoch: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"seq": self.seq, "epoch": self.epoch}
+
+
 def _seq(obj: Mapping[Any, Any], where: str) -> int:
     seq = obj.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
@@ -101,6 +119,13 @@ def parse_event(obj: object) -> Event:
         raise Malformed(f"event: unknown kind {kind_raw!r:.40}", details={"field": "kind"})
     return Event(seq=seq, kind=kind, record=parse_registration(obj.get("record")),
                  epoch=_epoch(obj, "event"))
+
+
+def parse_beat(obj: object) -> Beat:
+    """Decode an untrusted beat map (seq 0: a registry that has numbered no event yet)."""
+    if not isinstance(obj, Mapping):
+        raise Malformed("beat: expected a map", details={"field": "beat"})
+    return Beat(seq=_seq(obj, "beat"), epoch=_epoch(obj, "beat"))
 
 
 def parse_snapshot(obj: object, *, max_records: int = MAX_SNAPSHOT_RECORDS) -> Snapshot:

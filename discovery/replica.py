@@ -17,6 +17,13 @@ before mean nothing, and records the old registry held may be gone. The replica 
 its records, holds the new epoch's events, and reports :attr:`ApplyResult.RESTARTED` (and
 :attr:`Replica.needs_resync`) until a snapshot of the new epoch arrives. Late events of an
 epoch already replaced are dropped (:attr:`ApplyResult.STALE`), never taken for a restart.
+
+Beats: events alone leave two holes, because a subscriber learns only when one arrives. A
+registry that restarts with nobody registering after it sends no event of its new epoch; the
+last events before a quiet spell, lost on the way, are followed by none that shows the gap.
+So the registry also says a :class:`~discovery.events.Beat` (its seq and epoch) every second,
+fed to :meth:`Replica.observe_beat`: a new epoch is a restart as above, a seq past the
+replica's is a gap (:meth:`Replica.missing` runs to it) until events or a snapshot reach it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections import deque
 from enum import Enum
 from typing import Final
 
-from discovery.events import Event, EventKind, Snapshot
+from discovery.events import Beat, Event, EventKind, Snapshot
 from discovery.records import Registration
 
 DEFAULT_MAX_BUFFER: Final = 10_000
@@ -48,10 +55,18 @@ class ApplyResult(Enum):
     snapshot (see :attr:`Replica.needs_resync`)."""
     STALE = "stale"
     """From an epoch already replaced by a newer one (a late event of a dead registry)."""
+    CURRENT = "current"
+    """A beat at or below the replica's seq: nothing in it is news; nothing changed."""
 
 
 class Replica:
-    """Records by (name, instance), as of :attr:`seq`."""
+    """Records by (name, instance), as of :attr:`seq`.
+
+    Fed events with :meth:`apply`, snapshots with :meth:`apply_snapshot` and the registry's
+    beats with :meth:`observe_beat`; whenever :attr:`needs_resync` is True, :meth:`missing`
+    says which events to fetch (or, when it is None, take a snapshot). A beat never changes
+    the records: it only tells the replica that it is behind (GAP) or out of date (RESTARTED).
+    """
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self.max_buffer = max_buffer
@@ -62,6 +77,7 @@ class Replica:
         self._epoch = ""  # of the snapshot or newest event; "" before any (or none said)
         self._retired: deque[str] = deque(maxlen=MAX_RETIRED_EPOCHS)
         self._restarted = False
+        self._known = 0  # the highest seq of this epoch a beat said exists
         self.duplicates = 0
         self.gaps = 0
         self.overflows = 0
@@ -85,20 +101,23 @@ class Replica:
     @property
     def in_sync(self) -> bool:
         """True when the records are exact as of :attr:`seq` and no gap is pending."""
-        return self._has_snapshot and not self._buffer
+        return self._has_snapshot and not self._buffer and self._known <= self._seq
 
     @property
     def needs_resync(self) -> bool:
-        """True when a gap is pending (fetch the missing events or a new snapshot) or the
-        registry restarted (fetch a new snapshot)."""
-        return self._restarted or (self._has_snapshot and bool(self._buffer))
+        """True when a gap is pending (events buffered past a hole, or a beat numbered past
+        :attr:`seq`: fetch the missing events or a new snapshot) or the registry restarted
+        (fetch a new snapshot)."""
+        return self._restarted or (self._has_snapshot
+                                   and (bool(self._buffer) or self._known > self._seq))
 
     def missing(self) -> tuple[int, int] | None:
-        """The inclusive seq range that is missing, or None when there is no gap (or the
-        registry restarted: then only a snapshot will do)."""
+        """The inclusive seq range that is missing (the first, when events are buffered past
+        it), or None when there is no gap (or the registry restarted: then only a snapshot
+        will do)."""
         if self._restarted or not self.needs_resync:
             return None
-        return (self._seq + 1, min(self._buffer) - 1)
+        return (self._seq + 1, min(self._buffer) - 1 if self._buffer else self._known)
 
     def apply_snapshot(self, snapshot: Snapshot) -> bool:
         """Replace the state with ``snapshot``, then apply the buffered events after it.
@@ -113,6 +132,7 @@ class Replica:
             return False
         if epoch and self._epoch and epoch != self._epoch:
             self._retire(self._epoch)
+            self._known = 0  # numbers of the old epoch: they say nothing of this one
         self._epoch = epoch or self._epoch
         self._restarted = False
         self._records = {r.key: r for r in snapshot.records}
@@ -136,12 +156,10 @@ class Replica:
                 self.stale += 1
                 return ApplyResult.STALE
             if self._epoch and (self._has_snapshot or self._restarted):
-                self._restart(event)
+                self._restart(event.epoch)
+                self._buffer[event.seq] = event
                 return ApplyResult.RESTARTED
-            if self._epoch:  # before the first snapshot: the newest epoch heard wins
-                self._retire(self._epoch)
-                self._buffer = {}
-            self._epoch = event.epoch
+            self._adopt(event.epoch)
         if self._has_snapshot and event.seq <= self._seq:
             self.duplicates += 1
             return ApplyResult.DUPLICATE
@@ -161,6 +179,34 @@ class Replica:
         self.gaps += 1
         return ApplyResult.GAP
 
+    def observe_beat(self, beat: Beat) -> ApplyResult:
+        """Compare the registry's position with the replica's; no record changes.
+
+        STALE for a beat of a replaced epoch; RESTARTED for a new epoch (records forgotten,
+        as for an event of one); GAP when the registry has numbered events past :attr:`seq`
+        (lost on the way, or held past a hole: :attr:`needs_resync` stays True until events
+        or a snapshot reach the beat's seq); BUFFERED before the first snapshot (its seq is
+        noted for it); CURRENT otherwise.
+        """
+        if beat.epoch and beat.epoch != self._epoch:  # "" (no epoch) matches any
+            if beat.epoch in self._retired:
+                self.stale += 1
+                return ApplyResult.STALE
+            if self._epoch and (self._has_snapshot or self._restarted):
+                self._restart(beat.epoch)
+                self._known = beat.seq
+                return ApplyResult.RESTARTED
+            self._adopt(beat.epoch)
+        if self._has_snapshot and beat.seq <= self._seq:
+            return ApplyResult.CURRENT
+        if beat.seq > max(self._known, self._seq, max(self._buffer, default=0)):
+            self._known = beat.seq
+            if self._has_snapshot:
+                self.gaps += 1  # a gap no event showed (the last ones before a quiet spell)
+        if not self._has_snapshot:
+            return ApplyResult.BUFFERED
+        return ApplyResult.GAP
+
     def reset(self) -> None:
         """Forget everything (records, seq, epoch, held events): start as a new replica."""
         self._records = {}
@@ -169,6 +215,7 @@ class Replica:
         self._buffer = {}
         self._epoch = ""
         self._restarted = False
+        self._known = 0
 
     # -- queries -------------------------------------------------------------------------
 
@@ -201,14 +248,23 @@ class Replica:
         if epoch not in self._retired:
             self._retired.append(epoch)
 
-    def _restart(self, event: Event) -> None:
-        """The registry restarted: nothing held so far can be trusted; keep this event."""
+    def _adopt(self, epoch: str) -> None:
+        """Before the first snapshot: the newest epoch heard wins; what the old one held goes."""
+        if self._epoch:
+            self._retire(self._epoch)
+            self._buffer = {}
+            self._known = 0
+        self._epoch = epoch
+
+    def _restart(self, epoch: str) -> None:
+        """The registry restarted: nothing held so far can be trusted."""
         self._retire(self._epoch)
-        self._epoch = event.epoch
+        self._epoch = epoch
         self._records = {}
         self._seq = 0
         self._has_snapshot = False
-        self._buffer = {event.seq: event}
+        self._buffer = {}
+        self._known = 0
         self._restarted = True
         self.restarts += 1
 

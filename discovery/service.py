@@ -4,7 +4,11 @@ A thin shell around the sans-IO ``RegistryTable``: requests register, heartbeat,
 list; a sweep every half second expires leases; every change is published on the topic
 ``agp.registry.events`` so watchers learn of joins and leaves without polling. A watcher
 subscribes first, then asks for a snapshot, and feeds both to a ``Replica`` (the Clone
-pattern): events older than the snapshot are dropped, none is missed.
+pattern): events older than the snapshot are dropped, none is missed. Every
+:data:`BEAT_SECONDS` it also says a beat (its seq and epoch) on ``agp.registry.beat``, so a
+watcher hears of a restart, or of lost last events, while nothing changes (see
+:mod:`discovery.replica`). Not under the events topic: subscriptions match by prefix, and
+a watcher of events only would take a beat for a malformed event.
 
 Soft state: nothing is stored. After a registry restart, agents find their lease unknown on
 their next heartbeat and register again within a second or two; the new registry's events and
@@ -25,6 +29,7 @@ from typing import Any, Final
 import msgpack
 
 from agents.base import Agent, Context, action
+from discovery.events import Beat
 from discovery.records import Registration, parse_registration
 from discovery.snapshots import SnapshotPages
 from discovery.table import InstanceTaken, KeyQuotaExceeded, RegistryTable, TableFull
@@ -33,7 +38,10 @@ from mesh.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 REGISTRY_SERVICE = "agp/system/registry"
 EVENTS_TOPIC = "agp.registry.events"
+BEAT_TOPIC = "agp.registry.beat"
+TOPICS_PREFIX = "agp.registry."  # both: one subscription hears events and beats in order
 SWEEP_SECONDS = 0.5
+BEAT_SECONDS = 1.0
 LEGACY_LIST_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES // 2
 
 
@@ -45,19 +53,27 @@ class Registry(Agent):
     capacity = 256
     register_with_registry = False
 
-    def __init__(self, *, ttl: float = 3.0, **kwargs: Any) -> None:
+    def __init__(self, *, ttl: float = 3.0, beat_seconds: float = BEAT_SECONDS,
+                 **kwargs: Any) -> None:
+        if beat_seconds <= 0:
+            raise ValueError("beat_seconds must be > 0")
         super().__init__(**kwargs)
         self.table = RegistryTable(ttl=ttl)
+        self.beat_seconds = beat_seconds
         self.pages = SnapshotPages(on_drop=self._count_drop)  # agp_agent_dropped_total
         self._joined: dict[tuple[str, str], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep())
+        self._beater = loop.create_task(self._beat())
 
     async def on_stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._beater):
+            if task is not None:
+                task.cancel()
 
     async def _sweep(self) -> None:
         while True:
@@ -66,9 +82,15 @@ class Registry(Agent):
                 self._joined.pop(event.record.key, None)
                 self._publish(event.to_wire())
 
-    def _publish(self, wire: dict[str, Any]) -> None:
+    async def _beat(self) -> None:
+        # the first at once: watchers of the registry before this one learn the new epoch
+        while True:
+            self._publish(Beat(self.table.seq, self.table.epoch).to_wire(), BEAT_TOPIC)
+            await asyncio.sleep(self.beat_seconds)
+
+    def _publish(self, wire: dict[str, Any], topic: str = EVENTS_TOPIC) -> None:
         if self.core is not None:
-            self.mesh.publish(EVENTS_TOPIC, wire)
+            self.mesh.publish(topic, wire)
 
     @action(inline=True)
     def register(self, data: Any, ctx: Context) -> Any:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import queue
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
@@ -22,6 +27,41 @@ def registry(spawn, router, enroll):
     enroll("registry", "agp/system")
     return spawn(agent_process("discovery.service", router.ready_info["router"],
                                name="registry", extra=["--identity", "registry"]))
+
+
+@contextlib.contextmanager
+def _watch(endpoint: str) -> Iterator[Callable[..., str]]:
+    """``agp discover --watch --json`` as a process; yields ``next_line(match, what,
+    timeout)``, the next line of its output that ``match`` accepts."""
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "discover", "--endpoint",
+                             endpoint, "--watch", "--json", "--seconds", "60"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in out], daemon=True)
+    reader.start()
+
+    def next_line(match: Callable[[str], bool], what: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        for _ in range(1000):  # bounded: the lines of one watch
+            left = deadline - time.monotonic()
+            assert left > 0, f"{what} not printed within {timeout}s"
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if match(line):
+                return line
+        raise AssertionError("too many lines")
+
+    try:
+        yield next_line
+    finally:
+        proc.kill()
+        proc.wait(10)
+        reader.join(10)
+        out.close()
 
 
 def _names(m: Mesh, name: str = "test/ns/echo") -> list[str] | None:
@@ -169,37 +209,13 @@ def test_watch_snapshot_then_changes_without_gap(router, registry, start_echo) -
 
 
 def test_discover_watch_prints_joins_and_leaves_as_json(router, registry, start_echo) -> None:
-    import json
-    import queue
-    import threading
-
-    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "discover", "--endpoint",
-                             router.ready_info["router"], "--watch", "--json", "--seconds",
-                             "60"], stdout=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
-    reader.start()
-
-    def next_line(match, what: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        for _ in range(1000):  # bounded: the lines of one watch
-            left = deadline - time.monotonic()
-            assert left > 0, f"{what} not printed within {timeout}s"
-            try:
-                line = lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if match(line):
-                return line
-        raise AssertionError("too many lines")
-
     def next_event(kind: str, instance: str) -> dict:
         def match(line: str) -> bool:
             ev = json.loads(line) if line.startswith("{") else {}
             return ev.get("kind") == kind and ev.get("instance") == instance
         return json.loads(next_line(match, f"{kind} of {instance}"))
 
-    try:
+    with _watch(router.ready_info["router"]) as next_line:
         # subscribed and synced: the registry's table as of its snapshot comes first
         next_line(lambda line: line.startswith("NAME"), "the table")
         agent = start_echo(instance="w1")
@@ -207,8 +223,33 @@ def test_discover_watch_prints_joins_and_leaves_as_json(router, registry, start_
         agent.stop()
         left = next_event("leave", "w1")
         assert left["seq"] > joined["seq"]
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+
+
+def _epoch(m: Mesh) -> str | None:
+    try:
+        return m.request(REGISTRY_SERVICE, "snapshot", timeout=2)["epoch"]
+    except (NoSuchService, Unavailable, DeadlineExceeded):
+        return None  # the registry is restarting
+
+
+def test_discover_watch_hears_a_registry_restart_no_agent_registers_after(
+        router, registry, start_echo, spawn) -> None:
+    """No event of the new registry ever comes (nobody registers with it): only its beat
+    tells the watcher that the records it shows are gone."""
+    echo = start_echo(instance="gone")
+    with Mesh.connect(router.ready_info["router"]) as m:
+        wait_for(lambda: _names(m) == ["gone"], message="registered")
+        old_epoch = _epoch(m)
+        assert old_epoch
+        with _watch(router.ready_info["router"]) as next_line:
+            next_line(lambda line: " gone " in line, "the table with the agent")
+            registry.kill()  # the registry and its only agent die together ...
+            echo.kill()
+            spawn(agent_process("discovery.service", router.ready_info["router"],
+                                name="registry2", extra=["--identity", "registry"]))
+            # ... and only the registry comes back
+            line = next_line(lambda line: line.startswith('{"resync"'), "a resync", timeout=10)
+        resync = json.loads(line)
+        assert resync["epoch"] != old_epoch
+        assert resync["resync"] == 0  # as of the new registry's seq: nobody registered
+        assert resync["epoch"] == wait_for(lambda: _epoch(m), message="the new registry")
