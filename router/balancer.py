@@ -59,19 +59,31 @@ class SmoothWeightedRoundRobin:
 
 
 class LeastOutstanding:
-    """The instance with the fewest requests in flight per unit of weight."""
+    """The instance with the fewest requests in flight per unit of weight; ties go in turn.
+    Taken first-found, every tie went to the first instance: all fire-and-forgets (never
+    in flight) and all calls of a lightly loaded service."""
 
     name = "least_outstanding"
+
+    def __init__(self) -> None:
+        self._next = 0
 
     def pick(self, instances: list[Instance], need_room: bool = True) -> Instance | None:
         best: Instance | None = None
         best_load = 0.0
-        for inst in instances:
+        best_at = 0
+        n = len(instances)
+        start = self._next
+        for i in range(n):
+            at = (start + i) % n
+            inst = instances[at]
             if not inst.accepting or (need_room and len(inst.inflight) >= inst.capacity):
                 continue
             load = len(inst.inflight) / inst.weight
             if best is None or load < best_load:
-                best, best_load = inst, load
+                best, best_load, best_at = inst, load, at
+        if best is not None:
+            self._next = best_at + 1
         return best
 
 

@@ -50,19 +50,29 @@ class Liveness:
     _dispatch: Any
 
     def _drain_queue(self, svc: Service) -> None:
+        """Hand queued calls to instances with room, in order. A call whose caller left
+        while it waited (a client closes without cancelling) is dropped, not worked on for
+        no one; one whose deadline passed is answered; neither takes a balancer's turn."""
         queue = svc.queue
         now = self.now
+        peers = self.peers
         while queue:
-            inst = svc.policy.pick(svc.instances)
-            if inst is None:
-                return
-            q = queue.popleft()
+            q = queue[0]
             crid = q.frames[0]  # queued frames keep the client's routing id in front
+            if crid not in peers:
+                queue.popleft()
+                self.stats.drop("caller_gone")
+                continue
             if q.deadline <= now:
+                queue.popleft()
                 self.stats.drop("deadline_in_queue")
                 self._error(crid, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued",
                             q.ident)
                 continue
+            inst = svc.policy.pick(svc.instances)
+            if inst is None:
+                return
+            queue.popleft()
             remaining = max(1, int((q.deadline - now) * 1000))
             _, cmd, flags, _, _, ident = ROUTE.unpack(q.frames[1])
             q.frames[1] = pack_route(cmd, flags, 0, remaining, ident)

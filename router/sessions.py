@@ -107,21 +107,22 @@ class Sessions:
             self._deny(peer, "register", service, ident)
             return
         full = service + b"/" + instance
-        existing = self.table.instances.get(full)
-        if existing is not None and existing.peer is not peer:
-            if self.secure and existing.peer.identity != peer.identity:
-                self._deny(peer, "register", full, ident)
-                return
-            self._remove_instance(existing, "replaced by a new connection")
         if peer.instance is not None:
-            if peer.instance.name == full:
+            if peer.instance.name == full:  # the same READY again: capacity and weight
                 peer.instance.capacity = max(1, ready.capacity or 1)
                 peer.instance.weight = max(1, ready.weight or 1)
                 self._send([peer.rid, pack_route(Cmd.READY, 0, 0, 0, ident), full, b""])
                 return
+            # refused before anything changes: the instance of that name stays its owner's
             self._error(peer.rid, ErrorCode.MALFORMED,
                         "one connection serves one instance", ident)
             return
+        existing = self.table.instances.get(full)
+        if existing is not None:  # (not this connection's: it serves nothing yet)
+            if self.secure and existing.peer.identity != peer.identity:
+                self._deny(peer, "register", full, ident)
+                return
+            self._remove_instance(existing, "replaced by a new connection")
         inst = self.table.add_instance(
             peer, service, instance,
             capacity=ready.capacity or 1, weight=ready.weight or 1, policy=int(ready.policy),
