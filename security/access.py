@@ -34,6 +34,27 @@ _SYSTEM = frozenset({AUTH_SERVICE, REGISTRY_SERVICE, KEYS_SERVICE, ROUTER_SERVIC
 # the topic key service's rotation notices: every session may hear them (a publisher must
 # learn at once that a reader lost the right), only who may register the key service may say
 KEY_NOTICES = b"agp.system.topickeys"
+# the discovery registry's events and beats: every session may hear them, as it may ask the
+# registry itself; only who may register the registry may say them (a forged beat of a new
+# epoch would send every watcher to fetch the table again, a forged event would lie in it)
+REGISTRY_TOPICS = b"agp.registry."
+# the mesh's own topics, with the service whose ``register`` right it takes to publish on them
+_SYSTEM_TOPICS: tuple[tuple[bytes, bool, bytes], ...] = (
+    (KEY_NOTICES, True, KEYS_SERVICE), (REGISTRY_TOPICS, False, REGISTRY_SERVICE))
+
+
+def _system_rule(action: str, name: bytes) -> tuple[bool | None, str, bytes]:
+    """What the mesh's own services and topics need, whatever the policy says: a fixed
+    answer, or None and the (action, name) the policy is asked about instead."""
+    if action == "request":
+        return (True if name in _SYSTEM else None), action, name
+    if action in ("publish", "subscribe"):
+        for topic, exact, service in _SYSTEM_TOPICS:
+            if name == topic if exact else name.startswith(topic):
+                if action == "subscribe":
+                    return True, action, name
+                return None, "register", service
+    return None, action, name
 
 
 @dataclass(eq=False)
@@ -81,13 +102,6 @@ class SecureAccess:
         s: Session = session
         if s.principal is None:
             return action == "request" and name == AUTH_SERVICE
-        if name in _SYSTEM and action == "request":
-            return True  # every authenticated session may get tokens, keys, discovery
-        if name == KEY_NOTICES:
-            if action == "subscribe":
-                return True
-            if action == "publish":
-                name, action = KEYS_SERVICE, "register"
         if s.generation != self._generation:
             s.cache.clear()
             s.generation = self._generation
@@ -95,17 +109,25 @@ class SecureAccess:
         hit = s.cache.get(key)
         if hit is not None:
             return hit
-        text = name.decode(errors="replace")
-        decision = self._decide(s.principal, action, text)
+        # every authenticated session may get tokens, keys, discovery, and hear the mesh's
+        # own topics; saying them takes the right to register the service that owns them
+        fixed, asked, asked_name = _system_rule(action, name)
+        if fixed is not None:
+            if len(s.cache) < 4096:
+                s.cache[key] = fixed
+            return fixed
+        text = asked_name.decode(errors="replace")
+        decision = self._decide(s.principal, asked, text)
         if not decision.allowed and self._policy_reloaded():
             # a binding written since the last periodic look: decide on the fresh policy
             s.cache.clear()
             s.generation = self._generation
-            decision = self._decide(s.principal, action, text)
+            decision = self._decide(s.principal, asked, text)
         if len(s.cache) < 4096:
             s.cache[key] = decision.allowed
         if not decision.allowed:
-            log.info("denied %s %s %r: %s", s.principal.sub, action, text, decision.reason)
+            log.info("denied %s %s %r: %s", s.principal.sub, action,
+                     name.decode(errors="replace"), decision.reason)
         return decision.allowed
 
     def may(self, session: Any, action: str, name: bytes) -> bool:
@@ -117,7 +139,10 @@ class SecureAccess:
         hit = s.cache.get((action, name)) if s.generation == self._generation else None
         if hit is not None:
             return hit
-        return bool(self._decide(s.principal, action, name.decode(errors="replace")).allowed)
+        fixed, asked, asked_name = _system_rule(action, name)
+        if fixed is not None:
+            return fixed
+        return bool(self._decide(s.principal, asked, asked_name.decode(errors="replace")).allowed)
 
     def _decide(self, principal: Principal, action: str, text: str) -> Any:
         policy = self.policy.policy
@@ -134,8 +159,8 @@ class SecureAccess:
             return False
         principal = session.principal
         assert principal is not None  # only full sessions are kept
-        if prefix.startswith(KEY_NOTICES):
-            return True
+        if prefix.startswith(KEY_NOTICES) or prefix.startswith(REGISTRY_TOPICS):
+            return True  # (no wider: a shorter prefix would catch topics of the policy's)
         if self.policy.policy.check_subscribe_prefix(principal, prefix).allowed:
             return True
         if self._policy_reloaded():

@@ -70,7 +70,7 @@ POLICY["roles"]["tenant"] = {"allow": [
 POLICY["roles"]["walled"] = {"allow": [{"actions": ["request"], "names": ["**"]}],
                              "deny": [{"actions": ["request"], "names": ["test/ns/**"]}]}
 TICKERS = ("ticker-req", "ticker-pub", "ticker-sub", "ticker-empty", "ticker-partial",
-           "ticker-tenant", "ticker-notice")
+           "ticker-tenant", "ticker-notice", "ticker-registry")
 
 
 @dataclass
@@ -648,6 +648,27 @@ class TestMeshRefusals:
             assert stocks.get(timeout=DEADLINE).data == "after"
             assert notices.received == 0
         assert secure_mesh.stats()["denials"].get("publish", 0) >= before + 1
+
+    def test_registry_topics_are_heard_by_all_and_said_by_the_registry_only(
+            self, secure_mesh: SecureMesh, ticker: Callable[[str], Security]) -> None:
+        """A client whose policy lets it publish on every topic still may not forge the
+        registry's events or beats (a beat of a new epoch sends every watcher back for the
+        whole table); a ticker whose policy names only stocks.> may watch them."""
+        before = secure_mesh.stats()["denials"].get("publish", 0)
+        forger = secure_mesh.identity("registry-forger")  # the default client: publish on >
+        with secure_mesh.connect(ticker("ticker-registry")) as watcher, \
+                secure_mesh.connect(forger) as m:
+            heard = watcher.subscribe("agp.registry.", timeout=DEADLINE)  # no rule needed
+            assert watcher.subscribe("agp.registry.beat", timeout=DEADLINE) is not None
+            with pytest.raises(Forbidden):  # ... but no wider
+                watcher.subscribe("agp.", timeout=DEADLINE)
+            stocks = watcher.subscribe("stocks.", timeout=DEADLINE)
+            m.publish("agp.registry.beat", {"seq": 9, "epoch": "forged"})
+            m.publish("agp.registry.events", {"seq": 9, "kind": "leave", "epoch": "forged"})
+            m.publish("stocks.AAPL", "after")  # same connection, forwarded in order
+            assert stocks.get(timeout=DEADLINE).data == "after"
+            assert heard.received == 0
+        assert secure_mesh.stats()["denials"].get("publish", 0) >= before + 2
 
     def test_subscribe_empty_prefix_refused(self, secure_mesh: SecureMesh,
                                             ticker: Callable[[str], Security]) -> None:
