@@ -194,6 +194,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
         rid = msg[0]
         peer = self.peers.get(rid)
         if version != PROTOCOL_VERSION:
+            self.stats.drop("version_mismatch")
             self._error(rid, ErrorCode.VERSION_MISMATCH, f"protocol {version} unsupported", ident)
             return
         if peer is None or (self.secure and peer.identity != identity):
@@ -233,7 +234,7 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
         stats = self.stats
         stats.batches_in += 1
         stats.batched_in += count
-        for sub in messages:
+        for i, sub in enumerate(messages, 1):
             rf = sub[0]
             if len(rf) != 16 or rf[0] != PROTOCOL_VERSION or rf[1] == _BATCH or rf[1] == _HELLO:
                 self._malformed([rid], "bad_batched_message", "a batched message must be a "
@@ -247,6 +248,8 @@ class Router(Sessions, SystemServices, InFlight, Outbound, Liveness):
                 stats.refuse("unhandled")
                 log.debug("batched message refused", exc_info=True)
             if rid not in self.peers:  # it said goodbye: the rest has no session
+                if i < count:
+                    stats.drop("after_disconnect", count - i)
                 return
 
     def _route(self, peer: Peer, msg: list[bytes], cmd: int, flags: int, code: int,

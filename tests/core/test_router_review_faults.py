@@ -5,7 +5,7 @@ this thread (helpers: tests/core/test_batch_router.py), so every step is determi
 from __future__ import annotations
 
 from mesh.errors import ErrorCode
-from mesh.wire import ROUTE, Cmd, Flag, pack_route
+from mesh.wire import PROTOCOL_VERSION, ROUTE, Cmd, Flag, pack_route
 from proto import agp_pb2
 from tests.core import test_batch_router as wire
 from tests.core.test_batch_router import Peer, error_code, pump
@@ -88,3 +88,25 @@ def test_least_outstanding_spreads_fire_and_forgets(router, ctx) -> None:
     for agent in agents:  # none in flight anywhere: each takes its turn
         for _ in range(3):
             agent.expect(lambda m: m[0][1] == Cmd.SEND)
+
+
+def test_a_message_of_another_protocol_version_is_answered_and_counted(router, ctx) -> None:
+    client = Peer(ctx, router, batches=False)
+    frames = _call(7, b"r/none")
+    frames[0] = bytes([PROTOCOL_VERSION + 1]) + frames[0][1:]
+    client.send(frames)
+    answer = client.expect(lambda m: m[0][1] == Cmd.ERROR)
+    assert error_code(answer) == ErrorCode.VERSION_MISMATCH
+    assert router.stats.drops["version_mismatch"] == 1
+
+
+def test_what_follows_a_goodbye_inside_a_batch_is_counted(router, ctx) -> None:
+    agent = Peer(ctx, router, batches=False)
+    _register(agent, b"r/svc", "one", capacity=10)
+    client = Peer(ctx, router, batches=True)
+    client.send_batch([_call(1, b"r/svc"),
+                       [pack_route(Cmd.DISCONNECT, 0, 0, 0, 0), b""],
+                       _call(2, b"r/svc"), _call(3, b"r/svc")])
+    assert _ident(agent.expect(lambda m: m[0][1] == Cmd.REQUEST)) == 1
+    pump(router, lambda: router.stats.drops["after_disconnect"] == 2)
+    assert len(router.peers) == 1  # the agent only: the client said goodbye
