@@ -23,6 +23,7 @@ from mesh import codec, metrics, telemetry
 from mesh.errors import (
     Closed,
     Error,
+    ErrorCode,
     Malformed,
     Overloaded,
     Unauthenticated,
@@ -86,6 +87,7 @@ class AsyncStream:
         self._sealer: Any = None
         self._sock: zmq.Socket[Any] | None = None
         self._ticket = b""
+        self._refused = False  # the agent's direct socket no longer takes this stream
 
     # ------------------------------------------------------------------ credit
     def _on_credit(self, n: int, msg: list[bytes]) -> None:
@@ -104,7 +106,29 @@ class AsyncStream:
 
     def _on_direct_error(self, msg: list[bytes]) -> None:
         code, message, details = parse_error(parse_route(msg[0]), msg)
+        if code == ErrorCode.CANCELLED:
+            self._off_direct()
+            return
         self._fail(error_from_code(code, f"direct stream: {message}", details))
+
+    def _off_direct(self) -> None:
+        """The agent's direct socket has no such stream any more: its handler finished, and
+        its answer (or error) comes through the router, which this one-hop refusal may
+        overtake; or the stream was cancelled. No chunk goes on; an END through the router
+        makes it tell which (it passes the END on, or says it has no such stream)."""
+        self._refused = True
+        self.credits = 0
+        if self._sock is not None:
+            self._sock = None
+            self.core.direct_links().forget(self.ident)
+        assert self._waiter is not None
+        if not self._waiter.done():
+            try:
+                self.core.send_frames([pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), b"",
+                                       b""])
+            except Error as exc:
+                self._fail(exc)
+        self._credit_event.set()
 
     def _fail(self, exc: BaseException) -> None:
         p = self.core.pending.pop(self.ident, None)
@@ -140,6 +164,20 @@ class AsyncStream:
 
     # ------------------------------------------------------------------ open
     async def open(self) -> AsyncStream:
+        """Open the stream: returns once it has credit. However the open ends otherwise
+        (cancelled, timed out, refused), nothing stays behind: ``async with`` calls no
+        ``__aexit__`` when the enter failed, and a service that has the open (or has it in
+        its queue) is told to drop it, or its handler would hold a slot until the deadline."""
+        try:
+            return await self._open_a_path()
+        except BaseException:
+            if self._waiter is not None and not self._waiter.done():
+                self.abort()
+            else:
+                self._finish()
+            raise
+
+    async def _open_a_path(self) -> AsyncStream:
         direct = self.want_direct
         rekeyed = False
         while True:
@@ -167,6 +205,7 @@ class AsyncStream:
         mesh, core = self.mesh, self.core
         self._waiter = loop.create_future()
         self._answer, self._sealer, self._sock, self._ticket = None, None, None, b""
+        self._refused = False
         self.credits = 0
         self.ident = ident = core.next_id()
         payload: list[Any] = codec.encode(self.params)
@@ -245,7 +284,6 @@ class AsyncStream:
         assert waiter is not None
         if self.credits <= 0 or waiter.done():  # (done: it failed, or was answered early)
             await self._wait_for(lambda: self.credits > 0 and not waiter.done())
-        self.credits -= 1
         payload: list[Any] = [data] if raw else codec.encode(data)
         stats = metrics.CLIENT
         nbytes = metrics.payload_bytes(payload) if stats is not None else 0  # as requests: plain
@@ -257,6 +295,7 @@ class AsyncStream:
             flags |= Flag.ENCRYPTED
         route = pack_route(Cmd.STREAM_DATA, flags, 0, 0, self.ident)
         self._send_chunk(route, payload)
+        self.credits -= 1  # (only now: a chunk refused above never went, nor took credit)
         self.sent += 1
         if raw:
             self.bytes_sent += len(data)
@@ -285,7 +324,9 @@ class AsyncStream:
         self._ended = True
         assert self._waiter is not None
         try:
-            if not self._waiter.done():  # (done: the answer, or the error, is already in)
+            # (done: the answer, or the error, is already in; refused: an END went through
+            # the router, _off_direct)
+            if not self._waiter.done() and not self._refused:
                 self._send_chunk(pack_route(Cmd.STREAM_END, 0, 0, 0, self.ident), [])
             msg = await self._waiter
         finally:
