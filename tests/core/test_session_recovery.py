@@ -69,7 +69,9 @@ class Crash:
         self.pub = self.router.ready_info["pub"]
         spawn(agent_process("agents.echo", self.endpoint, name="echo",
                             extra=["--namespace", "test/ns", "--instance", "one",
-                                   "--insecure"]))
+                                   "--insecure", "--drain-timeout", "1"]))
+        # (each test leaves a handler running: a sleep, a stream never ended; the default
+        # 30 s drain would outlast the teardown's 10 s SIGTERM wait and end in a SIGKILL)
 
     def kill(self, m: AsyncMesh) -> None:
         sock = m.core.sock
