@@ -55,7 +55,9 @@ log = logging.getLogger("agp.pubsub")
 _BATCH_RAW = int(Flag.BATCH | Flag.RAW)
 _BATCH = int(Flag.BATCH)
 _STAMP = struct.Struct("<8sQ")  # a batch's header frame: publisher id, its first number
-MAX_TRACKED = 100_000  # (topic, publisher) numberings kept; past it they restart unseen
+# numberings kept (per topic, per (topic, publisher)); past it they restart unseen, so a
+# subscriber to per-job topics, or to publishers that restart, does not grow for ever
+MAX_TRACKED = 100_000
 
 
 class SubscriberSide:
@@ -323,6 +325,8 @@ class SubscriberSide:
         expected = self._expected.get(topic)
         if expected is not None and seq > expected:
             self._count_gap(topic, seq - expected)
+        elif expected is None and len(self._expected) >= MAX_TRACKED:
+            self._expected.clear()  # a topic per job: bounded as the router's; they restart
         self._expected[topic] = seq + count
         if len(msg[2]) == _STAMP.size:
             self._check_publisher(topic, msg[2], count)
@@ -375,7 +379,10 @@ class SubscriberSide:
 
     def _count_gap(self, topic: bytes, missed: int) -> None:
         self.gaps += missed
-        self._explained[topic] = self._explained.get(topic, 0) + missed
+        known = self._explained.get(topic)
+        if known is None and len(self._explained) >= MAX_TRACKED:
+            self._explained.clear()
+        self._explained[topic] = (known or 0) + missed
         for prefix, subs in self.subs.items():
             if topic.startswith(prefix):
                 for s in subs:
@@ -398,7 +405,10 @@ class SubscriberSide:
         known = self._explained.get(topic, 0)
         if known:
             used = min(known, missing)
-            self._explained[topic] = known - used
+            if known > used:
+                self._explained[topic] = known - used
+            else:  # all shown: kept at zero it would stay for every topic ever gapped
+                del self._explained[topic]
             missing -= used
         if missing:
             self.lost += missing

@@ -93,7 +93,10 @@ class Subscription:
         self.received += len(items)
         cb = self.callback
         if cb is not None:
-            for data in items:
+            for i, data in enumerate(items):
+                if self.closed:  # by a callback (its own or another's) or another thread:
+                    self.received -= len(items) - i  # the rest of the batch is not its
+                    return
                 try:
                     cb(Message(topic, data))
                 except Exception:
@@ -145,19 +148,26 @@ class Subscription:
 
     # ---- async iteration (on the core's loop)
     async def aget(self, timeout: float | None = None) -> Message:
+        """Next message; raise DeadlineExceeded after ``timeout`` seconds, Closed after close.
+        Several tasks may wait at once (a worker pool): they share one waiter, so a wake
+        (a message, close, an error) reaches them all, and ``timeout`` is one deadline."""
+        deadline: float | None = None
         while not self.queue:
             if self.error is not None:
                 raise self.error
             if self.closed:
                 raise Closed("subscription closed")
             loop = asyncio.get_running_loop()
-            self._async_waiter = loop.create_future()
-            try:
-                await asyncio.wait_for(self._async_waiter, timeout)
+            if deadline is None and timeout is not None:
+                deadline = loop.time() + timeout
+            w = self._async_waiter
+            if w is None or w.done():
+                w = self._async_waiter = loop.create_future()
+            try:  # shielded: one waiter's timeout or cancel must not cancel the others'
+                await asyncio.wait_for(asyncio.shield(w), None if deadline is None
+                                       else max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"no message within {timeout}s")
-            finally:
-                self._async_waiter = None
         return self.queue.popleft()
 
     def __aiter__(self) -> Subscription:
