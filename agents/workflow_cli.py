@@ -11,7 +11,9 @@ re-running finished steps. Ctrl-C cancels the run. ``cancel`` works from any pro
 marks the run cancelled in the store and whoever drives it stops its steps. A streaming
 pipeline file (stages with a ``source``) is driven for ``--duration`` seconds instead; it
 fails (exit 1, reasons on stderr) if it did not settle or a stage died or lost messages.
-Exit codes: 0 succeeded, 1 failed or cancelled, 2 bad usage or spec, 143 detached.
+Exit codes: 0 succeeded, 1 failed or cancelled, 2 bad usage or spec, 143 detached (SIGTERM,
+or ``--timeout`` ran out: the run is left resumable). ``--artifacts`` defaults to
+``AGP_ARTIFACTS``, as for the orchestrator service, so either resumes the other's runs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agp workflow", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     store = os.environ.get("AGP_WORKFLOW_STORE", DEFAULT_STORE)
+    # as the orchestrator service reads them: a run one of them started and the other
+    # resumes must find its finished steps' artifacts (else the run fails on resume)
+    artifacts = os.environ.get("AGP_ARTIFACTS") or None
     endpoint = os.environ.get("AGP_ROUTER")
 
     run = sub.add_parser("run", help="run a workflow (or a streaming pipeline) file")
@@ -55,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (run, sub.add_parser("resume", help="continue a run; done steps are kept")):
         cmd.add_argument("--endpoint", default=endpoint, help="router endpoint")
         cmd.add_argument("--store", default=store, help="run store URL")
-        cmd.add_argument("--artifacts", default=None, help="artifact directory")
+        cmd.add_argument("--artifacts", default=artifacts,
+                         help="artifact directory (default: $AGP_ARTIFACTS, else beside a "
+                              "SQLite store)")
         cmd.add_argument("--timeout", type=float, default=None,
                          help="stop waiting after this many seconds (the run stays resumable)")
         cmd.add_argument("--json", action="store_true", help="print the final status as JSON")
@@ -166,7 +173,10 @@ async def _drive(spec: Any, args: argparse.Namespace, resume: str | None = None)
         if run_ids:
             print(f"run {run_ids[0]} left running; continue it with "
                   f"`agp workflow resume {run_ids[0]}`", file=sys.stderr)
-        return 143 if how["signal"] == "TERM" else 1
+        # SIGTERM or --timeout left the run detached, resumable: not failed. A Ctrl-C
+        # before the run was recorded cancelled it (nothing ran)
+        detached = how["signal"] == "TERM" or (how["signal"] == "" and bool(run_ids))
+        return 143 if detached else 1
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)

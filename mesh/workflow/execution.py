@@ -148,16 +148,23 @@ class RunExecution:
             if stopper in done:
                 await self._stopped()
                 return
-            finished = [name for name, task in self.tasks.items() if task in done]
-            for name in finished:
+            # every step that ended in this round: parallel branches often fail together
+            # (their agent is down), and each must be recorded failed, not skipped
+            failures: list[StepFailed] = []
+            errors: list[BaseException] = []
+            for name in [name for name, task in self.tasks.items() if task in done]:
                 task = self.tasks.pop(name)
                 exc = StepFailed(name, "the step was cancelled from inside", None) \
                     if task.cancelled() else task.exception()
                 if isinstance(exc, StepFailed):
-                    await self._failed(exc)
-                    return
-                if exc is not None:
-                    raise exc
+                    failures.append(exc)
+                elif exc is not None:
+                    errors.append(exc)
+            if failures:
+                await self._failed(*failures)
+                return
+            if errors:
+                raise errors[0]
         else:
             raise InternalError("the scheduler did not converge")
         if any(p.state is not StepState.SUCCEEDED for p in self.steps.values()):
@@ -281,17 +288,22 @@ class RunExecution:
             if all(self.steps[d].state is StepState.SUCCEEDED for d in self.spec.dependents(dep)):
                 self.outputs.pop(dep, None)
 
-    async def _failed(self, failure: StepFailed) -> None:
-        _mark_failed(self._span, failure)  # the run span ends without an exception
+    async def _failed(self, first: StepFailed, *others: StepFailed) -> None:
+        """End the run failed: ``first`` names the run's error; ``others`` failed in the
+        same round and are recorded failed too, each with its own error."""
+        _mark_failed(self._span, first)  # the run span ends without an exception
         now = time.time()
-        progress = self.steps[failure.step]
-        if failure.instance:
-            progress.avoid.add(failure.instance)
-        self._finish(RunState.FAILED, f"step {failure.step!r} failed: {failure.error}",
-                     StepState.SKIPPED, failed={failure.step: {
-                         "state": StepState.FAILED, "failures": progress.failures,
-                         "error": failure.error, "finished": now,
-                         "instance": failure.instance, "avoid": progress.avoid}})
+        failed: dict[str, Mapping[str, Any]] = {}
+        for failure in (first, *others):
+            progress = self.steps[failure.step]
+            if failure.instance:
+                progress.avoid.add(failure.instance)
+            failed[failure.step] = {
+                "state": StepState.FAILED, "failures": progress.failures,
+                "error": failure.error, "finished": now, "instance": failure.instance,
+                "avoid": progress.avoid}
+        self._finish(RunState.FAILED, f"step {first.step!r} failed: {first.error}",
+                     StepState.SKIPPED, failed=failed)
         await self._halt()
 
     async def _stopped(self) -> None:
