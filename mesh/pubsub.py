@@ -10,7 +10,9 @@ Subscribing: a SUB socket connected to the router's XPUB. ``subscribe()`` return
 router confirmed the subscription (SUBACK), so a publish made after it is delivered. Each
 batch carries the topic's sequence number; a gap means the router's high-water mark dropped
 messages for this subscriber, and the subscription learns how many (``gaps``), as it does
-when its own bounded queue overflows (``dropped``).
+when its own bounded queue overflows (``dropped``). A prefix nothing here already heard
+starts its topics' numbering afresh at its SUBACK: messages read before it (left in the
+socket by an earlier subscription) skip what was published while nobody here listened.
 
 Messages can also die with a router (SIGKILL with batches inside it, or published to a
 restarted router before this subscriber's subscription was back): the router's numbering
@@ -75,6 +77,9 @@ class SubscriberSide:
         self.retired: dict[tuple[str, str], int] = {}
         self.tally_lock = threading.Lock()
         self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
+        # prefixes nothing confirmed here heard when subscribed: numbering restarts at their
+        # SUBACK (what the socket holds before it is older; see _dispatch)
+        self._fresh: set[bytes] = set()
         self._expected: dict[bytes, int] = {}
         self.gaps = 0
         self.lost = 0
@@ -234,6 +239,8 @@ class SubscriberSide:
         assert self.core.loop is not None
         ack: asyncio.Future[None] = self.core.loop.create_future()
         self._acks.setdefault(prefix, []).append(ack)
+        if not prefix.startswith(self._heard()):
+            self._fresh.add(prefix)
         self.subs.setdefault(prefix, []).append(sub)
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self._schedule_drain()
@@ -257,12 +264,19 @@ class SubscriberSide:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, sub.prefix)
             if not lst:
                 del self.subs[sub.prefix]
-                self._forget_topics(sub.prefix)
+                self._fresh.discard(sub.prefix)
+                self._forget_topics(sub.prefix, tuple(self.subs))
 
-    def _forget_topics(self, prefix: bytes) -> None:
-        """Nobody here hears topics under ``prefix`` any more: their numbering is forgotten,
-        so a later subscriber is not charged, as gaps, for what was published meanwhile."""
-        heard = tuple(self.subs)  # (startswith(()) is False: nothing heard, all forgotten)
+    def _heard(self, but: bytes | None = None) -> tuple[bytes, ...]:
+        """Prefixes the router confirmed (or that a confirmed one covered when subscribed):
+        their topics have reached this socket without a break."""
+        fresh = self._fresh
+        return tuple(p for p in self.subs if p != but and p not in fresh)
+
+    def _forget_topics(self, prefix: bytes, heard: tuple[bytes, ...]) -> None:
+        """Topics under ``prefix`` and none of ``heard`` were not all heard here: their
+        numbering is forgotten, so a subscriber is not charged, as gaps, for what was
+        published meanwhile. (startswith(()) is False: nothing heard, all forgotten.)"""
         for table in (self._expected, self._explained):
             for topic in [t for t in table if t.startswith(prefix) and not t.startswith(heard)]:
                 del table[topic]
@@ -308,6 +322,12 @@ class SubscriberSide:
         topic = msg[0]
         _, cmd, flags, _, count, seq = ROUTE.unpack(msg[1])
         if cmd == Cmd.SUBACK:
+            if topic in self._fresh:
+                # from here on the router sends this socket every topic under the prefix;
+                # what was read before (still waiting from an earlier subscription, say)
+                # left numbering that skips what was published while nobody here listened
+                self._fresh.discard(topic)
+                self._forget_topics(topic, self._heard(but=topic))
             if topic not in self._expected:
                 self._expected[topic] = seq + 1
             for fut in self._acks.pop(topic, []):
@@ -442,4 +462,5 @@ class SubscriberSide:
                 for s in subs:
                     retire(self.retired, s)
             self.subs.clear()
+        self._fresh.clear()
         self._close_socket()
