@@ -200,9 +200,18 @@ async def _drive(spec: Any, args: argparse.Namespace, resume: str | None = None)
 
 
 def summarize(value: Any) -> str:
-    """One line about a step's output: metrics, a deployment, a dataset's shape..."""
+    """One line about a step's output: metrics, a deployment, a dataset's shape... An
+    output of the user's own shape that only looks like one of these (a 1-D ``X``, metrics
+    that are not numbers) gets its keys: a run that succeeded never ends in a traceback."""
     if not isinstance(value, Mapping):
         return type(value).__name__
+    try:
+        return _described(value)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return "keys " + ", ".join(sorted(map(str, value))[:8])
+
+
+def _described(value: Mapping[str, Any]) -> str:
     if "version" in value and "versions" in value:
         return f"deployed {value.get('name')} v{value['version']} on {value.get('instance')}"
     if value.get("metrics") and "sha256" in value:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agents.procs import ManagedProcess, agent_process
+from agents.workflow_cli import summarize
 from mesh.workflow import (
     ArtifactStore,
     RunState,
@@ -113,3 +115,21 @@ def test_a_cli_resume_reads_the_artifacts_agp_artifacts_names(
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "db" / "artifacts").exists() or not any(
         (tmp_path / "db" / "artifacts").glob("??/*"))
+
+
+@pytest.mark.parametrize("output", [
+    {"X": np.zeros(3), "source": "a 1-D X"},
+    {"metrics": {"accuracy": "high"}, "sha256": "ab"},
+    {"X_train": np.zeros((4, 2))},  # no X_test beside it
+])
+def test_an_output_that_only_looks_like_a_known_one_is_summarized_by_its_keys(output) -> None:
+    line = summarize(output)
+    assert line.startswith("keys "), line
+    assert sorted(output)[0] in line
+
+
+def test_known_outputs_are_still_summarized_as_themselves() -> None:
+    assert summarize({"X": np.zeros((5, 3)), "source": "iris"}) == \
+        "dataset iris 5 rows x 3 features"
+    assert summarize({"metrics": {"acc": 0.91234}, "sha256": "ab", "model": "m"}) == \
+        "model m: acc=0.9123"
