@@ -163,6 +163,8 @@ async def run_workflow(spec: WorkflowSpec | Mapping[str, Any] | str | Path,
     runner: WorkflowRunner | None = None
     try:
         artifacts = ArtifactStore(artifacts_dir or artifacts_dir_for(store_url))
+        if resume is not None:
+            store.get_run(resume)  # RunNotFound at once, not after finding a router
         if mesh is None:
             mesh = await AsyncMesh.connect(endpoint)
         caller = MeshStepCaller(mesh, on_progress=on_progress)

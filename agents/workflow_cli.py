@@ -38,6 +38,7 @@ from mesh.errors import Error
 from mesh.workflow import (
     PipelineSpec,
     ProgressDisplay,
+    RunNotFound,
     RunState,
     WorkflowSpecError,
     load_document,
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Error as exc:
         print(f"agp workflow {args.command}: {exc}", file=sys.stderr)
-        return 2 if args.command in ("status", "cancel") else 1
+        # (no such run is bad usage, whichever command names it)
+        return 2 if args.command in ("status", "cancel") or isinstance(exc, RunNotFound) else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -133,3 +133,16 @@ def test_known_outputs_are_still_summarized_as_themselves() -> None:
         "dataset iris 5 rows x 3 features"
     assert summarize({"metrics": {"acc": 0.91234}, "sha256": "ab", "model": "m"}) == \
         "model m: acc=0.9123"
+
+
+def test_resuming_a_run_that_is_not_there_is_bad_usage_said_at_once(tmp_path: Path) -> None:
+    """Exit 2 (bad usage), before looking for a router: none answers at this endpoint
+    (looked for first, the answer was "no router answered", exit 1, ten seconds later)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.workflow_cli", "resume", "nope",
+         "--store", f"sqlite:///{tmp_path / 'runs.db'}", "--endpoint", "tcp://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "AGP_MDNS": "0"})
+    assert out.returncode == 2, out.stderr
+    assert "nope" in out.stderr
+    assert "no router answered" not in out.stderr
