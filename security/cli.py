@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("name")
     new.add_argument("--roles", default="client", help="comma list (default: client)")
     new.add_argument("--namespace", default=None, help="namespace the identity may register in")
-    new.add_argument("--force", action="store_true", help="replace an existing keypair")
+    new.add_argument("--force", action="store_true",
+                     help="replace the keypair of NAME (`revoke` the enrolled one first)")
     enroll = sub.add_parser("enroll", help="trust a public key made elsewhere")
     enroll.add_argument("name")
     enroll.add_argument("public_key", help="z85 public key (40 characters)")

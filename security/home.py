@@ -130,11 +130,17 @@ def enroll_identity(home: Home, name: str, *, roles: tuple[str, ...] = ("client"
     """Keypair + trust-store enrolment + OAuth2 client (id = name, with ``secret``, or a
     random one nobody is told: the client then gets its tokens over the mesh) + an RBAC
     binding. With ``secret`` None, a client already bound to this key keeps its secret."""
+    trust = home.trust()
     if home.has_keys(name) and not overwrite:
         kp = home.keypair(name)
     else:
+        # the trust store refuses a second key for an enrolled name: ask before the
+        # keypair is made, or the enrolled one's secret is overwritten and then refused
+        held = next((t.public for t in trust.list() if t.name == name), None)
+        if held is not None:
+            raise ConfigError(f"{name!r} is enrolled with key {held.decode()}: revoke it "
+                              f"first (`agp keys revoke {name}`), then make its new keys")
         kp = new_keys(name, home.keys, overwrite=overwrite)
-    trust = home.trust()
     if not trust.is_trusted(kp.public):
         trust.enroll(name, kp.public)
     reg = home.registry()

@@ -17,9 +17,13 @@ theft of either side's long-term key opens nothing of it — forward secrecy on 
   with ``X25519(e_c, a_static.pub)``;
 - both derive ``K = BLAKE2b(X25519(e_a, e_c) | e_c.pub | e_a.pub | id)``.
 
-Chunk ``n`` (from 0) is sealed under ``K`` with ``n`` as its nonce and the stream id and
-frame layout as associated data; the receiver expects ``n`` in order, so a replayed, dropped,
-reordered or tampered chunk fails to open. That is for chunks through the router; peer to
+Frame ``i`` of chunk ``n`` (from 0) is sealed under ``K`` with ``(n, i)`` as its nonce and
+the stream id and frame layout as associated data; the receiver expects ``n`` in order, so a
+replayed, dropped, reordered or tampered chunk fails to open. Every frame has a nonce of its
+own: AEGIS absorbs associated data into a state word that its first keystream block does not
+read, so frames told apart by associated data alone would share their first 16 bytes of
+keystream (the router would read the XOR of their openings: a chunk's frames are a msgpack
+head and its arrays). That is for chunks through the router; peer to
 peer they ride the CURVE session between the two ends, which is end to end already (the
 exchange above still runs: it proves the agent's long-term key, which the client then uses
 as the CURVE server key). This module holds no socket: it is fed bytes.
@@ -61,6 +65,11 @@ def _check_pub(key: bytes, what: str) -> bytes:
     if not isinstance(key, bytes) or len(key) != KEY_LEN:
         raise Malformed(f"{what} must be {KEY_LEN} bytes")
     return key
+
+
+def _nonce(counter: int, index: int) -> bytes:
+    """The nonce of frame ``index`` of chunk ``counter``: chunk (8 bytes) | frame (2 bytes)."""
+    return counter.to_bytes(8, "little") + index.to_bytes(2, "little") + bytes(NONCE_LEN - 10)
 
 
 def _derive(shared: bytes, client_pub: bytes, agent_pub: bytes, stream_id: int) -> bytes:
@@ -121,10 +130,10 @@ class ChunkSealer:
         n = len(frames)
         if not 1 <= n <= _MAX_FRAMES:
             raise Malformed(f"a chunk has 1 to {_MAX_FRAMES} frames, not {n}")
-        nonce = self.counter.to_bytes(NONCE_LEN, "little")
+        counter = self.counter
         self.counter += 1
         enc = sodium.crypto_aead_aegis256_encrypt
-        return [enc(bytes(f), _AAD.pack(self._id, i, n), nonce, self._key)
+        return [enc(bytes(f), _AAD.pack(self._id, i, n), _nonce(counter, i), self._key)
                 for i, f in enumerate(frames)]
 
 
@@ -140,10 +149,10 @@ class ChunkOpener:
         n = len(frames)
         if not 1 <= n <= _MAX_FRAMES:
             raise Malformed(f"a chunk has 1 to {_MAX_FRAMES} frames, not {n}")
-        nonce = self.counter.to_bytes(NONCE_LEN, "little")
+        counter = self.counter
         dec = sodium.crypto_aead_aegis256_decrypt
         try:
-            out = [dec(bytes(f), _AAD.pack(self._id, i, n), nonce, self._key)
+            out = [dec(bytes(f), _AAD.pack(self._id, i, n), _nonce(counter, i), self._key)
                    for i, f in enumerate(frames)]
         except (CryptoError, TypeError, ValueError):
             raise Unauthenticated("a stream chunk was tampered with, replayed or "

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from nacl.signing import SigningKey
 
-from mesh.errors import ConfigError, Malformed
+from mesh.errors import ConfigError, Malformed, Unauthenticated
 
 from . import jwt
 from .clients import GRANT_CLIENT_CREDENTIALS, SCOPE_TOKEN_RE, Client, ClientRegistry
@@ -249,10 +249,10 @@ class TokenService:
             client_id, secret = params["client_id"], params["client_secret"]
         else:
             return oauth_error("invalid_client", "client authentication required")
+        # the file as it is now (one stat): a client made, removed, re-roled or its secret
+        # rotated (`agp keys new`, `agp up`) since it was read counts from this request on
+        self.registry.reload_if_changed()
         client = self.registry.authenticate(client_id, secret)
-        if client is None and self.registry.reload_if_changed():
-            # a client made or a secret rotated (`agp keys new`) since the file was read
-            client = self.registry.authenticate(client_id, secret)
         if client is None:
             return oauth_error("invalid_client", "client authentication failed")
         return self._grant(client, params)
@@ -279,7 +279,10 @@ class TokenService:
                 return oauth_error("invalid_grant", "curve_key is not the client's key")
         if self.trust is not None and not self._trusted(client.curve_public):
             return oauth_error("invalid_grant", "the client's CURVE key is not trusted")
-        token, claims = self.issue(client, scopes)
+        try:
+            token, claims = self.issue(client, scopes)
+        except Unauthenticated as exc:  # removed or changed since it authenticated
+            return oauth_error("invalid_client", exc.message)
         body = {"access_token": token, "token_type": "Bearer", "expires_in": self.ttl,
                 "scope": claims["scope"]}
         return 200, body, dict(_JSON_HEADERS)
@@ -300,12 +303,23 @@ class TokenService:
 
     def issue(self, client: Client,
               scopes: frozenset[str] | None = None) -> tuple[str, dict[str, Any]]:
-        """Sign a token for an already authenticated client: (token, claims)."""
+        """Sign a token for an already authenticated client: (token, claims), with the roles
+        and scopes the clients file grants it now. The mesh's own token service hands in a
+        client it looked up in a registry it reloads only when a key is missing from it: a
+        client demoted, removed or re-keyed since must not be signed for as it was."""
+        self.registry.reload_if_changed()
+        current = self.registry.get(client.client_id)
+        if current is None or current.curve_public != client.curve_public:
+            raise Unauthenticated(f"client {client.client_id!r} is no longer registered "
+                                  "with this key")
+        if GRANT_CLIENT_CREDENTIALS not in current.grant_types:
+            raise Unauthenticated("this client may not use client_credentials")
+        client, granted = current, current.scopes if scopes is None else scopes & current.scopes
         now = int(self._clock())
         claims = {"iss": self.issuer, "sub": client.client_id, "aud": self.audience,
                   "iat": now, "nbf": now, "exp": now + self.ttl,
                   "jti": jwt.b64url_encode(os.urandom(16)),
-                  "scope": " ".join(sorted(client.scopes if scopes is None else scopes)),
+                  "scope": " ".join(sorted(granted)),
                   "roles": list(client.roles), "client_id": client.client_id,
                   "cnf": {jwt.CNF_CURVE: client.curve_public.decode()}}
         return self.keyring.sign(claims), claims
