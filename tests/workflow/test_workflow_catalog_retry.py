@@ -36,7 +36,9 @@ class Late(Agent):
 
 
 @pytest.fixture
-def router() -> Iterator[Router]:
+def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
+    # an insecure router: no identity from a shared mesh started earlier in the session
+    monkeypatch.delenv("AGP_IDENTITY", raising=False)
     with router_in_thread() as r:
         yield r
 
