@@ -34,12 +34,12 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from agents.calls import Calls
+from agents.calls import Calls, answer_key
 from agents.context import Context, action
 from agents.presence import Presence
 from agents.stream_in import StreamIn, accept
@@ -123,7 +123,7 @@ class Agent(Presence, Calls):
         self.metrics: metrics.AgentStats | None = None  # set by metrics.agent_metrics(self)
         self._tasks: dict[tuple[bytes, int], tuple[asyncio.Task[Any] | None, Context]] = {}
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
-        self._idem: OrderedDict[str, list[Any]] = OrderedDict()
+        self._idem: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._idem_bytes = 0
         self._envelopes: dict[bytes, agp_pb2.Envelope] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -329,7 +329,7 @@ class Agent(Presence, Calls):
             elif self.require_e2e and env.action not in self.plain_actions:
                 raise Unauthenticated("this agent takes sealed payloads only")
             if reply and env.idempotency_key:
-                cached = self._idem.get(env.idempotency_key)
+                cached = self._idem.get(answer_key(ctx))
                 if cached is not None:
                     self._replay(ctx, cached)
                     return

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -32,6 +33,7 @@ _PAST_DEADLINE = "past its deadline"  # the cancel message of a handler whose ti
 
 IDEMPOTENCY_CACHE = 10_000  # answers kept for retried calls (by idempotency key) ...
 IDEMPOTENCY_CACHE_BYTES = 64 * 1024 * 1024  # ... and their bytes: a workflow step's dataset
+_KEY_KEPT_WHOLE = 64  # longer idempotency keys are kept as their digest (outside the budget)
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
 
 
@@ -47,7 +49,7 @@ class Calls:
     _pool: Any
     _tasks: dict[tuple[bytes, int], Any]
     _streams: dict[tuple[bytes, int], Any]
-    _idem: OrderedDict[str, list[Any]]  # key -> [flags, size, *payload]
+    _idem: OrderedDict[Hashable, list[Any]]  # answer_key() -> [flags, size, *payload]
     _idem_bytes: int
     _send: Any
     _error: Any
@@ -96,15 +98,21 @@ class Calls:
             fut = self.loop.run_in_executor(self._pool, contextvars.copy_context().run, fn,
                                             self, data, ctx)
         timer = self.loop.call_at(ctx.deadline, ctx.cancel)
+        # Given up (deadline, caller's CANCEL), the call is answered and its slot at the
+        # router freed; ``fut.cancel()`` then takes it out of the pool's queue if no thread
+        # took it yet. Else a handler thread past its deadline (it cannot be stopped) would
+        # have every call queued behind it run later, unasked, after its error answer.
         try:
             remaining = max(0.001, ctx.deadline - self.loop.time())
             result: Any = await asyncio.wait_for(asyncio.shield(fut), remaining)
             exc: BaseException | None = None
         except asyncio.TimeoutError:
             ctx.cancel()
+            fut.cancel()
             result, exc = None, DeadlineExceeded("handler passed its deadline")
         except asyncio.CancelledError:
             ctx.cancel()
+            fut.cancel()
             result, exc = None, Cancelled("cancelled by the caller")
         except Exception as e:
             result, exc = None, e
@@ -158,9 +166,8 @@ class Calls:
                 self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
                             f"result cannot be encoded: {e}")
                 return
-        key_i = ctx.envelope.idempotency_key
-        if key_i:
-            self._remember_answer(key_i, flags, payload)
+        if ctx.envelope.idempotency_key:
+            self._remember_answer(answer_key(ctx), flags, payload)
         self._reply(ctx, flags, payload)
 
     def _replay(self, ctx: Context, cached: list[Any]) -> None:
@@ -174,7 +181,7 @@ class Calls:
         self.served += 1
         self._reply(ctx, cached[0], cached[2:])
 
-    def _remember_answer(self, key: str, flags: int, payload: list[Any]) -> None:
+    def _remember_answer(self, key: Hashable, flags: int, payload: list[Any]) -> None:
         """Keep an answer for a retry of the same call, within a count and a byte budget
         (oldest out first); an answer bigger than the whole budget is not kept."""
         size = payload_bytes(payload)
@@ -229,3 +236,15 @@ class Calls:
         return self.boxes.open(env.sender_key, blob, payload,
                                env.action.encode() + b"\0" + ident.to_bytes(8, "little")
                                + env.ephemeral_key)
+
+
+def answer_key(ctx: Context) -> tuple[str, bytes, str | bytes]:
+    """Where a call's answer is kept for its retries: its idempotency key, within its action
+    and its sealing caller (``reply_to``, the key its payload was opened with; empty when
+    not sealed). A key alone would answer another action, or another caller (an unsealed
+    one too, in plaintext), with an answer that was not theirs. A long key is kept as its
+    digest: keys are not in the byte budget, and a caller's key may be megabytes."""
+    key = ctx.envelope.idempotency_key
+    if len(key) > _KEY_KEPT_WHOLE:
+        return ctx.action, ctx.reply_to, hashlib.sha256(key.encode()).digest()
+    return ctx.action, ctx.reply_to, key

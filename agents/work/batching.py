@@ -16,7 +16,8 @@ against what the model serving *now* expects (``rule``: its width, and whether i
 NaN; infinities are always refused) and only that row is refused, with ``DataError``. The
 expected width is never learnt from a caller: one wrong first row, or a hot swap to a model
 of another width, must not refuse every correct row after it. With no width known, a batch
-whose rows differ in width is predicted one width at a time.
+whose rows differ in width is predicted one width at a time; a batch the model fails anyway
+(a row no check foresaw) is predicted again row by row, so only the row at fault fails.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class MicroBatcher:
         self.rejected = 0  # queue full (Overloaded)
         self.refused = 0  # rows that broke the row rule (DataError to their caller)
         self.largest_batch = 0
+        self.split_batches = 0  # batches that failed and were predicted row by row
 
     async def submit(self, row: Any) -> Any:
         """Queue one row (a 1-D sequence of numbers) and wait for its prediction."""
@@ -135,7 +137,8 @@ class MicroBatcher:
     def stats(self) -> dict[str, int]:
         return {"batches": self.batches, "rows": self.rows, "rejected": self.rejected,
                 "refused": self.refused,
-                "largest_batch": self.largest_batch, "queued": len(self._pending)}
+                "largest_batch": self.largest_batch, "split_batches": self.split_batches,
+                "queued": len(self._pending)}
 
     async def aclose(self) -> None:
         """Stop the worker; rows still waiting fail with ``Closed``."""
@@ -195,14 +198,22 @@ class MicroBatcher:
                 raise InternalError(f"predict_fn returned {len(result)} results "
                                     f"for {len(live)} rows")
         except asyncio.CancelledError:
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(Closed("micro-batcher closed while this row ran"))
+            _fail(live, Closed("micro-batcher closed while this row ran"))
             raise
-        except Exception as exc:  # the batch's failure is each caller's failure
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
+        except Exception as exc:
+            if len(live) == 1:
+                _fail(live, exc)
+                return
+            # a row the checks at submit cannot see may still fail the model (a finite value
+            # too large for a float32 tree): each row alone then, so it costs only its caller
+            self.split_batches += 1
+            try:
+                for one in live:
+                    if not one[1].done():  # (its caller may have left meanwhile)
+                        await self._predict([one])
+            except asyncio.CancelledError:
+                _fail(live, Closed("micro-batcher closed while this row ran"))
+                raise
             return
         self.batches += 1
         self.rows += len(live)
@@ -210,3 +221,9 @@ class MicroBatcher:
         for (_, fut), value in zip(live, result, strict=True):
             if not fut.done():
                 fut.set_result(value)
+
+
+def _fail(live: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, fut in live:
+        if not fut.done():
+            fut.set_exception(exc)
