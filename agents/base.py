@@ -391,7 +391,10 @@ class Agent(Presence, Calls):
         frames = error_frames(ErrorCode(code), message, ident, crid)
         if details:
             detail = agp_pb2.ErrorDetail.FromString(frames[2])
-            detail.details.update(details)
+            # a handler's own Error may carry any values: the wire takes strings, and a
+            # refusal here would leave the caller without an answer until its deadline
+            detail.details.update({str(k): v if type(v) is str else str(v)
+                                   for k, v in details.items()})
             frames[2] = detail.SerializeToString()
         self._send(frames)
 

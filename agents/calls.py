@@ -162,7 +162,7 @@ class Calls:
         else:
             try:
                 flags, payload = 0, codec.encode(result)
-            except (TypeError, Error) as e:
+            except (TypeError, ValueError, Error) as e:  # (ValueError: nested too deep)
                 self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
                             f"result cannot be encoded: {e}")
                 return

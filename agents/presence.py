@@ -47,6 +47,8 @@ class Presence:
         core = self.core
         if core is not None and core.security is not None and not core.security.token:
             return  # bootstrap session: READY waits for the token's HELLO
+        if self.draining:
+            return  # (a router restarted mid-drain: it would route new calls here to refuse)
         self.loop.create_task(self._announce())
 
     async def _announce(self) -> None:

@@ -1,0 +1,68 @@
+"""Every call an agent takes is answered at once, whatever its handler hands back: an error
+whose details are not strings, a result too deeply nested to encode. Either used to raise
+inside the agent's answering, so the caller heard nothing until its deadline.
+
+A real router in a thread, the agent on the test's loop, real sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agents.base import Agent, action
+from agents.context import Context
+from mesh import AsyncMesh, HandlerError, Malformed
+from router.server import Router
+from tests.helpers import router_in_thread
+
+SVC = "test/answers/odd"
+
+
+class Odd(Agent):
+    name = "odd"
+    namespace = "test/answers"
+    register_with_registry = False
+    drain_timeout = 1.0
+
+    @action(inline=True)
+    def refuse(self, data: Any, ctx: Context) -> Any:
+        raise Malformed("row 3 is not a number", details={"row": 3, "column": None})
+
+    @action(inline=True)
+    def deep(self, data: Any, ctx: Context) -> Any:
+        nested: list[Any] = []
+        for _ in range(5000):
+            nested = [nested]
+        return nested
+
+
+@pytest.fixture
+def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
+    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # an insecure router
+    with router_in_thread() as r:
+        yield r
+
+
+def test_odd_answers_reach_the_caller_at_once(router: Router) -> None:
+    async def main() -> tuple[Malformed, HandlerError]:
+        agent = Odd(endpoint=router.endpoint)
+        await agent.start()
+        try:
+            async with await AsyncMesh.connect(router.endpoint) as m:
+                # (the deadline is far: an answer that never comes fails the wait_for)
+                with pytest.raises(Malformed) as refused:
+                    await asyncio.wait_for(m.request(SVC, "refuse", timeout=60), 10)
+                with pytest.raises(HandlerError) as deep:
+                    await asyncio.wait_for(m.request(SVC, "deep", timeout=60), 10)
+                return refused.value, deep.value
+        finally:
+            agent.stop()
+            await agent.serve()
+
+    refused, deep = asyncio.run(main())
+    assert (refused.details["row"], refused.details["column"]) == ("3", "None")
+    assert "cannot be encoded" in deep.message
