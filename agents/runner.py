@@ -67,8 +67,10 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
     p.add_argument("--namespace", default=env("AGP_NAMESPACE", cls.namespace))
     p.add_argument("--name", default=env("AGP_AGENT_NAME", cls.name), help="service name")
     p.add_argument("--instance", default=env("AGP_INSTANCE"))
-    p.add_argument("--capacity", type=int, default=int(env("AGP_CAPACITY", cls.capacity)))
-    p.add_argument("--weight", type=int, default=int(env("AGP_WEIGHT", cls.weight)))
+    # (string defaults go through ``type`` too: a bad AGP_* value is a usage error, exit 2)
+    p.add_argument("--capacity", type=positive_integer,
+                   default=str(env("AGP_CAPACITY", cls.capacity)))
+    p.add_argument("--weight", type=positive_integer, default=str(env("AGP_WEIGHT", cls.weight)))
     p.add_argument("--policy", default=env("AGP_POLICY", cls.policy),
                    choices=["round_robin", "weighted_round_robin", "least_outstanding"])
     p.add_argument("--insecure", action="store_true",
@@ -76,19 +78,39 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
                    help="development only: no CURVE, no token")
     p.add_argument("--identity", default=env("AGP_IDENTITY"),
                    help="enrolled key name (default: the agent's name); see `agp keys new`")
-    p.add_argument("--metrics-port", type=int,
-                   default=int(os.environ["AGP_METRICS_PORT"])
-                   if os.environ.get("AGP_METRICS_PORT") else None,
+    p.add_argument("--metrics-port", type=port_number,
+                   default=os.environ.get("AGP_METRICS_PORT") or None,
                    help="serve Prometheus /metrics on 127.0.0.1 here (0 picks a port)")
     p.add_argument("--log-level", default=env("AGP_LOG_LEVEL", "INFO"))
-    p.add_argument("--drain-timeout", type=float,
-                   default=float(env("AGP_DRAIN_TIMEOUT", cls.drain_timeout)),
+    p.add_argument("--drain-timeout", type=seconds,
+                   default=str(env("AGP_DRAIN_TIMEOUT", cls.drain_timeout)),
                    help="seconds a SIGTERM waits for handlers in flight; a handler thread "
                         "still running after them does not keep the process up")
     p.add_argument("--no-mdns", action="store_true",
                    help="neither find the router nor announce this agent over mDNS "
                         "(also AGP_MDNS=0)")
     return p
+
+
+def positive_integer(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # (NaN fails the first test)
+        raise ValueError(text)
+    return value
 
 
 def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:

@@ -19,3 +19,20 @@ def test_an_agent_without_keys_says_what_to_run(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "run `agp keys new echo`" in out.stderr
+
+
+def test_bad_numbers_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
+    """From flags and from AGP_* alike: named, exit 2, nothing started."""
+    base = [sys.executable, "-m", "agents.echo", "--insecure", "--endpoint",
+            "tcp://127.0.0.1:1", "--no-mdns"]
+    cases = [(["--capacity", "-1"], {}, "--capacity"), (["--weight", "0"], {}, "--weight"),
+             (["--drain-timeout", "nan"], {}, "--drain-timeout"),
+             (["--metrics-port", "70000"], {}, "--metrics-port"),
+             ([], {"AGP_CAPACITY": "abc"}, "--capacity")]
+    for flags, extra, named in cases:
+        env = {**os.environ, "AGP_MDNS": "0", **extra}
+        out = subprocess.run(base + flags, capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=env, check=False)
+        assert out.returncode == 2, (flags, extra, out.stderr)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert f"argument {named}" in out.stderr, out.stderr
