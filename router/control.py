@@ -171,13 +171,13 @@ class ControlServer:
 # ---------------------------------------------------------------------- assembly
 def home_verifier(home_dir: str | None = None) -> tuple[Any, Any]:
     """A token verifier and policy from AGP_HOME, for a control plane apart from the router:
-    the router's signing keys (re-read when the file changes) and its RBAC policy file.
-    Token revocations live in the router's memory and are not seen from here."""
+    the router's signing keys and the tokens it revoked (each re-read when its file
+    changes) and its RBAC policy file."""
     import os
 
     from security.home import AUDIENCE, ISSUER, open_home
     from security.rbac import PolicyStore
-    from security.tokens import SigningKeyRing, TokenVerifier
+    from security.tokens import RevokedOnDisk, SigningKeyRing, TokenVerifier
 
     home = open_home(home_dir)
     cache: dict[str, Any] = {}
@@ -189,7 +189,9 @@ def home_verifier(home_dir: str | None = None) -> tuple[Any, Any]:
             cache["mtime"] = mtime
         return cache["keys"]
 
-    return TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE), PolicyStore(home.policy)
+    return (TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE,
+                          revocations=RevokedOnDisk(home.revoked_tokens)),
+            PolicyStore(home.policy))
 
 
 def embedded(router: Any, *, port: int = 7790, access: Any = None,

@@ -124,6 +124,28 @@ class RevocationList:
             del self._until[jti]
 
 
+class RevokedOnDisk:
+    """The revocations a router keeps in ``path``, read again whenever the file changes:
+    for a verifier in another process (a control plane apart from the router), which
+    would otherwise take a revoked token for as long as it had to live. A file that cannot
+    be read fails each check (ConfigError): a token is refused rather than let in unseen."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature: tuple[int, int, int] | None = None
+        self._list = RevocationList()
+
+    def is_revoked(self, jti: str) -> bool:
+        from security.keys import file_signature
+
+        signature = file_signature(self.path)
+        if signature != self._signature:
+            self._list = RevocationList(path=self.path) if signature is not None \
+                else RevocationList()
+            self._signature = signature
+        return self._list.is_revoked(jti)
+
+
 class SigningKeyRing:
     """The current Ed25519 signing key plus up to ``keep`` retired ones (still in JWKS)."""
 
@@ -188,7 +210,7 @@ class TokenVerifier:
     """Check an access token as a resource server does (the router, at HELLO)."""
 
     def __init__(self, keys: jwt.KeysLike | Callable[[], jwt.KeysLike], *, issuer: str,
-                 audience: str, revocations: RevocationList | None = None,
+                 audience: str, revocations: RevocationList | RevokedOnDisk | None = None,
                  leeway: float = jwt.DEFAULT_LEEWAY) -> None:
         self._keys = keys
         self.issuer, self.audience, self.leeway = issuer, audience, leeway

@@ -128,3 +128,30 @@ def test_embedded_in_the_router_process() -> None:
         r.stop()
         loop.join(5)
     assert not loop.is_alive()
+
+
+def test_a_token_the_router_revoked_is_refused_by_the_control_plane_apart(
+        control_plane: Callable[..., ManagedProcess], router: ManagedProcess,
+        start_echo: Callable[..., ManagedProcess]) -> None:
+    """The control plane runs in its own process: it reads the router's revocations from
+    its home (auth/revoked_tokens.json) as they change, not only the signing keys."""
+    import base64
+
+    from mesh import Mesh
+
+    start_echo(namespace="test/rvk", instance="one")
+    url = control_plane().ready_info["url"]
+    ep = router.ready_info["router"]
+    admin_token = mesh_token(ep, "tester")
+    drain = url + "/api/admin/drain"
+    unknown = {"instance": "test/rvk/echo/none"}
+    assert http("POST", drain, unknown, token=admin_token)[0] == 404  # past the token check
+    payload = admin_token.split(".")[1]
+    jti = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+    with Mesh.connect(ep, identity="tester") as m:
+        assert m.request("agp/system/auth", "revoke", {"jti": jti}) == {"revoked": jti}
+    code, body = http("POST", drain, unknown, token=admin_token)
+    assert code == 401, body
+    assert "revoked" in body["error"]
+    fresh = mesh_token(ep, "tester")  # another token of the same admin still works
+    assert http("POST", drain, unknown, token=fresh)[0] == 404
