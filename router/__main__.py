@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from router.metrics import RouterCollector
 
         REGISTRY.register(RouterCollector(router))
+        if secure is not None:
+            REGISTRY.register(secure.http)  # agp_token_endpoint_refused_total
         start_http_server(args.metrics_port, addr="127.0.0.1")
 
     def on_signal(signum: int, frame: Any) -> None:

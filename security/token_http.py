@@ -3,7 +3,10 @@
 ``POST /oauth2/token`` (application/x-www-form-urlencoded; client auth by HTTP Basic or by
 ``client_id``/``client_secret`` in the body) and ``GET /.well-known/jwks.json``. All the
 decisions live in :class:`security.tokens.TokenService`; this file only parses HTTP, with
-caps on body size and a socket timeout so a slow or hostile client cannot hold a thread.
+caps on body size and a socket timeout so a slow or hostile client cannot hold a thread,
+and on connections served at once (each may cost a scrypt of a secret): past
+:data:`MAX_CONNECTIONS` a connection is answered 503 with ``Retry-After`` and closed,
+counted in ``agp_token_endpoint_refused_total{reason="busy"}``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import json
 import logging
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
+
+from prometheus_client.core import CounterMetricFamily
 
 from mesh.errors import Malformed
 
@@ -28,6 +34,11 @@ JWKS_PATH: Final = "/.well-known/jwks.json"
 MAX_BODY: Final = 8 * 1024
 MAX_DRAIN: Final = 64 * 1024
 MAX_FIELDS: Final = 16
+MAX_CONNECTIONS: Final = 64  # served at once; a thread each
+_BUSY_BODY: Final = b'{"error": "temporarily_unavailable"}'
+_BUSY: Final = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -103,14 +114,77 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, up to ``max_connections`` at once; past them a connection
+    gets a canned 503 from the accepting thread (no thread of its own) and is closed."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler],
+                 max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._count = threading.Lock()
+        self.serving = 0  # connections with a thread now
+        self.refused_busy = 0  # written by the accepting thread only
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused_busy += 1
+            try:
+                request.sendall(_BUSY)  # (small: fits the socket's buffer, never blocks)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self._counted(+1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._counted(-1)
+        self._slots.release()
+
+    def _counted(self, n: int) -> None:
+        with self._count:
+            self.serving += n
+
+
 class TokenHTTPServer:
     """Serve a :class:`TokenService` on ``host:port`` (port 0 = pick one; see ``port``)."""
 
-    def __init__(self, service: TokenService, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: TokenService, *, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         handler = type("TokenHandler", (_Handler,), {"service": service})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedServer((host, port), handler, max_connections)
         self._thread: threading.Thread | None = None
+
+    @property
+    def serving(self) -> int:
+        """Connections being served now (each on a thread of its own)."""
+        return self._httpd.serving
+
+    @property
+    def refused_busy(self) -> int:
+        """Connections answered 503 because ``max_connections`` were being served."""
+        return self._httpd.refused_busy
+
+    def collect(self) -> Iterator[Any]:
+        """Prometheus: what the endpoint refused without serving (a Collector's method)."""
+        fam = CounterMetricFamily("agp_token_endpoint_refused_total",
+                                  "Token endpoint connections refused unserved, by reason",
+                                  labels=["reason"])
+        fam.add_metric(["busy"], self.refused_busy)
+        yield fam
 
     @property
     def port(self) -> int:

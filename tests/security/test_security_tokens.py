@@ -19,6 +19,7 @@ from security.clients import ClientRegistry, check_secret, hash_secret
 from security.token_http import JWKS_PATH, TOKEN_PATH, TokenHTTPServer
 from security.tokens import SigningKeyRing, TokenService, TokenVerifier, parse_basic_auth
 from security.trust import TrustStore
+from tests.helpers import wait_for
 
 ISS, AUD = "https://auth.agp.test", "agp-mesh"
 SECRET = "correct horse battery staple"
@@ -373,3 +374,34 @@ def test_http_server_stops_and_frees_its_port(service):
     server.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_connections_past_the_cap_are_answered_busy_and_counted(service):
+    """Two idle connections hold both slots (a thread each, for up to the read timeout);
+    a third is answered 503 with Retry-After at once, counted, and closed; once a slot is
+    free the endpoint serves again."""
+    server = TokenHTTPServer(service, max_connections=2)
+    server.start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+    try:
+        wait_for(lambda: server.serving == 2, message="both connections taken")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as third:
+            answer = third.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"Retry-After: 1" in answer
+        assert b"temporarily_unavailable" in answer
+        assert server.refused_busy >= 1
+        (fam,) = list(server.collect())
+        assert fam.name == "agp_token_endpoint_refused"
+        assert fam.samples[0].labels == {"reason": "busy"}
+        assert fam.samples[0].value == server.refused_busy
+    finally:
+        for s in held:
+            s.close()
+    try:
+        # the held threads end when their connections close: served again
+        wait_for(lambda: server.serving == 0, message="the held connections' threads ended")
+        with urllib.request.urlopen(server.url + JWKS_PATH, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        server.stop()
