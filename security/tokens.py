@@ -40,6 +40,7 @@ __all__ = ["RevocationList", "SigningKeyRing", "TokenService", "TokenVerifier",
            "oauth_error", "parse_basic_auth"]
 
 DEFAULT_TTL: Final = 300
+MAX_TTL: Final = 86_400  # the longest token lifetime a router signs (and keeps revocations)
 MAX_PARAM_LEN: Final = 2048
 REALM: Final = "agp-mesh"
 _JSON_HEADERS: Final = {"Content-Type": "application/json;charset=UTF-8",
@@ -236,6 +237,8 @@ class TokenService:
                  keyring: SigningKeyRing | None = None, ttl: int = DEFAULT_TTL,
                  trust: TrustLike | None = None, clock: Callable[[], float] = time.time,
                  revocations_path: Path | None = None) -> None:
+        if not 1 <= ttl <= MAX_TTL:
+            raise ConfigError(f"token lifetime must be 1..{MAX_TTL} seconds, not {ttl}")
         self.issuer, self.audience, self.ttl = issuer, audience, ttl
         self.registry = registry
         self.keyring = keyring or SigningKeyRing()
@@ -347,8 +350,10 @@ class TokenService:
         return self.keyring.sign(claims), claims
 
     def revoke(self, jti: str) -> None:
-        """Refuse this token id from now on (kept until any such token expired)."""
-        self.revocations.revoke(jti, until=self._clock() + self.ttl + 2 * jwt.DEFAULT_LEEWAY)
+        """Refuse this token id from now on, for as long as any token may live: the id
+        says nothing of its token's ``exp``, and a token signed before a restart with a
+        shorter ``ttl`` may outlive ``now + ttl``."""
+        self.revocations.revoke(jti, until=self._clock() + MAX_TTL + 2 * jwt.DEFAULT_LEEWAY)
 
     def is_revoked(self, jti: str) -> bool:
         return self.revocations.is_revoked(jti)

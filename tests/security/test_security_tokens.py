@@ -200,8 +200,35 @@ def test_a_revoked_jti_stays_refused_after_a_restart(registry, analyst_keys, clo
     with pytest.raises(jwt.TokenError) as info:
         after.verifier().verify(token, analyst_keys.public, now=clock.t)
     assert info.value.reason == "revoked"
-    clock.t += 24 * 3600  # long expired: not kept on the next start
+    clock.t += 25 * 3600  # past the longest lifetime a token may have: not kept
     assert not restarted().is_revoked(jti)
+
+
+def test_a_revocation_outlives_a_token_signed_with_a_longer_lifetime(registry, analyst_keys,
+                                                                     clock, tmp_path):
+    """Signed for an hour, revoked after a restart with 60 s tokens: the revocation must
+    hold as long as the token, not ``now + 60 s``."""
+    path = tmp_path / "auth" / "revoked_tokens.json"
+    ring = SigningKeyRing()
+
+    def started(ttl: int) -> TokenService:
+        return TokenService(issuer=ISS, audience=AUD, registry=registry, keyring=ring,
+                            ttl=ttl, clock=clock, revocations_path=path)
+
+    token = issue(started(3600))["access_token"]
+    after = started(60)
+    jti = after.verifier().verify(token, analyst_keys.public, now=clock.t)["jti"]
+    after.revoke(jti)
+    clock.t += 1800  # the token has half an hour to live
+    with pytest.raises(jwt.TokenError) as info:
+        started(60).verifier().verify(token, analyst_keys.public, now=clock.t)
+    assert info.value.reason == "revoked"
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 86_401])
+def test_a_token_lifetime_out_of_range_is_a_config_error(registry, ttl):
+    with pytest.raises(ConfigError, match="token lifetime"):
+        TokenService(issuer=ISS, audience=AUD, registry=registry, ttl=ttl)
 
 
 def test_token_bound_to_another_key_refused(service, clock):
