@@ -132,16 +132,20 @@ def test_mesh_served_total_keeps_what_departed_instances_served() -> None:
     assert served() == 1615  # nothing new served: nothing added
 
 
-def test_two_agents_in_one_process_expose_each_family_once() -> None:
-    class FakeAgent:  # the attributes AgentStats reads (an Agent needs a router)
-        def __init__(self, service: str) -> None:
-            self.service = service
-            self.served = 1
-            self.failed = 0
-            self.dropped: dict[str, int] = {"overloaded": 1}
-            self._tasks: dict[str, object] = {}
-            self.capacity = 4
+class FakeAgent:
+    """The attributes AgentStats reads (an Agent needs a router)."""
 
+    def __init__(self, service: str, *, served: int = 1, failed: int = 0, dropped: int = 1,
+                 inflight: int = 0) -> None:
+        self.service = service
+        self.served = served
+        self.failed = failed
+        self.dropped: dict[str, int] = {"overloaded": dropped}
+        self._tasks: dict[str, object] = {f"t{i}": object() for i in range(inflight)}
+        self.capacity = 4
+
+
+def test_two_agents_in_one_process_expose_each_family_once() -> None:
     sources = []
     for svc in ("ns/a", "ns/b"):
         st = metrics.AgentStats(FakeAgent(svc))
@@ -162,18 +166,9 @@ def test_two_agents_in_one_process_expose_each_family_once() -> None:
 
 
 def test_two_agents_of_one_service_in_one_process_expose_one_summed_series() -> None:
-    class FakeAgent:  # the attributes AgentStats reads (an Agent needs a router)
-        def __init__(self) -> None:
-            self.service = "ns/a"
-            self.served = 2
-            self.failed = 1
-            self.dropped: dict[str, int] = {"overloaded": 3}
-            self._tasks: dict[str, object] = {"t": object()}
-            self.capacity = 4
-
     sources = []
     for _ in range(2):
-        st = metrics.AgentStats(FakeAgent())
+        st = metrics.AgentStats(FakeAgent("ns/a", served=2, failed=1, dropped=3, inflight=1))
         st.inbound("request", 10)
         st.handled("echo", 0.001, None)
         sources.append(st)
