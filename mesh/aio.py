@@ -338,7 +338,7 @@ class AsyncMesh(FireAndForget, NowaitRequests):
                     raise
                 backoff = backoff or Backoff()  # made only when a retry happens
                 delay = min(backoff.delay(attempt), max(0.0, deadline - loop.time()))
-                await asyncio.sleep(delay)
+                await self.core.pause(delay)  # Closed at once if the client closes meanwhile
                 continue
             if breaker is not None:
                 breaker.on_success()

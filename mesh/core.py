@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from mesh import batch
-from mesh.errors import Closed, DeadlineExceeded, Error, Unavailable
+from mesh.errors import Closed, DeadlineExceeded, Error, TooLarge, Unavailable
 from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
@@ -41,6 +41,7 @@ _REPLY, _ERROR, _HEARTBEAT, _BATCH = Cmd.REPLY, Cmd.ERROR, Cmd.HEARTBEAT, Cmd.BA
 _INBOUND = frozenset({Cmd.REQUEST, Cmd.SEND, Cmd.STREAM_OPEN, Cmd.STREAM_DATA, Cmd.STREAM_END,
                       Cmd.CANCEL})
 DRAIN_BATCH = 1000
+NO_LIMIT = 1 << 62  # the size past which a request is refused here, before any WELCOME
 
 
 class Pending:
@@ -95,6 +96,10 @@ class Core(Outgoing, SessionSide, TokenSide):
         self.closed = False
         self.pending: dict[int, Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
+        # past it a request surely meets TOO_LARGE: twice the router's limit (WELCOME), where
+        # libzmq cuts a connection that carries a frame that large (router MAXMSGSIZE)
+        self.max_send = NO_LIMIT
+        self._pauses: set[asyncio.Future[None]] = set()  # retries waiting out their backoff
         self._ids = itertools.count(1)
         self._resend: list[int] = []
         self._hello_waiters: list[asyncio.Future[None]] = []
@@ -176,6 +181,8 @@ class Core(Outgoing, SessionSide, TokenSide):
         for p in self.pending.values():
             _fail(p.waiter, Closed("client closed"))
         self.pending.clear()
+        for f in self._pauses:
+            _fail(f, Closed("client closed"))
         self.subs.close()
         if self._direct is not None:
             self._direct.close()
@@ -234,9 +241,15 @@ class Core(Outgoing, SessionSide, TokenSide):
         on_progress: Callable[[bytes, list[bytes]], None] | None = None,
         ident: int | None = None,
     ) -> int:
-        """Send a REQUEST (or STREAM_OPEN) and register ``waiter`` for its reply frames."""
+        """Send a REQUEST (or STREAM_OPEN) and register ``waiter`` for its reply frames;
+        one the router would surely refuse as too large fails ``waiter`` with TooLarge
+        unsent (a frame that large would cut the connection, and every call on it)."""
         if ident is None:
             ident = next(self._ids)
+        size = len(payload[0]) if len(payload) == 1 else sum(map(len, payload))
+        if size + len(header) > self.max_send:
+            _fail(waiter, self.too_large(size + len(header) + len(dest)))
+            return ident
         timeout_ms = max(1, int(timeout * 1000))
         frames = [pack_route(cmd, flags, 0, timeout_ms, ident), dest, header, *payload]
         assert self.loop is not None
@@ -249,6 +262,28 @@ class Core(Outgoing, SessionSide, TokenSide):
             self.pending.pop(ident, None)
             _fail(waiter, exc)
         return ident
+
+    def too_large(self, size: int) -> TooLarge:
+        """The refusal of a message of ``size`` bytes that is not sent (counted)."""
+        self._count("refused_too_large")
+        return TooLarge(f"message of {size} bytes not sent: the router takes at most "
+                        f"{self.max_send // 2}")
+
+    async def pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds (a retry's backoff); raise Closed at once if the client
+        closes meanwhile, instead of waking a retry on a closed client (or, on the sync
+        face, never: its loop stops, and its caller would wait out its whole timeout)."""
+        if self.closed:
+            raise Closed("client closed")
+        assert self.loop is not None
+        fut = self.loop.create_future()
+        timer = self.loop.call_later(delay, _resolve, fut, None)
+        self._pauses.add(fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._pauses.discard(fut)
 
     def cancel_request(self, ident: int) -> None:
         """Forget a request (its caller gave up) and tell its instance to stop: the one that

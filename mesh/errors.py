@@ -141,8 +141,10 @@ class Closed(Error, RuntimeError):
     code = ErrorCode.CANCELLED
 
 
-# refused before any agent saw it: always safe to try again
-NEVER_DISPATCHED: tuple[type[Error], ...] = (Overloaded, NoSuchService)
+# refused before any handler ran it: always safe to try again (a draining instance, or an
+# agent that began draining while the router was handing it the call, refuses it unrun;
+# balanced, the retry goes to another instance)
+NEVER_DISPATCHED: tuple[type[Error], ...] = (Overloaded, NoSuchService, Draining)
 # may have run at the agent: retried only when the caller says it is safe
 MAYBE_RAN: tuple[type[Error], ...] = (Unavailable, DeadlineExceeded, InternalError)
 

@@ -68,7 +68,16 @@ class FireAndForget:
         header, sealed, _ = self._seal(recipients, action, ident, payload, None, tp)
         flags = _ENCRYPTED | (_RAW if raw else 0) | telemetry.route_flags(tp)
         frames = [pack_route(Cmd.SEND, flags, 0, 0, ident), self._address(dest), header, *sealed]
+        self._check_size(header, sealed)
         return frames, metrics.payload_bytes(payload)
+
+    def _check_size(self, header: bytes, payload: list[Any]) -> None:
+        """Raise TooLarge, nothing sent, for what the router would surely refuse (one
+        frame that large cuts the connection, and every call on it): ``Core.max_send``."""
+        size = len(header) + (len(payload[0]) if len(payload) == 1
+                              else sum(map(len, payload)))
+        if size > self.core.max_send:
+            raise self.core.too_large(size)
 
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
         """Fire-and-forget now (plain payload; use ``send`` on an end-to-end mesh)."""
@@ -82,8 +91,10 @@ class FireAndForget:
         address = self._address(dest)
         payload: list[Any] = [data] if raw else codec.encode(data)
         flags = (_RAW if raw else 0) | telemetry.route_flags(tp)
-        frames = [pack_route(Cmd.SEND, flags, 0, 0, self.core.next_id()),
-                  address, self._header(action, None, tp), *payload]
+        header = self._header(action, None, tp)
+        self._check_size(header, payload)
+        frames = [pack_route(Cmd.SEND, flags, 0, 0, self.core.next_id()), address, header,
+                  *payload]
         self.core.send_frames(frames)
         if metrics.CLIENT is not None:
             metrics.CLIENT.sent("send", metrics.payload_bytes(payload))

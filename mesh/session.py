@@ -86,6 +86,7 @@ class SessionSide:
     router_id: str
     welcome: agp_pb2.Welcome | None
     epoch: int
+    max_send: int
     batching: bool
     auth_failed: bool
     pending: dict[int, Any]
@@ -208,6 +209,8 @@ class SessionSide:
             return
         self._live_hellos.discard(ident)
         self.welcome = welcome
+        if welcome.max_message_bytes:  # (a restarted router may take more, or less)
+            self.max_send = 2 * welcome.max_message_bytes
         self.router_id = welcome.router_id
         self.connected = True
         self.batching = bool(msg[0][2] & _HELLO_FLAGS)
