@@ -31,7 +31,15 @@ from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
 from mesh.token_side import TokenSide
-from mesh.wire import HEARTBEAT_FRAME, ROUTE, Cmd, Flag, pack_route, parse_route
+from mesh.wire import (
+    HEARTBEAT_FRAME,
+    MAX_TIMEOUT_MS,
+    ROUTE,
+    Cmd,
+    Flag,
+    pack_route,
+    parse_route,
+)
 from mesh.zmqio import readable, recv_frames
 from proto import agp_pb2
 
@@ -250,7 +258,9 @@ class Core(Outgoing, SessionSide, TokenSide):
         if size + len(header) > self.max_send:
             _fail(waiter, self.too_large(size + len(header) + len(dest)))
             return ident
-        timeout_ms = max(1, int(timeout * 1000))
+        # (the wire's longest deadline: past it the router would take its default, 30 s,
+        # and past 2**32 ms the route frame cannot carry it)
+        timeout_ms = min(MAX_TIMEOUT_MS, max(1, int(timeout * 1000)))
         frames = [pack_route(cmd, flags, 0, timeout_ms, ident), dest, header, *payload]
         assert self.loop is not None
         deadline = self.loop.time() + timeout

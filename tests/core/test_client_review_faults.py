@@ -17,7 +17,7 @@ from mesh.aio import AsyncMesh
 from mesh.backoff import Backoff
 from mesh.errors import Closed, Draining, ErrorCode, TooLarge
 from mesh.sync import Mesh
-from mesh.wire import Cmd, error_frames, pack_route
+from mesh.wire import MAX_TIMEOUT_MS, ROUTE, Cmd, error_frames, pack_route
 from proto import agp_pb2
 from router.config import RouterConfig
 from router.server import Router
@@ -29,8 +29,9 @@ LIMIT = 256 * 1024  # the router's max_message_bytes here
 
 
 @pytest.fixture
-def router() -> Iterator[Router]:
+def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
     """An insecure router in a thread, taking messages of at most ``LIMIT`` bytes."""
+    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # (a shared mesh's, set for a session)
     r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0",
                             max_message_bytes=LIMIT))
     r.start()
@@ -246,3 +247,25 @@ def test_a_backoff_cancelled_by_its_caller_leaves_nothing_behind(router: Router)
             assert not m.core._pauses
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- a very long deadline
+def test_a_deadline_past_the_wires_longest_is_carried_as_the_longest(router: Router) -> None:
+    """Sixty days: the route frame holds at most 2**32 ms (it raised struct.error), and the
+    router takes a deadline past a day for none (its 30 s default): it goes as a day."""
+    sent: list[int] = []
+
+    async def main() -> None:
+        async with await AsyncMesh.connect(router.endpoint) as m:
+            real = m.core.send_frames
+
+            def tap(frames: list[bytes]) -> None:
+                if frames[0][1] == Cmd.REQUEST:
+                    sent.append(ROUTE.unpack(frames[0])[4])
+                real(frames)
+
+            m.core.send_frames = tap  # type: ignore[method-assign]
+            assert await m.request(PING, "ping", timeout=60 * 24 * 3600) == "pong"
+
+    asyncio.run(main())
+    assert sent == [MAX_TIMEOUT_MS]
