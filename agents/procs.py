@@ -22,13 +22,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from agents.supervisor_config import AgentSpec, MeshConfig
-from mesh.errors import DeadlineExceeded, Unavailable
+from mesh.errors import Cancelled, DeadlineExceeded, Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_IDENTITY = "agp-supervisor"
 CONTROL_IDENTITY = "agp-control"
 REGISTRY_IDENTITY = "agp-registry"
 KEYS_IDENTITY = "agp-keys"  # the topic key service, agp/system/keys
+# JSON lines from a child that no one has waited for yet: past this many, later ones are
+# dropped (and counted; the log has them all). A child that logs JSON on stdout for as long
+# as it runs would otherwise grow its parent (the supervisor runs for days) by every line.
+# The oldest are kept: a burst right after the ready line must not push that line out.
+EVENTS_KEPT = 256
+CANCEL_POLL = 0.1  # seconds between looks at a wait's ``cancelled`` while it waits
 
 
 class ManagedProcess:
@@ -48,6 +54,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_info: dict[str, Any] = {}
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.dropped_events = 0  # JSON lines not queued: EVENTS_KEPT were unread
         self._log: IO[bytes] | None = None
         self._reader: threading.Thread | None = None
         self.started_at = 0.0
@@ -57,9 +64,11 @@ class ManagedProcess:
         return self.proc.pid if self.proc is not None else -1
 
     def start(self, ready_timeout: float | None = 30.0, *,
-              on_spawn: Callable[[], None] | None = None) -> dict[str, Any]:
+              on_spawn: Callable[[], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Start; wait for the ready line unless ``ready_timeout`` is None. ``on_spawn`` runs
-        once the process exists, before it is ready (to record its pid at once)."""
+        once the process exists, before it is ready (to record its pid at once); the wait
+        ends with Cancelled (and the process stopped) once ``cancelled()`` is true."""
         env = dict(os.environ)
         for key, value in (self.env or {}).items():
             if value is None:
@@ -85,13 +94,14 @@ class ManagedProcess:
         try:
             if on_spawn is not None:
                 on_spawn()
-            return self.wait_ready(ready_timeout)
+            return self.wait_ready(ready_timeout, cancelled=cancelled)
         except BaseException:
             self.stop(timeout=5)  # never ready: not left running behind its caller
             raise
 
-    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        self.ready_info = self.wait_event("ready", timeout)
+    def wait_ready(self, timeout: float = 30.0, *,
+                   cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+        self.ready_info = self.wait_event("ready", timeout, cancelled=cancelled)
         return self.ready_info
 
     def _read(self) -> None:
@@ -103,19 +113,32 @@ class ManagedProcess:
                 self._log.flush()
             if line.startswith(b"{"):
                 try:
-                    self._events.put(json.loads(line))
+                    self._keep(json.loads(line))
                 except ValueError:
                     pass
-        self._events.put({"event": "exited"})
+        self._events.put({"event": "exited"})  # never dropped: every wait must learn it
 
-    def wait_event(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
+    def _keep(self, ev: dict[str, Any]) -> None:
+        """Queue ``ev`` for a wait, unless EVENTS_KEPT are unread already."""
+        if self._events.qsize() >= EVENTS_KEPT:
+            self.dropped_events += 1  # (only this reader thread writes it)
+        else:
+            self._events.put(ev)
+
+    def wait_event(self, event: str, timeout: float, *,
+                   cancelled: Callable[[], bool] | None = None, **match: Any
+                   ) -> dict[str, Any]:
         """The next ``event`` line (whose fields equal ``match``); DeadlineExceeded after
-        ``timeout``, Unavailable once the process exited."""
+        ``timeout``, Unavailable once the process exited, Cancelled once ``cancelled()``."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.name}: no {event!r} within {timeout:g}s")
+            if cancelled is not None:
+                if cancelled():
+                    raise Cancelled(f"{self.name}: stopped while waiting for {event!r}")
+                remaining = min(remaining, CANCEL_POLL)
             try:
                 ev = self._events.get(timeout=remaining)
             except queue.Empty:

@@ -39,6 +39,7 @@ from agents.supervisor_config import (
     write_state,
     write_targets,
 )
+from mesh.errors import Cancelled
 
 log = logging.getLogger("agp.supervisor")
 
@@ -80,6 +81,7 @@ class Supervisor:
         self.mesh: Any = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self.interrupted = False  # a signal came: see interrupt()
         self.policy = ScalePolicy(config.scaling)
         self.events: list[dict[str, Any]] = []
 
@@ -93,6 +95,7 @@ class Supervisor:
             router = self._add(Child("router", "router", lambda: launch.router(
                 self.endpoint or cfg.router, self.router_info.get("pub", cfg.pub))))
             self._start(router, timeout)
+            self._go_on()
             self.router_info = dict(router.info)
             self.endpoint = router.info["router"]
             firsts: list[Child] = []
@@ -109,17 +112,32 @@ class Supervisor:
                 for i in range(spec.min):
                     firsts.append(self._new_replica(spec, i))
             self._start_all(firsts, timeout)
+            self._go_on()
             for c in firsts:
                 if c.role == "control":
                     self.control_url = c.info.get("url", "")
                     self.router_info["control_port"] = c.info.get("port")
             self._connect()
+            self._go_on()
         except BaseException:
             self.down()
             raise
         self.state = "running"
         self.save()
         return self.summary()
+
+    def interrupt(self) -> None:
+        """Stop, from a signal handler: a start under way ends at once (each wait for a ready
+        line polls this), no restart begins, :meth:`run` returns. A plain flag: an Event's
+        lock, taken again by a handler that interrupted its holder, would deadlock."""
+        self.interrupted = True
+
+    def _stop_asked(self) -> bool:
+        return self.interrupted or self._stopping.is_set()
+
+    def _go_on(self) -> None:
+        if self._stop_asked():  # (up() then stops what it started)
+            raise Cancelled("stopped while the mesh was starting")
 
     def _connect(self) -> None:
         if not self.config.agents:
@@ -189,11 +207,12 @@ class Supervisor:
             if child.proc is not None:
                 child.proc.stop(1.0)  # already dead: closes its log and reader
             child.proc = child.make()
-            if self._stopping.is_set() or child.retiring:  # `down` or a scale-down came
-                return  # first: launch nothing
-            child.info = child.proc.start(timeout, on_spawn=self.save)  # recorded at once
+            if self._stop_asked() or child.retiring:  # `down` or a scale-down came first:
+                return  # launch nothing
+            child.info = child.proc.start(timeout, on_spawn=self.save,  # recorded at once
+                                          cancelled=self._stop_asked)  # a stop ends the wait
             child.started = time.monotonic()
-            if self._stopping.is_set():  # `down` ran while this one was starting
+            if self._stop_asked():  # `down` ran while this one was starting
                 child.proc.stop(10.0)
                 return
             if child.down_since is not None:
@@ -231,7 +250,8 @@ class Supervisor:
             try:
                 self._start(child, 30.0)
             except Exception as exc:
-                log.error("%s failed to restart: %s", child.name, exc)
+                if not self._stop_asked():
+                    log.error("%s failed to restart: %s", child.name, exc)
             if child.role == "router" and child.proc is not None and child.proc.alive():
                 self.endpoint = child.info.get("router", self.endpoint)
             self.save()
@@ -243,7 +263,7 @@ class Supervisor:
         with self._lock:
             children = list(self.children)
         for c in children:
-            if c.starting or c.proc is None or c.proc.alive() or self._stopping.is_set():
+            if c.starting or c.proc is None or c.proc.alive() or self._stop_asked():
                 continue
             if c.retiring:
                 continue
@@ -325,9 +345,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event, tick: float = 0.1) -> None:
-        """Supervise until ``stop`` is set (the caller then calls :meth:`down`)."""
+        """Supervise until ``stop`` is set or :meth:`interrupt` (the caller then calls
+        :meth:`down`)."""
         next_scale = time.monotonic() + self.config.scaling.interval
-        while not stop.wait(tick):
+        while not stop.wait(tick) and not self.interrupted:
             now = time.monotonic()
             self.check(now)
             if now >= next_scale:

@@ -4,15 +4,15 @@
     agp down [--run-dir run] [--timeout 15]
     agp status [--run-dir run] [--json]
 
-``up`` runs the supervisor in the foreground (Ctrl-C or SIGTERM stops the mesh); with
-``--detach`` it runs in the background and returns once the mesh is up. It prints one JSON
-ready line on stdout (router endpoint, control plane URL) for scripts and tests. It refuses
-while the run dir's supervisor lives; if that one died (kill -9), it first stops what it had
-left running, which nothing supervises any more (their output went to the dead supervisor),
-rather than start a second copy beside it and lose it from the record. ``down``
-works from the state file alone, so it also cleans up after a supervisor that was killed:
-every recorded process that still runs (same pid *and* kernel start time) gets SIGTERM, then
-SIGKILL after the timeout.
+``up`` runs the supervisor in the foreground (Ctrl-C or SIGTERM stops the mesh, also while
+it is still starting); with ``--detach`` it runs in the background and returns once the mesh
+is up. It prints one JSON ready line on stdout (router endpoint, control plane URL) for
+scripts and tests. It refuses while the run dir's supervisor lives; if that one died
+(kill -9), it first stops what it had left running, which nothing supervises any more (their
+output went to the dead supervisor), rather than start a second copy beside it and lose it
+from the record. ``down`` works from the state file alone, so it also cleans up after a
+supervisor that was killed: every recorded process that still runs (same pid *and* kernel
+start time) gets SIGTERM, then SIGKILL after the timeout.
 """
 
 from __future__ import annotations
@@ -79,13 +79,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from agents.supervisor import Supervisor
 
     sup = Supervisor(config, run_dir=run_dir, config_path=args.config)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = threading.Event()  # (never set: a signal stops the supervisor through interrupt)
+    # Ctrl-C or `agp down` also while it starts: waiting for the slowest agent's ready line
+    # (a minute) would start the whole mesh only to stop it
+    signal.signal(signal.SIGTERM, lambda *_: sup.interrupt())
+    signal.signal(signal.SIGINT, lambda *_: sup.interrupt())
     try:
         summary = sup.up()
     except (Error, OSError) as exc:
-        print(f"agp up failed: {exc} (logs in {sup.log_dir})", file=sys.stderr)
+        if sup.interrupted:
+            print(f"agp up: stopped while the mesh was starting; everything it had started "
+                  f"is stopped (logs in {sup.log_dir})", file=sys.stderr)
+        else:
+            print(f"agp up failed: {exc} (logs in {sup.log_dir})", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)
     print(f"mesh up: router {summary['router']}, control {summary['control'] or '(none)'}, "

@@ -90,6 +90,8 @@ _MESH_KEYS = {"home", "run_dir", "router", "pub", "auth_port", "control_port", "
               "registry", "store", "insecure", "restart_backoff", "restart_backoff_max"}
 _AGENT_KEYS = {"module", "namespace", "service", "min", "max", "replicas", "capacity", "weight",
                "args", "env"}
+_TABLES = {"mesh", "scaling", "agents"}  # a misspelt one ([agent.x]) would go unread
+_REPLICA_KEYS = {"min", "max"}
 
 
 _MESH_TYPES = {"home": "a string", "run_dir": "a string", "router": "a string",
@@ -129,7 +131,8 @@ def load_config(path: str | Path | None) -> MeshConfig:
 
 
 def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
-    problems: list[str] = []
+    problems = [f"unknown table [{k}] (known: [mesh], [scaling], [agents.NAME])"
+                for k in sorted(set(doc) - _TABLES)]
     mesh = doc.get("mesh", {})
     if not isinstance(mesh, dict):
         raise ConfigError(f"{source}: [mesh] must be a table")
@@ -173,6 +176,9 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> MeshConfig:
         for k in sorted(set(spec) - _AGENT_KEYS):
             problems.append(f"{where} unknown key {k!r}")
         replicas = spec.get("replicas", {})
+        if isinstance(replicas, dict):
+            problems += [f"{where} replicas: unknown key {k!r}"
+                         for k in sorted(set(replicas) - _REPLICA_KEYS)]
         counts = [spec.get("min"), spec.get("max"), replicas] + (
             [replicas.get("min"), replicas.get("max")] if isinstance(replicas, dict) else [])
         if not all(c is None or isinstance(c, dict) or _is(c, "an integer") for c in counts):
