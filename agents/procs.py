@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from agents.supervisor_config import AgentSpec, MeshConfig
 from mesh.errors import Cancelled, DeadlineExceeded, Unavailable
+from mesh.process_identity import proc_starttime
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_IDENTITY = "agp-supervisor"
@@ -55,6 +56,7 @@ class ManagedProcess:
         self.ready_info: dict[str, Any] = {}
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.dropped_events = 0  # JSON lines not queued: EVENTS_KEPT were unread
+        self.starttime: int | None = None  # the child's kernel start time, read at spawn
         self._log: IO[bytes] | None = None
         self._reader: threading.Thread | None = None
         self.started_at = 0.0
@@ -86,6 +88,9 @@ class ManagedProcess:
             env=env, cwd=self.cwd, start_new_session=True,
         )
         self.started_at = time.monotonic()
+        # read now, while the child is ours (unreaped, its pid cannot be another's): a
+        # record written after it died and was reaped must not name whoever got its pid
+        self.starttime = proc_starttime(self.proc.pid)
         self._reader = threading.Thread(target=self._read, name=f"read-{self.name}",
                                         daemon=True)
         self._reader.start()

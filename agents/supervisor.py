@@ -365,7 +365,7 @@ class Supervisor:
             procs = [{"name": c.name, "role": c.role,
                       "service": c.spec.full_name if c.spec else None,
                       "pid": c.proc.pid if c.proc else -1,
-                      "starttime": proc_starttime(c.proc.pid) if c.proc else None,
+                      "starttime": c.proc.starttime if c.proc else None,
                       "restarts": c.restarts, "last_recovery_s": c.last_recovery,
                       "log": str(self.log_dir / f"{c.name}.log")}
                      for c in self.children]
