@@ -31,15 +31,7 @@ from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
 from mesh.token_side import TokenSide
-from mesh.wire import (
-    HEARTBEAT_FRAME,
-    MAX_TIMEOUT_MS,
-    ROUTE,
-    Cmd,
-    Flag,
-    pack_route,
-    parse_route,
-)
+from mesh.wire import HEARTBEAT_FRAME, MAX_TIMEOUT_MS, ROUTE, Cmd, Flag, pack_route, parse_route
 from mesh.zmqio import readable, recv_frames
 from proto import agp_pb2
 
