@@ -125,7 +125,6 @@ class Agent(Presence, Calls):
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
         self._idem: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._idem_bytes = 0
-        self._inflight = {}  # answer_key() -> agents.joined.InFlight: calls running here
         self._envelopes: dict[bytes, agp_pb2.Envelope] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.capacity, thread_name_prefix=f"agp-{self.name}")
@@ -330,18 +329,13 @@ class Agent(Presence, Calls):
             elif self.require_e2e and env.action not in self.plain_actions:
                 raise Unauthenticated("this agent takes sealed payloads only")
             if reply and env.idempotency_key:
-                key = answer_key(ctx)
-                cached = self._idem.get(key)
+                cached = self._idem.get(answer_key(ctx))
                 if cached is not None:
                     self._replay(ctx, cached)
                     return
-                if not is_stream and self._join_or_lead(key, ctx):
-                    return  # a retry of a call running here: answered when that one ends
             data = (payload[0] if payload else b"") if flags & _RAW else (
                 codec.decode(payload) if payload and payload != [b""] else None)
         except Error as exc:
-            if reply and env.idempotency_key:  # (refused after it took the lead: let go)
-                self._lead_ended(answer_key(ctx), ctx, exc)
             telemetry.end_span(ctx.span, exc)
             self._count_drop(f"refused_{exc.code.name.lower()}")
             if reply or exc.code == ErrorCode.NOT_A_RECIPIENT:

@@ -5,9 +5,7 @@ in the agent's thread pool (plain functions, so a long fit never stalls heartbea
 under the call's deadline: past it the handler is cancelled and the caller hears
 DEADLINE_EXCEEDED. Its result is encoded and sent back (sealed with the request's key when
 the request was sealed, once); its exception becomes an error reply with a code, and a
-fire-and-forget's failure is counted, since nobody waits for it. A call with an idempotency
-key has its answer kept for its retries; a retry that comes while it still runs joins it
-(``agents.joined``) instead of running the handler a second time.
+fire-and-forget's failure is counted, since nobody waits for it.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from agents.context import Context
-from agents.joined import Answer, Joins
 from mesh import codec, telemetry
-from mesh.errors import Cancelled, DeadlineExceeded, Error, HandlerError, Unauthenticated
+from mesh.errors import Cancelled, DeadlineExceeded, Error, ErrorCode, Unauthenticated
 from mesh.metrics import payload_bytes
 from mesh.wire import Cmd, Flag, pack_route, split_nonce
 from proto import agp_pb2
@@ -40,7 +37,7 @@ _KEY_KEPT_WHOLE = 64  # longer idempotency keys are kept as their digest (outsid
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
 
 
-class Calls(Joins):
+class Calls:
     """Handlers under their deadlines, and the answers. A mixin of Agent."""
 
     # provided by Agent
@@ -150,11 +147,12 @@ class Calls(Joins):
                 log.warning("%s (fire-and-forget) failed: %r", ctx.action, exc)
                 self._count_drop("send_handler_error")
                 return
-            if not isinstance(exc, Error):
+            if isinstance(exc, Error):
+                self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
+            else:
                 log.warning("%s raised %s: %s", ctx.action, type(exc).__name__, exc)
-                exc = HandlerError(f"{type(exc).__name__}: {exc}",
-                                   details={"type": type(exc).__name__})
-            self._fail(ctx, exc)
+                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
+                            f"{type(exc).__name__}: {exc}", {"type": type(exc).__name__})
             return
         self.served += 1
         if not reply:
@@ -165,26 +163,12 @@ class Calls(Joins):
             try:
                 flags, payload = 0, codec.encode(result)
             except (TypeError, ValueError, Error) as e:  # (ValueError: nested too deep)
-                self._fail(ctx, HandlerError(f"result cannot be encoded: {e}"))
+                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
+                            f"result cannot be encoded: {e}")
                 return
         if ctx.envelope.idempotency_key:
-            self._settle(ctx, (flags, payload))
+            self._remember_answer(answer_key(ctx), flags, payload)
         self._reply(ctx, flags, payload)
-
-    def _fail(self, ctx: Context, exc: Error) -> None:
-        """Answer a call with an error (and the retries that joined it, the same)."""
-        self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
-        if ctx.envelope.idempotency_key:
-            self._settle(ctx, exc)
-
-    def _settle(self, ctx: Context, answer: Answer) -> None:
-        """The end of a call with an idempotency key, however it ended: an answer is kept
-        for its retries (an error is not: a later retry runs again), and either is handed
-        to the retries that joined it while it ran (``agents.joined``)."""
-        key = answer_key(ctx)
-        if not isinstance(answer, Error):
-            self._remember_answer(key, *answer)
-        self._lead_ended(key, ctx, answer)
 
     def _replay(self, ctx: Context, cached: list[Any]) -> None:
         """Answer a retried call from the idempotency cache: served, as a first call is
