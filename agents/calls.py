@@ -97,7 +97,14 @@ class Calls:
             telemetry.use_span(ctx.span)
             fut = self.loop.run_in_executor(self._pool, contextvars.copy_context().run, fn,
                                             self, data, ctx)
-        timer = self.loop.call_at(ctx.deadline, ctx.cancel)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            ctx.cancel()
+
+        timer = self.loop.call_at(ctx.deadline, expire)
         # Given up (deadline, caller's CANCEL), the call is answered and its slot at the
         # router freed; ``fut.cancel()`` then takes it out of the pool's queue if no thread
         # took it yet. Else a handler thread past its deadline (it cannot be stopped) would
@@ -106,6 +113,12 @@ class Calls:
             remaining = max(0.001, ctx.deadline - self.loop.time())
             result: Any = await asyncio.wait_for(asyncio.shield(fut), remaining)
             exc: BaseException | None = None
+            if ctx.cancelled:
+                # told to stop (its deadline's timer, which may fire before the wait's own,
+                # or its caller) before it answered: a handler that stops when told returns
+                # what it has, which is no answer, to be kept for the call's retries least
+                result, exc = None, (DeadlineExceeded("handler passed its deadline") if expired
+                                     else Cancelled("cancelled before it answered"))
         except asyncio.TimeoutError:
             ctx.cancel()
             fut.cancel()

@@ -15,7 +15,7 @@ import pytest
 
 from agents.base import Agent, action
 from agents.context import Context
-from mesh import AsyncMesh, HandlerError, Malformed
+from mesh import AsyncMesh, Cancelled, HandlerError, Malformed
 from router.server import Router
 from tests.helpers import router_in_thread
 
@@ -66,3 +66,38 @@ def test_odd_answers_reach_the_caller_at_once(router: Router) -> None:
     refused, deep = asyncio.run(main())
     assert (refused.details["row"], refused.details["column"]) == ("3", "None")
     assert "cannot be encoded" in deep.message
+
+
+class Stopping(Agent):
+    """``stop_early`` is told to stop before it returns (as its deadline's timer tells a
+    handler, and that timer may fire before the agent's own wait for it ends) and, as a
+    handler that stops when told does, returns what it has."""
+
+    name = "stopping"
+    namespace = "test/answers"
+    register_with_registry = False
+    drain_timeout = 1.0
+
+    @action()
+    def stop_early(self, data: Any, ctx: Context) -> Any:
+        ctx.cancel()
+        return "partial"
+
+
+def test_what_a_handler_returns_after_it_was_told_to_stop_is_no_answer(router: Router) -> None:
+    async def main() -> tuple[Exception, int]:
+        agent = Stopping(endpoint=router.endpoint)
+        await agent.start()
+        try:
+            async with await AsyncMesh.connect(router.endpoint) as m:
+                with pytest.raises(Cancelled) as told:
+                    await m.request("test/answers/stopping", "stop_early", timeout=10,
+                                    idempotency_key="k1")
+                return told.value, len(agent._idem)
+        finally:
+            agent.stop()
+            await agent.serve()
+
+    told, kept = asyncio.run(main())
+    assert "before it answered" in str(told)
+    assert kept == 0  # not kept for the call's retries: they run the handler again
