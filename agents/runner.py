@@ -16,6 +16,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from mesh.argtypes import int_in, seconds
 from mesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -92,25 +93,8 @@ def build_parser(cls: type[Agent], file: dict[str, Any] | None = None
     return p
 
 
-def positive_integer(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-def seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):  # (NaN fails the first test)
-        raise ValueError(text)
-    return value
+positive_integer = int_in(1, sys.maxsize, "positive_integer")
+port_number = int_in(0, 65535, "port_number")
 
 
 def run_agent_main(cls: type[Agent], argv: list[str] | None = None) -> int:

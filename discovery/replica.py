@@ -151,15 +151,11 @@ class Replica:
 
     def apply(self, event: Event) -> ApplyResult:
         """Apply one event from the stream, or hold or drop it; see :class:`ApplyResult`."""
-        if event.epoch and event.epoch != self._epoch:  # "" (no epoch) matches any
-            if event.epoch in self._retired:
-                self.stale += 1
-                return ApplyResult.STALE
-            if self._epoch and (self._has_snapshot or self._restarted):
-                self._restart(event.epoch)
-                self._buffer[event.seq] = event
-                return ApplyResult.RESTARTED
-            self._adopt(event.epoch)
+        changed = self._epoch_said(event.epoch)
+        if changed is ApplyResult.RESTARTED:
+            self._buffer[event.seq] = event  # the first of the new registry's
+        if changed is not None:
+            return changed
         if self._has_snapshot and event.seq <= self._seq:
             self.duplicates += 1
             return ApplyResult.DUPLICATE
@@ -188,15 +184,11 @@ class Replica:
         or a snapshot reach the beat's seq); BUFFERED before the first snapshot (its seq is
         noted for it); CURRENT otherwise.
         """
-        if beat.epoch and beat.epoch != self._epoch:  # "" (no epoch) matches any
-            if beat.epoch in self._retired:
-                self.stale += 1
-                return ApplyResult.STALE
-            if self._epoch and (self._has_snapshot or self._restarted):
-                self._restart(beat.epoch)
-                self._known = beat.seq
-                return ApplyResult.RESTARTED
-            self._adopt(beat.epoch)
+        changed = self._epoch_said(beat.epoch)
+        if changed is ApplyResult.RESTARTED:
+            self._known = beat.seq  # what the new registry has numbered so far
+        if changed is not None:
+            return changed
         if self._has_snapshot and beat.seq <= self._seq:
             return ApplyResult.CURRENT
         if beat.seq > max(self._known, self._seq, max(self._buffer, default=0)):
@@ -247,6 +239,21 @@ class Replica:
     def _retire(self, epoch: str) -> None:
         if epoch not in self._retired:
             self._retired.append(epoch)
+
+    def _epoch_said(self, epoch: str) -> ApplyResult | None:
+        """What an event's or a beat's ``epoch`` means: STALE (an epoch already replaced:
+        counted, nothing changes), RESTARTED (a new registry: records forgotten), or None
+        (this epoch, no epoch said, or the first heard before any snapshot: taken)."""
+        if not epoch or epoch == self._epoch:  # "" (no epoch) matches any
+            return None
+        if epoch in self._retired:
+            self.stale += 1
+            return ApplyResult.STALE
+        if self._epoch and (self._has_snapshot or self._restarted):
+            self._restart(epoch)
+            return ApplyResult.RESTARTED
+        self._adopt(epoch)
+        return None
 
     def _adopt(self, epoch: str) -> None:
         """Before the first snapshot: the newest epoch heard wins; what the old one held goes."""

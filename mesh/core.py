@@ -246,9 +246,9 @@ class Core(Outgoing, SessionSide, TokenSide):
         unsent (a frame that large would cut the connection, and every call on it)."""
         if ident is None:
             ident = next(self._ids)
-        size = len(payload[0]) if len(payload) == 1 else sum(map(len, payload))
-        if size + len(header) > self.max_send:
-            _fail(waiter, self.too_large(size + len(header) + len(dest)))
+        refused = self.oversize(header, payload)
+        if refused is not None:
+            _fail(waiter, refused)
             return ident
         # (the wire's longest deadline: past it the router would take its default, 30 s,
         # and past 2**32 ms the route frame cannot carry it)
@@ -265,8 +265,14 @@ class Core(Outgoing, SessionSide, TokenSide):
             _fail(waiter, exc)
         return ident
 
-    def too_large(self, size: int) -> TooLarge:
-        """The refusal of a message of ``size`` bytes that is not sent (counted)."""
+    def oversize(self, header: bytes, payload: list[Any]) -> TooLarge | None:
+        """The refusal (counted) of a message the router would surely refuse as too large,
+        past :attr:`max_send`, so it is not sent: one frame that large cuts the connection,
+        and every call on it. None for any other."""
+        size = len(header) + (len(payload[0]) if len(payload) == 1
+                              else sum(map(len, payload)))
+        if size <= self.max_send:
+            return None
         self._count("refused_too_large")
         return TooLarge(f"message of {size} bytes not sent: the router takes at most "
                         f"{self.max_send // 2}")

@@ -72,12 +72,10 @@ class FireAndForget:
         return frames, metrics.payload_bytes(payload)
 
     def _check_size(self, header: bytes, payload: list[Any]) -> None:
-        """Raise TooLarge, nothing sent, for what the router would surely refuse (one
-        frame that large cuts the connection, and every call on it): ``Core.max_send``."""
-        size = len(header) + (len(payload[0]) if len(payload) == 1
-                              else sum(map(len, payload)))
-        if size > self.core.max_send:
-            raise self.core.too_large(size)
+        """Raise TooLarge, nothing sent, for what the router would surely refuse."""
+        refused = self.core.oversize(header, payload)
+        if refused is not None:
+            raise refused
 
     def send_nowait(self, dest: str, action: str, data: Any = None, *, raw: bool = False) -> None:
         """Fire-and-forget now (plain payload; use ``send`` on an end-to-end mesh)."""

@@ -9,11 +9,14 @@ import signal
 import sys
 from typing import Any
 
+from mesh.argtypes import int_in
 from router.config import RouterConfig
 from router.server import Router
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from security.tokens import MAX_TTL
+
     p = parser or argparse.ArgumentParser(prog="agp router", description=__doc__)
     cfg = RouterConfig()
     p.add_argument("--bind", default=cfg.bind, help="ROUTER endpoint for every peer")
@@ -31,7 +34,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--policy", default=None, help="RBAC policy file (default: HOME/policies.json)")
     p.add_argument("--auth-port", type=int, default=7780,
                    help="OAuth2 token endpoint (HTTP on 127.0.0.1; 0 picks a port)")
-    p.add_argument("--token-ttl", type=_token_ttl, default=300,
+    p.add_argument("--token-ttl", type=int_in(1, MAX_TTL, "token_ttl"), default=300,
                    help="access token lifetime, seconds (at most a day)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -128,15 +131,6 @@ def _announce(router: Router, router_id: str) -> Any:
 
     threading.Thread(target=start, name="agp-mdns", daemon=True).start()
     return announcer
-
-
-def _token_ttl(text: str) -> int:
-    from security.tokens import MAX_TTL
-
-    value = int(text)
-    if not 1 <= value <= MAX_TTL:
-        raise ValueError(text)
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

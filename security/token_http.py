@@ -123,13 +123,17 @@ class _BoundedServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[_Handler],
                  max_connections: int) -> None:
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
         self._count = threading.Lock()
         self.serving = 0  # connections with a thread now
         self.refused_busy = 0  # written by the accepting thread only
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        with self._count:
+            full = self.serving >= self.max_connections
+            if not full:
+                self.serving += 1
+        if full:
             self.refused_busy += 1
             try:
                 request.sendall(_BUSY)  # (small: fits the socket's buffer, never blocks)
@@ -137,7 +141,6 @@ class _BoundedServer(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
-        self._counted(+1)
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -151,12 +154,8 @@ class _BoundedServer(ThreadingHTTPServer):
             self._release()
 
     def _release(self) -> None:
-        self._counted(-1)
-        self._slots.release()
-
-    def _counted(self, n: int) -> None:
         with self._count:
-            self.serving += n
+            self.serving -= 1
 
 
 class TokenHTTPServer:

@@ -33,7 +33,7 @@ from mesh.errors import ConfigError, Malformed, Unauthenticated
 
 from . import jwt
 from .clients import GRANT_CLIENT_CREDENTIALS, SCOPE_TOKEN_RE, Client, ClientRegistry
-from .keys import normalize_key
+from .keys import file_signature, normalize_key
 from .zap import TrustLike
 
 __all__ = ["RevocationList", "SigningKeyRing", "TokenService", "TokenVerifier",
@@ -137,8 +137,6 @@ class RevokedOnDisk:
         self._list = RevocationList()
 
     def is_revoked(self, jti: str) -> bool:
-        from security.keys import file_signature
-
         signature = file_signature(self.path)
         if signature != self._signature:
             self._list = RevocationList(path=self.path) if signature is not None \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,13 +48,19 @@ def rss_bytes(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def router_in_thread(join_timeout: float = 10.0) -> Iterator[Any]:
-    """An insecure router on ephemeral loopback ports, run on a thread of this process;
-    stopped (and its thread joined) on exit."""
+def router_in_thread(join_timeout: float = 10.0, **config: Any) -> Iterator[Any]:
+    """An insecure router on ephemeral loopback ports (``config``: other RouterConfig
+    fields), run on a thread of this process; stopped (and its thread joined) on exit.
+
+    Meanwhile this process has no default identity: the scenario tests' shared mesh sets
+    AGP_IDENTITY for the whole session, and a client that took it would speak CURVE to a
+    router that answers only plain connections."""
     from router.config import RouterConfig
     from router.server import Router
 
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0"))
+    identity = os.environ.pop("AGP_IDENTITY", None)
+    r = Router(RouterConfig(**{"bind": "tcp://127.0.0.1:0", "pub_bind": "tcp://127.0.0.1:0",
+                               **config}))
     r.start()
     thread = threading.Thread(target=r.run, daemon=True)
     thread.start()
@@ -62,5 +69,6 @@ def router_in_thread(join_timeout: float = 10.0) -> Iterator[Any]:
     finally:
         r.stop()
         thread.join(join_timeout)
+        if identity is not None:
+            os.environ["AGP_IDENTITY"] = identity
         assert not thread.is_alive(), "the router thread did not stop"
-

@@ -8,7 +8,8 @@ A real router in a thread, the agent on the test's loop, real sockets on loopbac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -41,27 +42,32 @@ class Odd(Agent):
 
 
 @pytest.fixture
-def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # an insecure router
+def router() -> Iterator[Router]:
     with router_in_thread() as r:
         yield r
 
 
+@contextlib.asynccontextmanager
+async def serving(agent: Agent, endpoint: str) -> AsyncIterator[AsyncMesh]:
+    """``agent`` started, and a client of its router; the agent stopped after."""
+    await agent.start()
+    try:
+        async with await AsyncMesh.connect(endpoint) as m:
+            yield m
+    finally:
+        agent.stop()
+        await agent.serve()
+
+
 def test_odd_answers_reach_the_caller_at_once(router: Router) -> None:
     async def main() -> tuple[Malformed, HandlerError]:
-        agent = Odd(endpoint=router.endpoint)
-        await agent.start()
-        try:
-            async with await AsyncMesh.connect(router.endpoint) as m:
-                # (the deadline is far: an answer that never comes fails the wait_for)
-                with pytest.raises(Malformed) as refused:
-                    await asyncio.wait_for(m.request(SVC, "refuse", timeout=60), 10)
-                with pytest.raises(HandlerError) as deep:
-                    await asyncio.wait_for(m.request(SVC, "deep", timeout=60), 10)
-                return refused.value, deep.value
-        finally:
-            agent.stop()
-            await agent.serve()
+        async with serving(Odd(endpoint=router.endpoint), router.endpoint) as m:
+            # (the deadline is far: an answer that never comes fails the wait_for)
+            with pytest.raises(Malformed) as refused:
+                await asyncio.wait_for(m.request(SVC, "refuse", timeout=60), 10)
+            with pytest.raises(HandlerError) as deep:
+                await asyncio.wait_for(m.request(SVC, "deep", timeout=60), 10)
+            return refused.value, deep.value
 
     refused, deep = asyncio.run(main())
     assert (refused.details["row"], refused.details["column"]) == ("3", "None")
@@ -87,16 +93,11 @@ class Stopping(Agent):
 def test_what_a_handler_returns_after_it_was_told_to_stop_is_no_answer(router: Router) -> None:
     async def main() -> tuple[Exception, int]:
         agent = Stopping(endpoint=router.endpoint)
-        await agent.start()
-        try:
-            async with await AsyncMesh.connect(router.endpoint) as m:
-                with pytest.raises(Cancelled) as told:
-                    await m.request("test/answers/stopping", "stop_early", timeout=10,
-                                    idempotency_key="k1")
-                return told.value, len(agent._idem)
-        finally:
-            agent.stop()
-            await agent.serve()
+        async with serving(agent, router.endpoint) as m:
+            with pytest.raises(Cancelled) as told:
+                await m.request("test/answers/stopping", "stop_early", timeout=10,
+                                idempotency_key="k1")
+            return told.value, len(agent._idem)
 
     told, kept = asyncio.run(main())
     assert "before it answered" in str(told)

@@ -19,9 +19,8 @@ from mesh.errors import Closed, Draining, ErrorCode, TooLarge
 from mesh.sync import Mesh
 from mesh.wire import MAX_TIMEOUT_MS, ROUTE, Cmd, error_frames, pack_route
 from proto import agp_pb2
-from router.config import RouterConfig
 from router.server import Router
-from tests.helpers import until, wait_for
+from tests.helpers import router_in_thread, until, wait_for
 
 PING = "agp/router"  # answered by the router itself: no agent needed
 SVC = "test/review/core"
@@ -29,20 +28,10 @@ LIMIT = 256 * 1024  # the router's max_message_bytes here
 
 
 @pytest.fixture
-def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
+def router() -> Iterator[Router]:
     """An insecure router in a thread, taking messages of at most ``LIMIT`` bytes."""
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # (a shared mesh's, set for a session)
-    r = Router(RouterConfig(bind="tcp://127.0.0.1:0", pub_bind="tcp://127.0.0.1:0",
-                            max_message_bytes=LIMIT))
-    r.start()
-    thread = threading.Thread(target=r.run, daemon=True)
-    thread.start()
-    try:
+    with router_in_thread(max_message_bytes=LIMIT) as r:
         yield r
-    finally:
-        r.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "the router thread did not stop"
 
 
 Answer = Callable[[int, bytes, threading.Event], list[bytes]]

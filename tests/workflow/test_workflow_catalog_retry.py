@@ -36,9 +36,7 @@ class Late(Agent):
 
 
 @pytest.fixture
-def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
-    # an insecure router: no identity from a shared mesh started earlier in the session
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)
+def router() -> Iterator[Router]:
     with router_in_thread() as r:
         yield r
 
