@@ -36,3 +36,12 @@ def test_bad_numbers_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
         assert out.returncode == 2, (flags, extra, out.stderr)
         assert "Traceback" not in out.stderr, out.stderr
         assert f"argument {named}" in out.stderr, out.stderr
+
+
+def test_a_token_lifetime_out_of_range_is_a_usage_error_of_the_router() -> None:
+    for ttl in ("0", "86401", "soon"):
+        out = subprocess.run([sys.executable, "-m", "router", "--token-ttl", ttl],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+        assert out.returncode == 2, (ttl, out.stderr)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert "argument --token-ttl" in out.stderr, out.stderr

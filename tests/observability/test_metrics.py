@@ -164,6 +164,7 @@ def test_router_and_control_plane_metrics(spawn: Callable[..., ManagedProcess],
     for name in ("agp_router_queue_depth", "agp_router_inflight", "agp_router_denials",
                  "agp_router_auth_failures", "agp_router_received_bytes", "agp_router_peers"):
         assert name in r, name
+    assert value(r, "agp_token_endpoint_refused_total", reason="busy") == 0  # its own family
     check_conventions(r)
     cport = control.ready_info["port"]
     c = wait_for(lambda: (f := scrape(cport)) and "agp_mesh_instances" in f and any(
