@@ -3,6 +3,11 @@
 Closed: calls pass; ``failure_threshold`` consecutive failures open it. Open: calls fail at
 once with CircuitOpen for ``reset_timeout`` seconds. Half-open: ``half_open_max`` trial calls
 pass; a success closes it, a failure opens it again. The clock is injected for tests.
+
+A trial slot is held at most ``reset_timeout``: a trial that reported nothing by then (its
+caller dropped it without a word) is presumed abandoned and the next call is a new trial, so
+one lost outcome cannot leave the breaker half-open, turning every call away, for ever.
+A call turned away changes nothing: the trials' outcomes alone decide.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self._trials = 0
+        self._trial_at = 0.0  # when the last trial slot was taken
         self.transitions = 0
 
     def before_call(self) -> None:
@@ -46,9 +52,13 @@ class CircuitBreaker:
             self._set(State.HALF_OPEN)
             self._trials = 0
         if self.state is State.HALF_OPEN:
+            now = self.clock()
             if self._trials >= self.half_open_max:
-                raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
+                if now - self._trial_at < self.reset_timeout:
+                    raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
+                self._trials = 0  # no outcome within the open interval: presumed abandoned
             self._trials += 1
+            self._trial_at = now
 
     def on_success(self) -> None:
         self.failures = 0

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh import telemetry
-from mesh.errors import Cancelled, DeadlineExceeded, InternalError
+from mesh.errors import InternalError
 from mesh.workflow.artifacts import ArtifactStore
+from mesh.workflow.attempt import call_attempt, mark_failed
 from mesh.workflow.codec import OutputError, decode_output, encode_output
 from mesh.workflow.events import Event, EventHook, EventKind
 from mesh.workflow.lease import LeaseKeeper
@@ -203,38 +204,13 @@ class RunExecution:
         progress.state = StepState.RUNNING
         self._emit(EventKind.STEP_STARTED, step=step.name, attempt=progress.attempt)
         timeout = step.timeout if step.timeout is not None else self.cfg.default_timeout
-        # A task plus asyncio.wait, not wait_for: a TimeoutError raised by call_step itself
-        # must stay distinguishable from this step's own deadline.
-        span = (telemetry.step_span(self.run_id, step.name, step.agent, progress.attempt)
-                if telemetry.ENABLED else contextlib.nullcontext())
-        with span as current:  # the call's task copies the context: its requests carry
-            call = asyncio.ensure_future(  # this step's span
-                self.call_step(step, inputs, progress.attempt, set(progress.avoid)))
-            timed_out = False  # stays False when this attempt itself is cancelled (halt)
-            try:
-                done, _ = await asyncio.wait({call}, timeout=timeout)
-                timed_out = call not in done
-            finally:
-                if not call.done():  # the call hears why: its destination's breaker counts it
-                    call.cancel(STEP_TIMED_OUT if timed_out else None)
-                    await asyncio.gather(call, return_exceptions=True)
-            failure: BaseException
-            if timed_out:
-                failure = DeadlineExceeded(
-                    f"step {step.name!r} exceeded its {timeout:g} s timeout")
-            elif call.cancelled():
-                failure = Cancelled(f"step {step.name!r} was cancelled by its own call")
-            else:
-                exc = call.exception()
-                if exc is None:
-                    result = call.result()
-                    return result if isinstance(result, StepResult) else StepResult(output=result)
-                failure = exc
-            # asyncio.wait raised nothing: the span would end OK unless told otherwise
-            _mark_failed(current, failure)
-        if not isinstance(failure, Exception):
-            raise failure
-        return self._attempt_failed(step, progress, failure)
+        outcome = await call_attempt(self.call_step, self.run_id, step, inputs,
+                                     progress.attempt, set(progress.avoid), timeout)
+        if isinstance(outcome, StepResult):
+            return outcome
+        if not isinstance(outcome, Exception):
+            raise outcome
+        return self._attempt_failed(step, progress, outcome)
 
     def _attempt_failed(self, step: StepSpec, progress: StepProgress, exc: Exception) -> float:
         error, instance = describe(exc), instance_of(exc)
@@ -291,7 +267,7 @@ class RunExecution:
     async def _failed(self, first: StepFailed, *others: StepFailed) -> None:
         """End the run failed: ``first`` names the run's error; ``others`` failed in the
         same round and are recorded failed too, each with its own error."""
-        _mark_failed(self._span, first)  # the run span ends without an exception
+        mark_failed(self._span, first)  # the run span ends without an exception
         now = time.time()
         failed: dict[str, Mapping[str, Any]] = {}
         for failure in (first, *others):
@@ -416,16 +392,3 @@ class RunExecution:
             hook(Event(kind=kind, run_id=self.run_id, at=time.time(), **fields))
         except Exception:
             log.exception("workflow on_event hook failed on %s", kind.value)
-
-
-def _mark_failed(span: Any, exc: BaseException) -> None:
-    """Give a span that will end without an exception the ERROR status of ``exc`` (as
-    :mod:`mesh.telemetry` does for one that ends with it); no-op without a span."""
-    if span is None or not span.is_recording():
-        return
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
-    code = getattr(exc, "code", None)
-    if code is not None:
-        span.set_attribute("agp.error_code", getattr(code, "name", str(code)))

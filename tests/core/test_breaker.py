@@ -57,3 +57,26 @@ def test_abandoning_a_call_on_a_closed_breaker_changes_nothing() -> None:
     b, _ = _breaker()
     b.abandon()
     assert (b.state, b.failures) == (State.CLOSED, 0)
+
+
+def test_a_trial_that_never_reports_lets_another_through_after_the_open_interval() -> None:
+    b, now = _breaker()
+    _half_open(b, now)  # its caller drops it without a word: no outcome, no abandon
+    transitions = b.transitions
+    for _ in range(3):
+        now[0] += 1.0
+        with pytest.raises(CircuitOpen):
+            b.before_call()  # turned away while the trial may still run: nothing changes
+    assert (b.state, b.transitions) == (State.HALF_OPEN, transitions)
+    now[0] += 2.0  # the open interval since the trial went out: presumed abandoned
+    b.before_call()  # a new trial, not stuck half-open for ever
+    with pytest.raises(CircuitOpen):
+        b.before_call()  # and only one at a time again
+    b.record(Unavailable("still gone"))  # its outcome decides
+    assert b.state is State.OPEN
+    with pytest.raises(CircuitOpen):
+        b.before_call()
+    now[0] += 5.0
+    b.before_call()
+    b.on_success()
+    assert b.state is State.CLOSED
