@@ -90,6 +90,8 @@ class MeshStepCaller:
         if not address or len(address) > MAX_ADDRESS_BYTES:
             raise ConfigError(f"bad destination {dest!r}")
         self.destinations.add(dest)
+        header = agp_pb2.Envelope(action=action_name, idempotency_key=key).SerializeToString()
+        body = codec.encode(payload)  # TooLarge, say: before a trial slot is taken
         breaker = self.mesh.breaker(dest)
         if breaker is not None:
             breaker.before_call()  # CircuitOpen: the attempt fails at once, retried later
@@ -102,11 +104,15 @@ class MeshStepCaller:
             report = codec.decode(msg[3:]) if len(msg) > 3 else {}
             on_progress(name, float(report.get("fraction", 0.0)), str(report.get("message", "")))
 
-        header = agp_pb2.Envelope(action=action_name, idempotency_key=key).SerializeToString()
         core = self.mesh.core
         waiter = asyncio.get_running_loop().create_future()
-        ident = core.start_request(Cmd.REQUEST, address, header, codec.encode(payload), waiter,
-                                   timeout=timeout, on_progress=progress)
+        try:
+            ident = core.start_request(Cmd.REQUEST, address, header, body, waiter,
+                                       timeout=timeout, on_progress=progress)
+        except BaseException:  # never sent (the mesh closed, say): no outcome to record
+            if breaker is not None:
+                breaker.abandon()
+            raise
         try:
             msg = await waiter
         except asyncio.CancelledError as exc:

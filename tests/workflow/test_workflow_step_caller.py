@@ -81,3 +81,29 @@ def test_a_cancelled_step_does_not_count_against_the_breaker(
     assert [r.state for r in records] == [RunState.CANCELLED] * 6
     assert states == {SERVICE: "closed"}
     assert failures == 0
+
+
+def test_a_payload_that_cannot_be_encoded_takes_no_half_open_trial(
+        router: ManagedProcess) -> None:
+    """Encoding fails before anything is sent: the half-open breaker's one trial slot stays
+    free for a call that can tell whether the destination is back."""
+    from mesh.breaker import CircuitOpen, State
+
+    async def main() -> tuple[str, State]:
+        async with await AsyncMesh.connect(router.ready_info["router"]) as mesh:
+            caller = MeshStepCaller(mesh)
+            breaker = mesh.breaker(SERVICE)
+            assert breaker is not None
+            breaker.state, breaker.opened_at = State.OPEN, 0.0  # its open interval is over
+            try:
+                await caller.request(SERVICE, "run", {"x": object()}, "k1", 5.0,
+                                     lambda *_: None)
+            except TypeError as exc:
+                error = type(exc).__name__
+            try:
+                breaker.before_call()  # the trial: still free
+            except CircuitOpen:
+                return "CircuitOpen", breaker.state
+            return error, breaker.state
+
+    assert run_async(main()) == ("TypeError", State.HALF_OPEN)
