@@ -233,10 +233,9 @@ class Agent(Presence, Calls):
                 except Error:
                     pass
         tasks = [t for t, _ in self._tasks.values() if t is not None]
-        if tasks:
-            _, running = await asyncio.wait(tasks, timeout=drain_timeout)
-            # (their threads cannot be stopped: the runner leaves without them)
-            self.left_running = len(running)
+        running = (await asyncio.wait(tasks, timeout=drain_timeout))[1] if tasks else ()
+        # (threads cannot be stopped, past their deadlines neither: the runner leaves them)
+        self.left_running = len(running) + self.overrunning
         await self.on_stop()
         if core.subs.crypto is not None:
             core.subs.crypto.close()

@@ -3,9 +3,11 @@
 A handler runs inline on the loop (``@action(inline=True)``), as a task (``async def``), or
 in the agent's thread pool (plain functions, so a long fit never stalls heartbeats), each
 under the call's deadline: past it the handler is cancelled and the caller hears
-DEADLINE_EXCEEDED. Its result is encoded and sent back (sealed with the request's key when
-the request was sealed, once); its exception becomes an error reply with a code, and a
-fire-and-forget's failure is counted, since nobody waits for it.
+DEADLINE_EXCEEDED (a thread, which cannot be stopped, keeps its call in flight at the router
+until it returns: no call is sent to a pool with no free thread). Its result is encoded and
+sent back (sealed with the request's key when the request was sealed, once); its exception
+becomes an error reply with a code, and a fire-and-forget's failure is counted, since nobody
+waits for it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Calls:
     metrics: Any
     failed: int
     served: int
+    overrunning = 0  # handler threads past their deadline, still running (see _hold_slot)
     _pool: Any
     _tasks: dict[tuple[bytes, int], Any]
     _streams: dict[tuple[bytes, int], Any]
@@ -92,11 +95,11 @@ class Calls:
                             reply: bool) -> None:
         assert self.loop is not None
         if ctx.span is None:
-            fut = self.loop.run_in_executor(self._pool, fn, self, data, ctx)
+            job = self._pool.submit(fn, self, data, ctx)
         else:  # the pool thread runs with the span current (executors copy no context)
             telemetry.use_span(ctx.span)
-            fut = self.loop.run_in_executor(self._pool, contextvars.copy_context().run, fn,
-                                            self, data, ctx)
+            job = self._pool.submit(contextvars.copy_context().run, fn, self, data, ctx)
+        fut = asyncio.wrap_future(job, loop=self.loop)  # (what run_in_executor does)
         expired = False
 
         def expire() -> None:
@@ -105,10 +108,8 @@ class Calls:
             ctx.cancel()
 
         timer = self.loop.call_at(ctx.deadline, expire)
-        # Given up (deadline, caller's CANCEL), the call is answered and its slot at the
-        # router freed; ``fut.cancel()`` then takes it out of the pool's queue if no thread
-        # took it yet. Else a handler thread past its deadline (it cannot be stopped) would
-        # have every call queued behind it run later, unasked, after its error answer.
+        # Given up (deadline, caller's CANCEL) before a thread took it, the call leaves the
+        # pool's queue and is answered at once. Else see _hold_slot.
         try:
             remaining = max(0.001, ctx.deadline - self.loop.time())
             result: Any = await asyncio.wait_for(asyncio.shield(fut), remaining)
@@ -121,17 +122,40 @@ class Calls:
                                      else Cancelled("cancelled before it answered"))
         except asyncio.TimeoutError:
             ctx.cancel()
-            fut.cancel()
             result, exc = None, DeadlineExceeded("handler passed its deadline")
+            if not job.cancel():
+                self._hold_slot(fut, ctx, reply, exc)
+                return
         except asyncio.CancelledError:
             ctx.cancel()
-            fut.cancel()
             result, exc = None, Cancelled("cancelled by the caller")
+            if not job.cancel():
+                self._hold_slot(fut, ctx, reply, exc)
+                return
         except Exception as e:
             result, exc = None, e
         finally:
             timer.cancel()
         self._finish(ctx, reply, result, exc)
+
+    def _hold_slot(self, fut: asyncio.Future[Any], ctx: Context, reply: bool,
+                   exc: BaseException) -> None:
+        """A handler thread given up on but still running (Python cannot stop it): its call
+        is answered only when the thread returns, so the router counts it in flight until
+        then and sends no call to a pool with no free thread (it would wait, unseen by the
+        balancer, behind the hung one while another instance stood idle). The caller hears
+        DEADLINE_EXCEEDED at its deadline from its own clock; the router's queue and other
+        instances take what comes meanwhile. A drain does not wait for it (left_running)."""
+        self.overrunning += 1
+        self._count_drop("handler_overrun")
+
+        def returned(done: asyncio.Future[Any]) -> None:
+            self.overrunning -= 1
+            if not done.cancelled():
+                done.exception()  # (retrieved: too late, the answer is ``exc`` whatever it is)
+            self._finish(ctx, reply, None, exc)
+
+        fut.add_done_callback(returned)
 
     def _expire(self, task: asyncio.Task[Any] | None, ctx: Context) -> None:
         ctx.cancel()

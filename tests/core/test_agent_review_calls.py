@@ -1,8 +1,8 @@
 """What an agent does with a call it has answered, and with an answer it keeps.
 
-A thread-pool call given up (its deadline passed, or its caller cancelled) while it still
-waits for a thread never runs: it was answered, and the router gave its slot to the next
-call. A kept answer (idempotency key) replays only to a retry of the same call: the same
+A call given up (its deadline passed, or its caller cancelled) while it still waits
+behind a stuck thread never runs: the stuck thread keeps its slot at the router, where the
+next calls wait. A kept answer (idempotency key) replays only to a retry of the same call: the same
 action, from the same sealing caller. Real router, real agents, real sockets on loopback.
 """
 
@@ -53,12 +53,15 @@ class Slow(Agent):
 
 
 def test_a_call_given_up_while_queued_behind_a_stuck_thread_never_runs() -> None:
-    """The stuck call's deadline frees its slot at the router while its thread runs on; the
-    calls sent next wait in the pool behind it. Answered DEADLINE_EXCEEDED or CANCELLED,
-    they must not run once the thread is free (their callers were told they failed), nor
-    hold the thread the next live call needs."""
+    """The stuck call's thread runs on past its deadline and keeps its slot at the router
+    (agents.calls._hold_slot): the calls sent next wait in the router's queue, not in the
+    pool. Answered DEADLINE_EXCEEDED or CANCELLED there, they must not run once the thread
+    is free (their callers were told they failed), nor hold the thread the next live call
+    needs."""
     svc = f"{NS}/slow"
     with router_in_thread() as r:
+        queue = lambda: r.table.services[svc.encode()].queue  # noqa: E731
+
         async def main() -> Slow:
             agent = Slow(endpoint=r.endpoint, capacity=1)
             await agent.start()
@@ -66,18 +69,18 @@ def test_a_call_given_up_while_queued_behind_a_stuck_thread_never_runs() -> None
                 async with await AsyncMesh.connect(r.endpoint) as m:
                     with pytest.raises(DeadlineExceeded):
                         await m.request(svc, "job", "stuck", timeout=0.5)
-                    await until(lambda: agent.failed == 1, what="the stuck call answered")
-                    with pytest.raises(DeadlineExceeded):  # waited in the pool all along
+                    await until(lambda: agent.dropped.get("handler_overrun") == 1,
+                                what="the stuck call given up, its thread still running")
+                    with pytest.raises(DeadlineExceeded):  # waited at the router all along
                         await m.request(svc, "job", "expired", timeout=0.5)
-                    await until(lambda: agent.failed == 2, what="the queued call answered")
                     call = asyncio.ensure_future(m.request(svc, "job", "cancelled",
                                                            timeout=30))
-                    await until(lambda: agent._tasks, what="the call queued at the agent")
+                    await until(lambda: len(queue()) == 1, what="the call queued")
                     call.cancel()
                     with pytest.raises((asyncio.CancelledError, Cancelled)):
                         await call
-                    await until(lambda: agent.failed == 3, what="the cancel answered")
-                    agent.release.set()  # the thread is free: the pool runs what it holds
+                    await until(lambda: not queue(), what="the cancel taken off the queue")
+                    agent.release.set()  # the thread is free: the slot too
                     assert await m.request(svc, "job", "after", timeout=10) == "after"
             finally:
                 agent.release.set()
