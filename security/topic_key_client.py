@@ -6,8 +6,11 @@ sealed and opened with them.
 use and on unknown generations or notices (``NOTICE_TOPIC``, published by the service when a
 topic rotates or the service restarts), a publisher's key fetched again within its lease,
 batches held (bounded) while a key is on its way, and every frame that cannot be opened
-counted by reason (and a refused key raised on the subscription). The service itself is
-``security.key_service``.
+counted by reason (and a refused key raised on the subscription). A notice that comes while
+the topic's key is on its way marks that fetch stale: the service may have answered before it
+rotated, so unless the reply has the announced generation it is not sealed with and another
+fetch follows (else a publisher's lease re-fetch could bring back the key of a reader just
+removed, and keep it for most of a lease). The service itself is ``security.key_service``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class TopicKeyClient:
         self.roles: dict[str, set[str]] = {}
         self._refresh_at: dict[str, float] = {}  # publisher leases: fetch again after
         self._fetching: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._stale: dict[tuple[str, str], Any] = {}  # fetches a notice overtook: its generation
         self._denied: dict[tuple[str, str], tuple[float, Error]] = {}
         self._held_out: dict[str, list[tuple[int, int, bytes]]] = {}
         self._held_in: dict[str, list[tuple[int, int, bytes]]] = {}
@@ -60,6 +64,7 @@ class TopicKeyClient:
         return task
 
     async def _fetch(self, topic: str, role: str) -> None:
+        again = False
         try:
             reply = await self.amesh.request(KEY_SERVICE, "topic_key",
                                              {"topic": topic, "role": role}, timeout=5.0)
@@ -67,7 +72,8 @@ class TopicKeyClient:
             if self.owner is not None and owner != self.owner:
                 self.member.forget()  # a new key service: what the old one gave is void
             self.owner = owner
-            self.member.accept(owner, reply["grant"])
+            grant = self.member.accept(owner, reply["grant"])
+            again = self._overtaken(topic, role, grant.generation)
             self.roles.setdefault(topic, set()).add(role)
             self._refresh_at[topic] = self._loop_time() + 0.8 * float(reply.get("lease", 60))
             self._denied.pop((topic, role), None)
@@ -81,8 +87,20 @@ class TopicKeyClient:
             self._denied[(topic, role)] = (self._loop_time() + DENIED_SECONDS,
                                            Malformed(f"bad topic key reply: {exc}"))
         finally:
+            self._stale.pop((topic, role), None)
             self._fetching.pop((topic, role), None)
+            if again:  # before the release: what waits for this key waits for the next one
+                self.fetch(topic, role)
             self._release(topic)
+
+    def _overtaken(self, topic: str, role: str, generation: int) -> bool:
+        """Whether a notice of another generation came while this fetch was on its way
+        (then what it brought may be the key the rotation retired: not sealed with)."""
+        if (topic, role) not in self._stale or self._stale[(topic, role)] == generation:
+            return False
+        self.member.publishing.pop(topic, None)
+        self.subs.count("e2e_key_refetched_after_notice", 1)
+        return True
 
     def denied(self, topic: str, role: str) -> Error | None:
         hit = self._denied.get((topic, role))
@@ -137,12 +155,18 @@ class TopicKeyClient:
                 self.owner = None
             return
         topic = data.get("topic")
-        if not isinstance(topic, str) or topic not in self.roles:
+        if not isinstance(topic, str):
             return
-        if self.member.generation(topic) == data.get("generation"):
+        on_the_way = [r for t, r in self._fetching if t == topic]
+        if topic not in self.roles and not on_the_way:
+            return
+        generation = data.get("generation")
+        for role in on_the_way:  # (even if the announced one is held: the reply may be older)
+            self._stale[(topic, role)] = generation
+        if self.member.generation(topic) == generation:
             return
         self.member.publishing.pop(topic, None)  # nothing more under the old public key
-        for role in self.roles[topic]:
+        for role in self.roles.get(topic, ()):
             self._denied.pop((topic, role), None)
             self.fetch(topic, role)
 

@@ -93,7 +93,7 @@ class TrustStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self._trusted_dir = self.directory / "trusted"
-        self._revoked_path = self.directory / "revoked.json"
+        self.revoked_path = self.directory / "revoked.json"  # replaced whole on every change
         self._trusted_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._snap = _Snapshot()
         self._dir_sig: Any = None  # the trusted directory's stat at the last full look
@@ -216,7 +216,7 @@ class TrustStore:
 
     def _signature(self) -> tuple[Any, ...]:
         parts: builtins.list[Any] = []
-        for path in (self._trusted_dir, self._revoked_path):
+        for path in (self._trusted_dir, self.revoked_path):
             try:
                 st = path.stat()
                 parts.append((st.st_mtime_ns, st.st_size, st.st_ino))
@@ -233,12 +233,12 @@ class TrustStore:
 
     def _read_revoked_file(self) -> builtins.list[Revocation]:
         try:
-            with open(self._revoked_path, "rb") as f:
+            with open(self.revoked_path, "rb") as f:
                 data = f.read(MAX_REVOKED_BYTES + 1)
         except FileNotFoundError:
             return []
         if len(data) > MAX_REVOKED_BYTES:
-            raise ConfigError(f"{self._revoked_path} is too large")
+            raise ConfigError(f"{self.revoked_path} is too large")
         try:
             doc = json.loads(data)
             out = []
@@ -248,7 +248,7 @@ class TrustStore:
             return out
         except (ValueError, KeyError, TypeError) as exc:
             # fail closed: a damaged revocation list must not silently un-revoke keys
-            raise ConfigError(f"{self._revoked_path} is invalid: {exc}") from None
+            raise ConfigError(f"{self.revoked_path} is invalid: {exc}") from None
 
     def _write_revoked_file(self, entries: builtins.list[Revocation]) -> None:
         doc = {"version": 1, "revoked": [
@@ -260,7 +260,7 @@ class TrustStore:
                 json.dump(doc, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self._revoked_path)
+            os.replace(tmp, self.revoked_path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
