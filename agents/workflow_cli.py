@@ -4,6 +4,7 @@
     agp workflow status [RUN] [--store URL] [--service] [--json]
     agp workflow cancel RUN [--store URL]
     agp workflow resume RUN [--endpoint E] [--store URL] [--force]
+    agp workflow prune --older-than AGE [--keep N] [--dry-run] [--store URL]
 
 ``run`` drives the workflow from this process with a live progress display; its state is in
 the store, so after a crash (or SIGTERM, which detaches) ``resume`` continues it without
@@ -14,6 +15,9 @@ fails (exit 1, reasons on stderr) if it did not settle or a stage died or lost m
 Exit codes: 0 succeeded, 1 failed or cancelled, 2 bad usage or spec, 143 detached (SIGTERM,
 or ``--timeout`` ran out: the run is left resumable). ``--artifacts`` defaults to
 ``AGP_ARTIFACTS``, as for the orchestrator service, so either resumes the other's runs.
+``prune`` deletes finished runs (with their steps and the artifacts no kept run points at)
+that ended more than AGE (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) ago, except each
+workflow's N most recent; never a running (resumable) run, nor one whose lease is held.
 """
 
 from __future__ import annotations
@@ -21,21 +25,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from agents.orchestrator import (
     DEFAULT_STORE,
     ORCHESTRATOR_SERVICE,
+    artifacts_dir_for,
     cancel_in_store,
     run_status,
     run_workflow,
 )
-from mesh.errors import Error
+from mesh.argtypes import int_in
+from mesh.errors import ConfigError, Error
 from mesh.workflow import (
+    ArtifactError,
+    ArtifactStore,
     PipelineSpec,
     ProgressDisplay,
     RunNotFound,
@@ -45,6 +57,9 @@ from mesh.workflow import (
     open_store,
     render_table,
 )
+from mesh.workflow.lease import stamp
+
+AGE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a run, whichever process drives it")
     cancel.add_argument("run")
     cancel.add_argument("--store", default=store)
+
+    prune = sub.add_parser("prune", help="delete finished runs older than an age, and the "
+                                          "artifacts no kept run points at")
+    prune.add_argument("--older-than", required=True, type=age, metavar="AGE",
+                       help="runs that ended more than AGE ago: 90s, 30m, 12h, 7d, 2w")
+    prune.add_argument("--keep", type=int_in(0, 10**9, "count"), default=0, metavar="N",
+                       help="keep each workflow's N most recent finished runs, however old")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="print what would be removed, remove nothing")
+    prune.add_argument("--store", default=store)
+    prune.add_argument("--artifacts", default=artifacts,
+                       help="artifact directory (default: $AGP_ARTIFACTS, else beside a "
+                            "SQLite store)")
     return p
+
+
+def age(text: str) -> float:
+    """An age in seconds from ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``. The unit is
+    required: a bare ``7`` could mean days as well as seconds."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    value = float(found[1]) * AGE_UNITS[found[2]] if found else math.nan
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_drive(None, args, resume=args.run))
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "prune":
+            return _cmd_prune(args)
         record = asyncio.run(cancel_in_store(args.store, args.run))
         print(f"run {record.id} {record.state.value}")
         return 0 if record.state is RunState.CANCELLED else 1
@@ -109,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except Error as exc:
         print(f"agp workflow {args.command}: {exc}", file=sys.stderr)
         # (no such run is bad usage, whichever command names it)
-        return 2 if args.command in ("status", "cancel") or isinstance(exc, RunNotFound) else 1
+        bad_usage = isinstance(exc, RunNotFound) or args.command in ("status", "cancel") or (
+            args.command == "prune" and isinstance(exc, ConfigError))
+        return 2 if bad_usage else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -260,6 +302,48 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    """Runs first, each batch one transaction; then the blobs only they pointed at (a
+    prune killed in between leaves blobs behind, never a kept run pointing at none)."""
+    cutoff = time.time() - args.older_than
+    db = _sqlite_file(args.store)
+    if db is not None and not db.is_file():  # (opening it would make an empty store)
+        raise ConfigError(f"no run store at {db}")
+    store = open_store(args.store)
+    try:
+        pruned = store.prune_runs(finished_before=cutoff, keep=args.keep, dry_run=args.dry_run)
+        kept = store.artifact_refs(excluding={r.id for r in pruned.runs} if args.dry_run
+                                   else ())
+    finally:
+        store.close()
+    verb = "would remove" if args.dry_run else "removed"
+    for run in pruned.runs:
+        print(f"{verb} run {run.id}  {run.state.value:<10} {run.name}  "
+              f"(ended {stamp(run.finished)})")
+    root = Path(args.artifacts or artifacts_dir_for(args.store))
+    blobs, size = 0, 0
+    if root.is_dir():
+        artifacts = ArtifactStore(root)
+        for uri in sorted(pruned.refs - kept):
+            try:
+                freed = artifacts.discard(uri, untouched_since=cutoff, dry_run=args.dry_run)
+            except (ArtifactError, OSError) as exc:
+                print(f"agp workflow prune: kept artifact {uri}: {exc}", file=sys.stderr)
+                continue
+            if freed is not None:
+                blobs, size = blobs + 1, size + freed
+                print(f"{verb} artifact {uri} ({freed} bytes)")
+    print(f"{verb} {len(pruned.runs)} run(s) and {blobs} artifact(s), {size} bytes")
+    return 0
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL (as :func:`open_store` reads it); None for others."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None if "://" in url or url == ":memory:" else Path(url)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ with dtype and shape in the content type; object dtypes are refused (no pickle, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -87,7 +88,7 @@ class ArtifactStore:
                     os.fsync(fh.fileno())
             sha = digest.hexdigest()
             final = self._path_for(sha)
-            if final.exists():
+            if _reuse(final):
                 os.unlink(tmp_name)
             else:
                 final.parent.mkdir(exist_ok=True)
@@ -161,6 +162,34 @@ class ArtifactStore:
     def delete(self, ref: ArtifactRef) -> None:
         self.path(ref).unlink(missing_ok=True)
 
+    def discard(self, uri: str, *, untouched_since: float, dry_run: bool = False) -> int | None:
+        """Delete the blob ``uri`` names, which no run points at any more, unless a ``put``
+        stored equal content at or after ``untouched_since`` (epoch seconds): that run may
+        name it in its next commit. The blob is first renamed away, so a ``put`` racing
+        this either touched it before (then it is put back) or finds it gone and writes it
+        again. Returns the bytes freed (with ``dry_run``: that would be), or None if kept
+        or already gone."""
+        sha = uri[len(URI_PREFIX):]
+        if not uri.startswith(URI_PREFIX) or not _HEX_RE.match(sha):
+            raise ArtifactError(f"malformed artifact reference {uri!r}")
+        final = self._path_for(sha)
+        try:
+            if dry_run:
+                st = final.stat()
+                return st.st_size if st.st_mtime < untouched_since else None
+            grave = self._tmp / f"discard-{sha}-{os.getpid()}"
+            os.replace(final, grave)
+        except FileNotFoundError:
+            return None
+        st = grave.stat()
+        if st.st_mtime >= untouched_since:  # reused meanwhile: back (unless put wrote it anew)
+            with contextlib.suppress(FileExistsError):
+                os.link(grave, final)
+            grave.unlink()
+            return None
+        grave.unlink()
+        return st.st_size
+
     def _path_for(self, sha: str) -> Path:
         return self.root / sha[:2] / sha
 
@@ -200,6 +229,18 @@ def parse_array_content_type(content_type: str) -> tuple[np.dtype, tuple[int, ..
     if dtype.hasobject or dtype.kind not in _ARRAY_KINDS or any(d < 0 for d in shape):
         raise ArtifactError(f"refusing numpy content type: {content_type!r}")
     return dtype, shape
+
+
+def _reuse(path: Path) -> bool:
+    """Whether equal content is stored already; its mtime is refreshed, so a prune running
+    meanwhile (:meth:`ArtifactStore.discard`) keeps it for the run about to name it."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # another user's blob: it exists, and it is theirs to age
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,6 +30,7 @@ from mesh.workflow.model import (
     WorkflowSpec,
     WorkflowSpecError,
 )
+from mesh.workflow.owner import LEASE_GRACE
 
 RUN_FIELDS: Final = frozenset({"state", "error", "owner", "lease_until"})
 EXPECT_FIELDS: Final = frozenset({"state", "owner", "updated", "lease_until"})
@@ -38,6 +39,7 @@ STEP_FIELDS: Final = frozenset({
     "output", "output_refs",
 })
 MAX_ERROR_CHARS: Final = 4000
+PRUNE_BATCH: Final = 500  # runs per delete transaction: a writer waits for one batch at most
 _ID_PREFIX_RE: Final = re.compile(r"^[0-9a-f]{4,32}$")
 
 
@@ -85,6 +87,26 @@ class StepRecord:
         return max(0.0, end - self.started)
 
 
+@dataclass(frozen=True)
+class PrunedRun:
+    """A run :meth:`Store.prune_runs` deleted (or, on a dry run, would); ``finished`` is
+    its last change."""
+
+    id: str
+    name: str
+    state: RunState
+    finished: float
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune removed: the runs, and the artifact URIs their steps pointed at (some
+    may still be in use by a kept run: see :meth:`Store.artifact_refs`)."""
+
+    runs: tuple[PrunedRun, ...]
+    refs: frozenset[str]
+
+
 class Store(ABC):
     """Where runs live. Implementations must make each :meth:`apply` atomic and durable."""
 
@@ -120,6 +142,19 @@ class Store(ABC):
     @abstractmethod
     def load_output(self, run_id: str, step: str) -> bytes | None:
         """The stored (encoded) output of a step, or None if it has none."""
+
+    @abstractmethod
+    def prune_runs(self, *, finished_before: float, keep: int = 0,
+                   dry_run: bool = False) -> Pruned:
+        """Delete the finished runs (succeeded, failed, cancelled) last changed before
+        ``finished_before`` (epoch seconds), with their steps, except each workflow's
+        ``keep`` most recent finished runs. Never a ``running`` run (one a dead driver left
+        is resumable) nor one whose lease (plus :data:`LEASE_GRACE`) has not run out: a
+        cancelled run's driver may still be stopping it. ``dry_run`` deletes nothing."""
+
+    @abstractmethod
+    def artifact_refs(self, *, excluding: Collection[str] = ()) -> set[str]:
+        """Every artifact URI a step points at, but for the steps of runs in ``excluding``."""
 
     @abstractmethod
     def close(self) -> None:
@@ -243,7 +278,57 @@ class SqlStore(Store):
             raise RunNotFound(f"run {run_id!r} has no step {step!r}")
         return self._blob(row[0])
 
+    def prune_runs(self, *, finished_before: float, keep: int = 0,
+                   dry_run: bool = False) -> Pruned:
+        if keep < 0:
+            raise ConfigError(f"keep must be 0 or more, not {keep}")
+        lease_before = time.time() - LEASE_GRACE
+        with self._tx(write=False) as cur:
+            cur.execute(self._q(_SELECT_PRUNABLE), (keep, finished_before, lease_before))
+            runs = [PrunedRun(row[0], row[1], RunState(row[2]), row[3])
+                    for row in cur.fetchall()]
+        if dry_run:
+            ids = {r.id for r in runs}
+            return Pruned(tuple(runs), frozenset(self._refs(lambda run_id: run_id in ids)))
+        deleted: set[str] = set()
+        refs: set[str] = set()
+        for start in range(0, len(runs), PRUNE_BATCH):
+            batch = [r.id for r in runs[start:start + PRUNE_BATCH]]
+            marks = ", ".join("?" * len(batch))
+            with self._tx() as cur:  # the run's conditions are checked again as it goes
+                cur.execute(self._q(
+                    f"SELECT run_id, output_refs FROM steps WHERE run_id IN ({marks})"  # noqa: S608
+                    " AND output_refs <> '[]'"), batch)
+                pointed = cur.fetchall()
+                cur.execute(self._q(f"DELETE FROM runs WHERE id IN ({marks}) AND {_PRUNABLE}"),  # noqa: S608
+                            (*batch, finished_before, lease_before))
+                cur.execute(self._q(f"SELECT id FROM runs WHERE id IN ({marks})"), batch)  # noqa: S608
+                gone = set(batch) - {row[0] for row in cur.fetchall()}
+            deleted |= gone
+            refs.update(uri for run_id, uris in pointed if run_id in gone
+                        for uri in json.loads(uris))
+        return Pruned(tuple(r for r in runs if r.id in deleted), frozenset(refs))
 
+    def artifact_refs(self, *, excluding: Collection[str] = ()) -> set[str]:
+        skip = set(excluding)
+        return self._refs(lambda run_id: run_id not in skip)
+
+    def _refs(self, wanted: Callable[[str], bool]) -> set[str]:
+        """The artifact URIs of the steps whose run id ``wanted`` accepts."""
+        with self._tx(write=False) as cur:
+            cur.execute("SELECT run_id, output_refs FROM steps WHERE output_refs <> '[]'")
+            rows = cur.fetchall()
+        return {uri for run_id, uris in rows if wanted(run_id) for uri in json.loads(uris)}
+
+
+_PRUNABLE: Final = ("state IN ('succeeded', 'failed', 'cancelled') AND updated < ?"
+                    " AND (lease_until IS NULL OR lease_until < ?)")
+# each workflow's finished runs, newest first: those past the first ``keep`` may go
+_SELECT_PRUNABLE: Final = (
+    "SELECT id, name, state, updated FROM (SELECT id, name, state, updated, lease_until,"
+    " ROW_NUMBER() OVER (PARTITION BY name ORDER BY created DESC, id) AS newer FROM runs"
+    " WHERE state IN ('succeeded', 'failed', 'cancelled')) AS finished WHERE newer > ?"
+    " AND updated < ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY updated, id")
 _SELECT_RUN: Final = ("SELECT id, name, spec, state, created, updated, error, owner, lease_until"
                       " FROM runs")
 _SELECT_STEPS: Final = ("SELECT run_id, name, state, attempt, failures, started, finished, "
