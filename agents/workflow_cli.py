@@ -1,4 +1,4 @@
-"""``agp workflow``: run, watch, cancel and resume durable workflows from a terminal.
+"""``agp workflow``: run, watch, cancel, resume and prune durable workflows from a terminal.
 
     agp workflow run FILE [--endpoint E] [--store sqlite:///run/workflows.db] [--json]
     agp workflow status [RUN] [--store URL] [--service] [--json]
