@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("discover", help="what is on the mesh: agp discover [--json] [--watch]",
                    add_help=False)
     sub.add_parser("workflow", help="run, watch, cancel, resume and prune workflows: agp workflow "
-                   "{run,status,cancel,resume}", add_help=False)
+                   "{run,status,cancel,resume,prune}", add_help=False)
     sub.add_parser("keys", help="identities: agp keys new|enroll|revoke|list", add_help=False)
     sub.add_parser("demo", help="the main job on embedded defaults: a local mesh, every pattern")
     sub.add_parser("up", help="start a local mesh from a config: agp up [--config mesh.toml]",
