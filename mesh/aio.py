@@ -2,7 +2,9 @@
 
 Requests carry a deadline, retry with exponential backoff and jitter when that is safe
 (the request is idempotent, has an idempotency key, or was refused before it reached an
-agent), and pass through a per-destination circuit breaker.
+agent), and pass through a per-destination circuit breaker. Mixins hold the rest:
+``send`` (``mesh.sends``), ``request_nowait`` (``mesh.nowait``), end-to-end sealing
+(``mesh.sealing``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from mesh.errors import (
 from mesh.nowait import NowaitRequests
 from mesh.pubsub import Message, Subscription
 from mesh.replies import decode_reply, open_sealed_reply
+from mesh.sealing import NEVER_SEALED, Sealing, payload_boxes
 from mesh.sends import FireAndForget
 from mesh.service_keys import ServiceKeys
 from mesh.stream import AsyncStream
-from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag, with_nonce
+from mesh.wire import MAX_ADDRESS_BYTES, Cmd, Flag
 from proto import agp_pb2
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
@@ -62,9 +65,6 @@ async def _find_on_lan(security: Security | None) -> str | None:
     return info.endpoint if info is not None else None
 
 
-# where keys are found and the router's own service: they carry what is public anyway
-# (names, keys, stats), and the registry, holding every key, is not registered in itself
-_NEVER_SEALED = frozenset({"agp/system/registry", "agp/router", "agp/system/auth"})
 _ENCRYPTED, _IDEMPOTENT = int(Flag.ENCRYPTED), int(Flag.IDEMPOTENT)
 MAX_BREAKERS = 1024  # destinations with a breaker kept (and exported) per client
 
@@ -80,10 +80,10 @@ def _evict_breaker(breakers: OrderedDict[bytes, CircuitBreaker]) -> None:
         breakers.popitem(last=False)
 
 
-class AsyncMesh(FireAndForget, NowaitRequests):
+class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
     """A connected mesh client on the running asyncio loop."""
 
-    _never_sealed = _NEVER_SEALED
+    _never_sealed = NEVER_SEALED
 
     def __init__(self, core: Core, *, breakers: bool = True, e2e: Any = None) -> None:
         self.core = core
@@ -128,17 +128,11 @@ class AsyncMesh(FireAndForget, NowaitRequests):
                     context=context,
                     kind=kind, hwm=hwm, sub_queue=sub_queue)
         await core.start(timeout)
-        boxes = None
-        if e2e is None:
-            e2e = os.environ.get("AGP_E2E", "") not in ("", "0")
-        if e2e:
-            if security is None:
-                await core.close()
-                raise ConfigError("end-to-end sealing needs an identity (a secure mesh)")
-            from security.keys import KeyPair
-            from security.payload import PayloadBoxes
-
-            boxes = PayloadBoxes(KeyPair(security.public, security.secret))
+        try:
+            boxes = payload_boxes(security, e2e)
+        except ConfigError:
+            await core.close()
+            raise
         mesh = cls(core, breakers=breakers, e2e=boxes)
         if boxes is not None:  # pub/sub too: batches sealed with per-topic keys
             from security.topic_key_client import TopicKeyClient
@@ -173,33 +167,6 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         env = agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
                                traceparent=traceparent or "")
         return env.SerializeToString()
-
-    def _sealed_header(self, action: str, idempotency_key: str | None,
-                       traceparent: str | None) -> bytes:
-        """The Envelope of a sealed request but its nonce (see ``wire.with_nonce``)."""
-        assert self.e2e is not None
-        if idempotency_key is None and traceparent is None:
-            h = self._sealed_headers.get(action)
-            if h is None:
-                h = agp_pb2.Envelope(action=action, sender_key=self.e2e.public
-                                     ).SerializeToString()
-                if len(self._sealed_headers) < 1024:
-                    self._sealed_headers[action] = h
-            return h
-        return agp_pb2.Envelope(action=action, idempotency_key=idempotency_key or "",
-                                traceparent=traceparent or "",
-                                sender_key=self.e2e.public).SerializeToString()
-
-    def _seal(self, recipients: list[bytes], action: str, ident: int, payload: list[Any],
-              idempotency_key: str | None = None, traceparent: str | None = None
-              ) -> tuple[bytes, list[Any], Any]:
-        """``(header, sealed payload, reply key)`` of message ``ident`` for whichever of
-        ``recipients`` opens it, bound to its action and id."""
-        assert self.e2e is not None
-        aad = action.encode() + b"\0" + ident.to_bytes(8, "little")
-        blob, sealed, reply_key = self.e2e.seal(recipients, payload, aad)
-        header = with_nonce(self._sealed_header(action, idempotency_key, traceparent), blob)
-        return header, sealed, reply_key
 
     @staticmethod
     def _address(name: str) -> bytes:
@@ -270,7 +237,7 @@ class AsyncMesh(FireAndForget, NowaitRequests):
         """
         address = self._address(dest)
         payload: list[Any] = [data] if raw else codec.encode(data)
-        boxes = None if dest in _NEVER_SEALED else self.e2e  # sealing, when end to end
+        boxes = None if dest in NEVER_SEALED else self.e2e  # sealing, when end to end
         header = self._header(action, idempotency_key, traceparent) if boxes is None else b""
         flags = flags_for(raw, idempotent or idempotency_key is not None)
         if traceparent:
@@ -347,9 +314,6 @@ class AsyncMesh(FireAndForget, NowaitRequests):
             if boxes is not None:
                 return open_sealed_reply(msg, reply_key, ident)
             return decode_reply(msg)
-
-    def _registry_lookup(self, name: str) -> Coroutine[Any, Any, Any]:
-        return self.request("agp/system/registry", "lookup", {"name": name}, timeout=5.0)
 
     # ------------------------------------------------------------------ pub/sub
     def publish(self, topic: str, data: Any, *, raw: bool = False) -> None:

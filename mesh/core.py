@@ -9,7 +9,9 @@ drain whatever arrived meanwhile.
 The core keeps the session alive on its own: it says HELLO, heartbeats, notices a silent
 router, says HELLO again to a restarted one (re-sending requests the new router refused as
 UNKNOWN_SESSION, and failing with ``Unavailable`` those the old router took with it), and
-lets an agent re-announce itself through ``on_session``.
+lets an agent re-announce itself through ``on_session``. Its mixins hold what is off the
+per-message path: sending and coalescing (``mesh.outgoing``), the session and its token
+(``mesh.session``, ``mesh.token_side``), opening and closing (``mesh.lifecycle``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 import zmq
 
 from mesh import batch
-from mesh.errors import Closed, DeadlineExceeded, Error, TooLarge, Unavailable
+from mesh.errors import Closed, DeadlineExceeded, Error, TooLarge
+from mesh.lifecycle import Lifecycle
 from mesh.outgoing import Outgoing
 from mesh.pubsub import SubscriberSide
 from mesh.session import Security, SessionSide, _fail, _resolve
@@ -64,7 +67,7 @@ class Pending:
         self.instance = b""
 
 
-class Core(Outgoing, SessionSide, TokenSide):
+class Core(Outgoing, SessionSide, TokenSide, Lifecycle):
     def __init__(
         self,
         endpoint: str,
@@ -133,86 +136,7 @@ class Core(Outgoing, SessionSide, TokenSide):
         self.subs = SubscriberSide(self)
         self.counters: dict[str, int] = {"late_replies": 0, "malformed": 0, "send_errors": 0}
 
-    # ------------------------------------------------------------------ lifecycle
-    async def start(self, timeout: float = 10.0) -> None:
-        """Connect and wait for the router's WELCOME; raise Unavailable if none comes."""
-        self.loop = asyncio.get_running_loop()
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.hwm)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self.security is not None:
-            self.security.apply(sock)
-        if self.security is not None:
-            self._watch_handshake(sock)
-        sock.connect(self.endpoint)
-        self.sock = sock
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
-        self._last_rx = self.loop.time()
-        waiter = self.loop.create_future()
-        self._hello_waiters.append(waiter)
-        self._send_hello()
-        self._timer = self.loop.call_later(min(0.1, self.heartbeat), self._tick)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-            if self.security is not None and not self.security.token:
-                await asyncio.wait_for(self._acquire_token(), timeout)
-            self._started = True
-        except asyncio.TimeoutError:
-            await self.close()
-            hint = "" if self.security is not None else (
-                " (this client has no identity: a secure router answers only CURVE; set "
-                "AGP_IDENTITY or pass identity=)")
-            raise Unavailable(f"no router answered at {self.endpoint} within {timeout:g}s"
-                              + hint) from None
-        except Error:
-            await self.close()
-            raise
-
-    async def close(self, linger: float = 0.5) -> None:
-        """Say goodbye, fail whatever is pending with Closed, close the sockets."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        for p in self.pending.values():
-            _fail(p.waiter, Closed("client closed"))
-        self.pending.clear()
-        for f in self._pauses:
-            _fail(f, Closed("client closed"))
-        self.subs.close()
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
-        if self._monitor is not None and self.loop is not None:
-            try:
-                self.loop.remove_reader(self._monitor.getsockopt(zmq.FD))
-                if self.sock is not None:
-                    self.sock.disable_monitor()
-            except Exception:
-                pass
-            self._monitor.close(linger=0)
-            self._monitor = None
-        if self.sock is not None:
-            if self.loop is not None:
-                try:
-                    self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-                except Exception:
-                    pass
-            if self._outbox:
-                self._send_outbox()
-            if self.connected:
-                try:
-                    self.sock.send_multipart([pack_route(Cmd.DISCONNECT), b""], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-            self.sock.close(linger=int(linger * 1000))
-            self.sock = None
-        self.connected = False
-
+    # ------------------------------------------------------------------ direct links
     def direct_links(self) -> Any:
         """This client's peer-to-peer stream connections (mesh.direct.DirectLinks)."""
         if self._direct is None:
