@@ -1,10 +1,7 @@
-"""Pub/sub inside the client core: publisher batching and the subscriber side.
+"""Pub/sub inside the client core: the subscriber side (publishing: :mod:`mesh.publishing`).
 
-Publishing: ``publish()`` appends the encoded message to the current batch; consecutive
-publishes to the same topic share one PUBLISH message (up to ``MAX_BATCH`` messages or
-``MAX_BATCH_BYTES``), flushed on the next loop turn. As in NATS's flusher, a burst becomes a
-few large messages and a lone publish still leaves at once. Each message stays one message
-for the subscriber: batching is invisible to user code.
+Publishes are batched under the hood; each message stays one message for the subscriber:
+batching is invisible to user code.
 
 Subscribing: a SUB socket connected to the router's XPUB. ``subscribe()`` returns once the
 router confirmed the subscription (SUBACK), so a publish made after it is delivered. Each
@@ -13,6 +10,9 @@ messages for this subscriber, and the subscription learns how many (``gaps``), a
 when its own bounded queue overflows (``dropped``). A prefix nothing here already heard
 starts its topics' numbering afresh at its SUBACK: messages read before it (left in the
 socket by an earlier subscription) skip what was published while nobody here listened.
+A prefix stays subscribed on the socket until every SUBACK owed for it came: one answering
+a ``subscribe()`` that timed out would otherwise confirm the next one of that prefix while
+the router still had the timed-out one's UNSUBSCRIBE to process, and lose what came between.
 
 Messages can also die with a router (SIGKILL with batches inside it, or published to a
 restarted router before this subscriber's subscription was back): the router's numbering
@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import struct
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,9 +39,11 @@ import zmq
 
 from mesh import codec
 from mesh.drop_reasons import retire
-from mesh.errors import Closed, DeadlineExceeded, Error, Malformed, Overloaded
+from mesh.errors import Closed, DeadlineExceeded, Error, Malformed
+from mesh.pub_numbering import MAX_TRACKED, PubNumbering
+from mesh.publishing import Publishing
 from mesh.subscription import MAX_BATCH, MAX_BATCH_BYTES, Message, Subscription, unbatch
-from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag, pack_route
+from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag
 from mesh.zmqio import readable, recv_frames
 
 __all__ = ["MAX_BATCH", "MAX_BATCH_BYTES", "Message", "SubscriberSide", "Subscription"]
@@ -54,16 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agp.pubsub")
 
-_BATCH_RAW = int(Flag.BATCH | Flag.RAW)
-_BATCH = int(Flag.BATCH)
-_STAMP = struct.Struct("<8sQ")  # a batch's header frame: publisher id, its first number
-# numberings kept (per topic, per (topic, publisher)); past it they restart unseen, so a
-# subscriber to per-job topics, or to publishers that restart, does not grow for ever
-MAX_TRACKED = 100_000
 
-
-class SubscriberSide:
-    """The SUB socket, the SUBACK handshake and sequence tracking for one core."""
+class SubscriberSide(Publishing):
+    """The SUB socket, the SUBACK handshake and sequence tracking for one core (and its
+    publishing, :class:`mesh.publishing.Publishing`)."""
 
     RESUBSCRIBES_ON_RESTART = True  # subscriptions survive a router restart (see on_session)
 
@@ -77,108 +71,23 @@ class SubscriberSide:
         self.retired: dict[tuple[str, str], int] = {}
         self.tally_lock = threading.Lock()
         self._acks: dict[bytes, list[asyncio.Future[None]]] = {}
+        # SUBACKs owed per prefix (one per SUBSCRIBE this socket sent) and the socket's
+        # UNSUBSCRIBEs held until they came (see _answered)
+        self._owed: dict[bytes, int] = {}
+        self._held: dict[bytes, int] = {}
         # prefixes nothing confirmed here heard when subscribed: numbering restarts at their
         # SUBACK (what the socket holds before it is older; see _dispatch)
         self._fresh: set[bytes] = set()
-        self._expected: dict[bytes, int] = {}
+        self.numbering = PubNumbering(MAX_TRACKED)  # (read now: a test may lower the bound)
         self.gaps = 0
         self.lost = 0
-        self._pub_next: dict[tuple[bytes, bytes], int] = {}  # (topic, publisher) -> number
-        self._explained: dict[bytes, int] = {}  # router-counted gaps publishers still show
         self.crypto: Any = None  # security.topic_key_client.TopicKeyClient when e2e is on
         self.unopened: dict[str, int] = {}  # sealed messages not opened, by reason
         self._drain_scheduled = False
-        # publisher side
-        self._batch_topic: bytes | None = None
-        self._batch: list[bytes] = []
-        self._batch_bytes = 0
-        self._batch_raw = False
-        self._queued: list[list[Any]] = []
-        self._flush_scheduled = False
-        self.publisher_id = os.urandom(8)
-        self._pub_seq: dict[bytes, int] = {}  # topic -> messages sent to it so far
-
-    # ------------------------------------------------------------------ publishing
-    def publish(self, topic: bytes, frame: bytes, raw: bool) -> None:
-        """Queue one encoded message; it leaves on the next loop turn (or sooner if full)."""
-        if self.crypto is not None:
-            self.crypto.check_publish(topic)  # its key was refused lately: say so now
-        if self._batch_topic != topic or self._batch_raw != raw:
-            self._close_batch()
-            self._batch_topic = topic
-            self._batch_raw = raw
-        self._batch.append(frame)
-        self._batch_bytes += len(frame)
-        if len(self._batch) >= MAX_BATCH or self._batch_bytes >= MAX_BATCH_BYTES:
-            self._close_batch()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self.core.loop is not None
-            self.core.loop.call_soon(self.flush)
-
-    def publish_frames(self, topic: bytes, frames: list[Any], flags: int) -> None:
-        """A message of several frames (arrays) goes alone, in order with the batches."""
-        self._close_batch()
-        if self.crypto is not None:  # sealed as one frame: a msgpack array of the frames
-            self.crypto.check_publish(topic)
-            sealed = self.crypto.outgoing(topic, flags, 1, msgpack.packb(frames))
-            if sealed is not None:
-                self._queued.append(sealed)
-        else:
-            self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, 1, 0), topic, b"", *frames])
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self.core.loop is not None
-            self.core.loop.call_soon(self.flush)
-
-    def _close_batch(self) -> None:
-        if self._batch:
-            flags = _BATCH_RAW if self._batch_raw else _BATCH
-            assert self._batch_topic is not None
-            # one frame per batch: raw messages as a msgpack array of bins; msgpack values
-            # back to back (each is one complete msgpack object)
-            body = msgpack.packb(self._batch) if self._batch_raw else b"".join(self._batch)
-            if self.crypto is not None:  # one seal per batch; None: it waits for its key
-                sealed = self.crypto.outgoing(self._batch_topic, flags, len(self._batch), body)
-                if sealed is not None:
-                    self._queued.append(sealed)
-            else:
-                self._queued.append([pack_route(Cmd.PUBLISH, flags, 0, len(self._batch), 0),
-                                     self._batch_topic, b"", body])
-            self._batch = []
-            self._batch_bytes = 0
-
-    def enqueue(self, frames: list[Any]) -> None:
-        """A sealed batch whose key just arrived: out on the next flush, in order."""
-        self._queued.append(frames)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self.core.loop is not None
-            self.core.loop.call_soon(self.flush)
+        self._init_publishing()
 
     def count(self, name: str, n: int) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + n
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        self._close_batch()
-        queued, self._queued = self._queued, []
-        pub_seq = self._pub_seq
-        for frames in queued:
-            topic = frames[1]
-            seq = pub_seq.get(topic, 0)
-            frames[2] = _STAMP.pack(self.publisher_id, seq + 1)
-            try:
-                self.core.send_frames(frames)
-                if seq == 0 and len(pub_seq) >= MAX_TRACKED:
-                    pub_seq.clear()
-                pub_seq[topic] = seq + ROUTE.unpack(frames[0])[4]  # numbered once sent
-            except Error as exc:
-                n = ROUTE.unpack(frames[0])[4]
-                log.warning("publish of %d messages dropped: %s", n, exc)
-                self.count("publish_dropped", n)
-                if not isinstance(exc, Overloaded):  # (the rest met a full queue)
-                    self.count(f"publish_dropped_{exc.code.name.lower()}", n)
 
     # ------------------------------------------------------------------ subscribing
     def on_session(self, welcome: Welcome, restarted: bool) -> None:
@@ -187,14 +96,16 @@ class SubscriberSide:
         if "://0.0.0.0:" in endpoint or "://*:" in endpoint:
             endpoint = host + ":" + endpoint.rsplit(":", 1)[1]
         if restarted:
-            self._expected.clear()
+            self.numbering.restart()
         if self.sock is not None and endpoint != self.endpoint:
             # the router's pub/sub moved (restarted on another port, say): libzmq would
             # retry the old endpoint for ever, so a new socket joins the new one and takes
             # every subscription along (a subscribe() still waiting gets its SUBACK there)
             self._close_socket()
-            self._expected.clear()  # another proxy's numbering: no gap against the old one
+            self.numbering.restart()  # another proxy's numbering: no gap against the old one
             self.endpoint = endpoint
+            self._held.clear()  # (the old socket's; the new one subscribes only these)
+            self._owed = {prefix: len(subs) for prefix, subs in self.subs.items()}
             if self.subs:
                 sock = self._ensure_socket()
                 for prefix, subs in self.subs.items():
@@ -206,9 +117,13 @@ class SubscriberSide:
         if restarted and self.sock is not None:
             # libzmq re-sent our subscriptions on reconnect, before the new router knew this
             # session, so RBAC refused them: send them again now that it does
+            self._owed = dict.fromkeys(self.subs, 1)  # the old router's SUBACKs died with it
             for prefix in list(self.subs):
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
                 self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            for prefix in [p for p in self._held if p not in self._owed]:  # (nothing to await)
+                for _ in range(self._held.pop(prefix)):
+                    self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
 
     def _ensure_socket(self) -> zmq.Socket[Any]:
         if self.sock is not None:
@@ -243,6 +158,7 @@ class SubscriberSide:
             self._fresh.add(prefix)
         self.subs.setdefault(prefix, []).append(sub)
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._owed[prefix] = self._owed.get(prefix, 0) + 1
         self._schedule_drain()
         try:
             await asyncio.wait_for(ack, timeout)
@@ -260,12 +176,14 @@ class SubscriberSide:
             with self.tally_lock:
                 lst.remove(sub)
                 retire(self.retired, sub)
-            if self.sock is not None:
+            if sub.prefix in self._owed:  # its SUBACK may still come: see _answered
+                self._held[sub.prefix] = self._held.get(sub.prefix, 0) + 1
+            elif self.sock is not None:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, sub.prefix)
             if not lst:
                 del self.subs[sub.prefix]
                 self._fresh.discard(sub.prefix)
-                self._forget_topics(sub.prefix, tuple(self.subs))
+                self.numbering.forget(sub.prefix, tuple(self.subs))
 
     def _heard(self, but: bytes | None = None) -> tuple[bytes, ...]:
         """Prefixes the router confirmed (or that a confirmed one covered when subscribed):
@@ -273,19 +191,21 @@ class SubscriberSide:
         fresh = self._fresh
         return tuple(p for p in self.subs if p != but and p not in fresh)
 
-    def _forget_topics(self, prefix: bytes, heard: tuple[bytes, ...]) -> None:
-        """Topics under ``prefix`` and none of ``heard`` were not all heard here: their
-        numbering is forgotten, so a subscriber is not charged, as gaps, for what was
-        published meanwhile. (startswith(()) is False: nothing heard, all forgotten.)"""
-        for table in (self._expected, self._explained):
-            for topic in [t for t in table if t.startswith(prefix) and not t.startswith(heard)]:
-                del table[topic]
-        for key in [k for k in self._pub_next
-                    if k[0].startswith(prefix) and not k[0].startswith(heard)]:
-            del self._pub_next[key]
+    def _answered(self, prefix: bytes) -> None:
+        """A SUBSCRIBE of ``prefix`` was answered. Until all are, this socket keeps the prefix
+        (a close holds its UNSUBSCRIBE), so the router does not unsubscribe it while one of
+        our SUBACKs is on the way, and any SUBACK read confirms what the router still has."""
+        owed = self._owed.pop(prefix, 0)  # (0: none owed; one libzmq re-sent, say)
+        if owed > 1:
+            self._owed[prefix] = owed - 1
+        elif owed:
+            for _ in range(self._held.pop(prefix, 0)):
+                if self.sock is not None:
+                    self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
 
     def refused(self, prefix: bytes, exc: Error) -> None:
         """The router refused a subscription (FORBIDDEN): fail its waiters."""
+        self._answered(prefix)
         for fut in self._acks.pop(prefix, []):
             if not fut.done():
                 fut.set_exception(exc)
@@ -327,29 +247,23 @@ class SubscriberSide:
                 # what was read before (still waiting from an earlier subscription, say)
                 # left numbering that skips what was published while nobody here listened
                 self._fresh.discard(topic)
-                self._forget_topics(topic, self._heard(but=topic))
-            if topic not in self._expected:
-                self._expected[topic] = seq + 1
+                self.numbering.forget(topic, self._heard(but=topic))
+            self.numbering.confirmed(topic, seq)
+            self._answered(topic)
             for fut in self._acks.pop(topic, []):
                 if not fut.done():
                     fut.set_result(None)
             return
         if cmd == Cmd.HEARTBEAT:  # the router's beacon: the topic's latest sequence number
-            expected = self._expected.get(topic)
-            if expected is not None and seq + 1 > expected:
-                self._count_gap(topic, seq + 1 - expected)
-                self._expected[topic] = seq + 1
+            missed = self.numbering.beacon(topic, seq)
+            if missed:
+                self._charge(topic, missed, 0)
             return
         if cmd != Cmd.PUBLISH:
             return
-        expected = self._expected.get(topic)
-        if expected is not None and seq > expected:
-            self._count_gap(topic, seq - expected)
-        elif expected is None and len(self._expected) >= MAX_TRACKED:
-            self._expected.clear()  # a topic per job: bounded as the router's; they restart
-        self._expected[topic] = seq + count
-        if len(msg[2]) == _STAMP.size:
-            self._check_publisher(topic, msg[2], count)
+        missed, lost = self.numbering.published(topic, seq, count, msg[2])
+        if missed or lost:
+            self._charge(topic, missed, lost)
         if flags & Flag.ENCRYPTED:
             if self.crypto is None:
                 self.refuse(topic, count, "no_topic_key", None)
@@ -397,46 +311,18 @@ class SubscriberSide:
                     if not s.closed:
                         s.deliver(name, items)
 
-    def _count_gap(self, topic: bytes, missed: int) -> None:
+    def _charge(self, topic: bytes, missed: int, lost: int) -> None:
+        """What the numbering showed missing: router gaps and messages lost on the way, here
+        and on each subscription to the topic."""
         self.gaps += missed
-        known = self._explained.get(topic)
-        if known is None and len(self._explained) >= MAX_TRACKED:
-            self._explained.clear()
-        self._explained[topic] = (known or 0) + missed
+        if lost:
+            self.lost += lost
+            self.count("pubsub_lost_in_transit", lost)
         for prefix, subs in self.subs.items():
             if topic.startswith(prefix):
                 for s in subs:
                     s.gaps += missed
-
-    def _check_publisher(self, topic: bytes, stamp: bytes, count: int) -> None:
-        """A publisher's numbering skipped: what the router's gaps did not already count was
-        lost on the way (with a killed router, or before a restarted one had our
-        subscription) and is counted in ``lost``."""
-        publisher, first = _STAMP.unpack(stamp)
-        key = (topic, publisher)
-        nxt = self._pub_next.get(key)
-        if nxt is None and len(self._pub_next) >= MAX_TRACKED:
-            self._pub_next.clear()
-        if nxt is None or first + count > nxt:
-            self._pub_next[key] = first + count
-        if nxt is None or first <= nxt:
-            return
-        missing = first - nxt
-        known = self._explained.get(topic, 0)
-        if known:
-            used = min(known, missing)
-            if known > used:
-                self._explained[topic] = known - used
-            else:  # all shown: kept at zero it would stay for every topic ever gapped
-                del self._explained[topic]
-            missing -= used
-        if missing:
-            self.lost += missing
-            self.count("pubsub_lost_in_transit", missing)
-            for prefix, subs in self.subs.items():
-                if topic.startswith(prefix):
-                    for s in subs:
-                        s.lost += missing
+                    s.lost += lost
 
     def tick(self, now: float) -> None:
         self._schedule_drain()
@@ -463,4 +349,6 @@ class SubscriberSide:
                     retire(self.retired, s)
             self.subs.clear()
         self._fresh.clear()
+        self._owed.clear()
+        self._held.clear()
         self._close_socket()

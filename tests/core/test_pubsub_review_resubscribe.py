@@ -51,7 +51,7 @@ def test_a_prefix_closed_and_resubscribed_counts_no_gap_for_what_it_was_not_sent
 
             got: list[object] = []
             again = await m.subscribe("re.", lambda msg: got.append(msg.data))
-            assert side._expected.get(b"re.k.t") == 2  # the narrower subscription's, kept
+            assert side.numbering.expected.get(b"re.k.t") == 2  # the narrower subscription's, kept
             pub.publish("re.t", "after")
             pub.flush(wait=True)
             await until(lambda: "after" in got, what="the message after the subscribe")
@@ -59,13 +59,13 @@ def test_a_prefix_closed_and_resubscribed_counts_no_gap_for_what_it_was_not_sent
             assert (side.gaps, side.lost) == (0, 0)
             assert (again.gaps, again.lost) == (0, 0)
             # numbered afresh from the first message after the SUBACK, not left unchecked
-            assert side._expected[b"re.t"] == 32
-            assert side._pub_next[(b"re.t", pub.core.subs.publisher_id)] == 32
+            assert side.numbering.expected[b"re.t"] == 32
+            assert side.numbering.pub_next[(b"re.t", pub.core.subs.publisher_id)] == 32
             # a second subscription to a prefix already heard here changes nothing
             also = await m.subscribe("re.")
-            assert side._expected[b"re.t"] == 32
+            assert side.numbering.expected[b"re.t"] == 32
             also.close()
-            assert side._expected[b"re.t"] == 32  # (``again`` still hears it)
+            assert side.numbering.expected[b"re.t"] == 32  # (``again`` still hears it)
         finally:
             await m.close()
 
