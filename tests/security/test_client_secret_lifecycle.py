@@ -3,11 +3,6 @@ identity (secret=None), and on a token endpoint that was already running when it
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +13,7 @@ from security import jwt
 from security.home import AUDIENCE, ISSUER, Home, enroll_identity, ensure_router, open_home
 from security.token_http import TOKEN_PATH, TokenHTTPServer
 from security.tokens import TokenService
+from tests.security.token_client import token_with
 
 KNOWN = "the-secret-agp-keys-new-printed"
 ROTATED = "a-rotated-secret-of-enough-length"
@@ -28,20 +24,6 @@ def home(tmp_path: Path) -> Home:
     h = open_home(tmp_path / "home")
     ensure_router(h)
     return h
-
-
-def token_with(url: str, client_id: str, secret: str) -> tuple[int, dict]:
-    creds = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    req = urllib.request.Request(
-        url, data=b"grant_type=client_credentials", method="POST",
-        headers={"Authorization": "Basic " + base64.b64encode(creds.encode()).decode(),
-                 "Content-Type": "application/x-www-form-urlencoded"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
 
 
 # ---- 1: re-enrolment keeps the secret ----------------------------------------------------

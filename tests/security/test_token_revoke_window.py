@@ -8,11 +8,6 @@ behind the test's back: what the endpoint refuses, it refused by its own look.""
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -22,22 +17,9 @@ from security.cli import main as keys_cli
 from security.home import Home, enroll_identity
 from security.server import SecureRouter, secure_router
 from security.token_http import TOKEN_PATH
+from tests.security.token_client import token_with
 
 SECRET = "dave-secret-as-agp-keys-new-showed-it"
-
-
-def token_with(url: str, client_id: str, secret: str) -> tuple[int, dict]:
-    creds = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
-    req = urllib.request.Request(
-        url, data=b"grant_type=client_credentials", method="POST",
-        headers={"Authorization": "Basic " + base64.b64encode(creds.encode()).decode(),
-                 "Content-Type": "application/x-www-form-urlencoded"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
 
 
 @pytest.fixture
