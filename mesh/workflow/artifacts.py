@@ -117,6 +117,15 @@ class ArtifactStore:
     def exists(self, ref: ArtifactRef) -> bool:
         return self.path(ref).is_file()
 
+    def retain(self, ref: ArtifactRef) -> int:
+        """The size of the blob ``ref`` names, refreshed as a ``put`` of equal content is,
+        so a prune running meanwhile (:meth:`discard`) keeps it; ArtifactError if malformed
+        or missing."""
+        path = self.path(ref)
+        if not _reuse(path):
+            raise ArtifactError(f"artifact {ref.uri} is missing from {self.root}")
+        return path.stat().st_size
+
     def open(self, ref: ArtifactRef) -> io.BufferedReader:
         """Open the blob for reading (caller closes)."""
         try:

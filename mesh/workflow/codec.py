@@ -5,6 +5,12 @@ A step's output is walked once: dicts, lists, scalars, bytes and numpy arrays ar
 goes to the :class:`ArtifactStore` and only its reference is packed; if the packed document
 is still over the threshold, the whole document becomes one artifact. So what the run store
 holds inline is always small, and a 100 MB array is written once, as its raw buffer.
+
+Every artifact the output points at is in :attr:`Encoded.refs` (the step's ``output_refs``,
+which ``agp workflow prune`` counts as in use): those it wrote, and the references the step
+returned as they were (a dependency's, another run's). A returned reference must name a blob
+of ``artifacts`` (else :class:`OutputError`); it is touched as a ``put`` of equal content is,
+so a prune running meanwhile keeps it for the commit about to name it.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class Encoded:
 def encode_output(value: Any, artifacts: ArtifactStore, *,
                   threshold: int = INLINE_THRESHOLD) -> Encoded:
     """Pack ``value``; large parts are written to ``artifacts`` first (fsynced)."""
-    refs: list[ArtifactRef] = []
+    refs: dict[str, ArtifactRef] = {}  # by URI: each once, however often it appears
     prepared = _Walker(artifacts, threshold, refs).prepare(value, 0)
     try:
         blob = msgpack.packb(prepared, use_bin_type=True)
@@ -57,9 +63,9 @@ def encode_output(value: Any, artifacts: ArtifactStore, *,
         raise OutputError(f"cannot pack the step output: {exc}")
     if len(blob) >= threshold:
         whole = artifacts.put(blob, content_type=DOCUMENT_TYPE)
-        refs.append(whole)
+        refs[whole.uri] = whole
         blob = msgpack.packb(msgpack.ExtType(EXT_STORED, _pack_ref(whole)), use_bin_type=True)
-    return Encoded(blob=blob, refs=tuple(refs))
+    return Encoded(blob=blob, refs=tuple(refs.values()))
 
 
 def decode_output(blob: bytes, artifacts: ArtifactStore, *, resolve: bool = True) -> Any:
@@ -94,7 +100,8 @@ def _unpack(blob: bytes, artifacts: ArtifactStore, *, resolve: bool, nested: boo
 class _Walker:
     """Turns an output into msgpack-ready values, spilling large parts to artifacts."""
 
-    def __init__(self, artifacts: ArtifactStore, threshold: int, refs: list[ArtifactRef]):
+    def __init__(self, artifacts: ArtifactStore, threshold: int,
+                 refs: dict[str, ArtifactRef]) -> None:
         self.artifacts = artifacts
         self.threshold = threshold
         self.refs = refs
@@ -115,7 +122,7 @@ class _Walker:
         if isinstance(value, np.ndarray):
             return self._array(value)
         if isinstance(value, ArtifactRef):
-            return msgpack.ExtType(EXT_REF, _pack_ref(value))
+            return self._passed(value)
         if isinstance(value, Mapping):
             out = {}
             for key, val in value.items():
@@ -143,8 +150,26 @@ class _Walker:
         return msgpack.ExtType(EXT_ARRAY, inner)
 
     def _stored(self, ref: ArtifactRef) -> msgpack.ExtType:
-        self.refs.append(ref)
+        self.refs[ref.uri] = ref
         return msgpack.ExtType(EXT_STORED, _pack_ref(ref))
+
+    def _passed(self, ref: ArtifactRef) -> msgpack.ExtType:
+        """A reference the step returned: recorded like one written here, once checked."""
+        if self.refs.get(ref.uri) != ref:  # a forged size under a known URI is checked too
+            _retain(self.artifacts, ref)
+            self.refs[ref.uri] = ref
+        return msgpack.ExtType(EXT_REF, _pack_ref(ref))
+
+
+def _retain(artifacts: ArtifactStore, ref: ArtifactRef) -> None:
+    """Check a returned reference names a whole blob here (kept from a prune meanwhile)."""
+    try:
+        size = artifacts.retain(ref)
+    except (ArtifactError, FileNotFoundError) as exc:
+        raise OutputError(f"the step returned a bad artifact reference: {exc}")
+    if size != ref.size:
+        raise OutputError(f"the step returned artifact {ref.uri} with size {ref.size}, "
+                          f"but it holds {size} bytes")
 
 
 def _inline_array(data: bytes) -> np.ndarray:
