@@ -93,8 +93,9 @@ class MeshStepCaller:
         header = agp_pb2.Envelope(action=action_name, idempotency_key=key).SerializeToString()
         body = codec.encode(payload)  # TooLarge, say: before a trial slot is taken
         breaker = self.mesh.breaker(dest)
-        if breaker is not None:
-            breaker.before_call()  # CircuitOpen: the attempt fails at once, retried later
+        # CircuitOpen: the attempt fails at once, retried later; the ticket goes back with
+        # the outcome (only a half-open breaker's trial decides it)
+        ticket = 0 if breaker is None else breaker.before_call()
         seen: list[str] = []
 
         def progress(instance: bytes, msg: list[bytes]) -> None:
@@ -111,7 +112,7 @@ class MeshStepCaller:
                                        timeout=timeout, on_progress=progress)
         except BaseException:  # never sent (the mesh closed, say): no outcome to record
             if breaker is not None:
-                breaker.abandon()
+                breaker.abandon(ticket)
             raise
         try:
             msg = await waiter
@@ -119,20 +120,21 @@ class MeshStepCaller:
             core.cancel_request(ident)  # the agent is told to stop (its ctx.progress raises)
             if breaker is not None:
                 if cancelled_by_timeout(exc):  # the step's deadline passed: not answering
-                    breaker.record(DeadlineExceeded(f"{dest} did not answer in {timeout:g} s"))
+                    breaker.record(DeadlineExceeded(f"{dest} did not answer in {timeout:g} s"),
+                                   ticket)
                 else:  # a person or the run stopped it: says nothing about the destination
-                    breaker.abandon()
+                    breaker.abandon(ticket)
             raise
         except Error as exc:
             if breaker is not None:
                 # The breaker tracks reachability: an agent's own error (a poison input)
                 # proves the destination is up, and must not leave a half-open trial stuck.
-                breaker.record(exc)
+                breaker.record(exc, ticket)
             if seen:
                 exc.details.setdefault("instance", seen[-1])
             raise
         if breaker is not None:
-            breaker.on_success()
+            breaker.on_success(ticket)
         return decode_reply(msg), (msg[1].decode(errors="replace") or None)
 
     def breaker_states(self) -> dict[str, str]:

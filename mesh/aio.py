@@ -255,10 +255,11 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
             def progress_cb(_instance: bytes, msg: list[bytes]) -> None:
                 report = codec.decode(msg[3:]) if len(msg) > 3 else {}
                 on_progress(float(report.get("fraction", 0.0)), str(report.get("message", "")))
+        ticket = 0
         while True:
             attempt += 1
             if breaker is not None:
-                breaker.before_call()
+                ticket = breaker.before_call()  # handed back with this attempt's outcome
             try:  # every way out from here reports to the breaker (a half-open trial slot)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -279,14 +280,14 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
                                         on_progress=progress_cb, ident=ident)
             except BaseException:
                 if breaker is not None:
-                    breaker.abandon()  # not sent: no outcome will come for this trial
+                    breaker.abandon(ticket)  # not sent: no outcome will come for this trial
                 raise
             try:
                 msg = await waiter
             except asyncio.CancelledError:
                 self.core.cancel_request(ident)
                 if breaker is not None:
-                    breaker.abandon()
+                    breaker.abandon(ticket)
                 raise
             except Error as exc:
                 if boxes is not None and not rekeyed and self.service_keys.refused(dest, exc):
@@ -294,11 +295,11 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
                     # its handler did not run; send once more for the keys looked up anew
                     rekeyed = True
                     if breaker is not None:
-                        breaker.abandon()
+                        breaker.abandon(ticket)
                     attempt -= 1
                     continue
                 if breaker is not None:
-                    breaker.record(exc)
+                    breaker.record(exc, ticket)
                 safe = isinstance(exc, NEVER_DISPATCHED) or (
                     isinstance(exc, MAYBE_RAN) and flags & _IDEMPOTENT)
                 if not safe or attempt > retries:
@@ -308,7 +309,7 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
                 await self.core.pause(delay)  # Closed at once if the client closes meanwhile
                 continue
             if breaker is not None:
-                breaker.on_success()
+                breaker.on_success(ticket)
             if stats is not None:
                 stats.bytes_received += metrics.payload_bytes(msg[3:])
             if boxes is not None:

@@ -4,6 +4,13 @@ Closed: calls pass; ``failure_threshold`` consecutive failures open it. Open: ca
 once with CircuitOpen for ``reset_timeout`` seconds. Half-open: ``half_open_max`` trial calls
 pass; a success closes it, a failure opens it again. The clock is injected for tests.
 
+Only the trials decide: ``before_call`` hands each call a ticket (the breaker's epoch, moved
+on by every transition) that the caller passes back with its outcome. A call admitted before
+the latest transition (in flight when the breaker opened, say) still counts while closed, but
+its late outcome neither closes nor re-opens an open or half-open breaker. A call that ends
+with no word from the destination (its caller gave up, the message was never sent, this client
+closed) is no outcome: a trial's slot goes back for the next call.
+
 A trial slot is held at most ``reset_timeout``: a trial that reported nothing by then (its
 caller dropped it without a word) is presumed abandoned and the next call is a new trial, so
 one lost outcome cannot leave the breaker half-open, turning every call away, for ever.
@@ -16,11 +23,14 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from mesh.errors import MAYBE_RAN, NEVER_DISPATCHED, CircuitOpen
+from mesh.errors import MAYBE_RAN, NEVER_DISPATCHED, CircuitOpen, Closed, TooLarge
 
 # errors that say the destination is failing (refused, unreachable, too slow); any other
 # error is an answer from it (a handler's own error proves it up)
 FAILURES = (*NEVER_DISPATCHED, *MAYBE_RAN)
+# errors that say nothing about the destination: the message was never sent or was refused
+# for its size, or this client closed under the call
+NO_OUTCOME = (TooLarge, Closed)
 
 
 class State(str, Enum):
@@ -42,49 +52,70 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self._trials = 0
         self._trial_at = 0.0  # when the last trial slot was taken
+        self._epoch = 0  # a call's ticket: moved on by each transition and each new trial round
         self.transitions = 0
 
-    def before_call(self) -> None:
-        """Raise CircuitOpen when the call must not go out."""
+    def before_call(self) -> int:
+        """Raise CircuitOpen when the call must not go out; else the call's ticket, to pass
+        back with its outcome (``record``, ``on_success``, ``on_failure``, ``abandon``)."""
+        if self.state is State.CLOSED:
+            return self._epoch
+        now = self.clock()
         if self.state is State.OPEN:
-            if self.clock() - self.opened_at < self.reset_timeout:
+            if now - self.opened_at < self.reset_timeout:
                 raise CircuitOpen(f"circuit for {self.name} is open")
             self._set(State.HALF_OPEN)
             self._trials = 0
-        if self.state is State.HALF_OPEN:
-            now = self.clock()
-            if self._trials >= self.half_open_max:
-                if now - self._trial_at < self.reset_timeout:
-                    raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
-                self._trials = 0  # no outcome within the open interval: presumed abandoned
-            self._trials += 1
-            self._trial_at = now
+        if self._trials >= self.half_open_max:
+            if now - self._trial_at < self.reset_timeout:
+                raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
+            # no outcome within the open interval: presumed abandoned, and too late to decide
+            self._trials = 0
+            self._epoch += 1
+        self._trials += 1
+        self._trial_at = now
+        return self._epoch
 
-    def on_success(self) -> None:
+    def on_success(self, ticket: int | None = None) -> None:
+        """The destination answered. ``ticket`` None: an outcome fed by hand, taken as a
+        trial's."""
+        if self.state is State.CLOSED:
+            self.failures = 0
+            return
+        if ticket is not None and ticket != self._epoch:
+            return  # admitted before the latest transition: not a trial, it does not decide
         self.failures = 0
-        if self.state is not State.CLOSED:
-            self._set(State.CLOSED)
+        self._set(State.CLOSED)
 
-    def on_failure(self) -> None:
+    def on_failure(self, ticket: int | None = None) -> None:
+        """The destination failed the call (refused, unreachable, too slow)."""
+        if self.state is not State.CLOSED and ticket is not None and ticket != self._epoch:
+            return  # not a trial: it neither re-opens nor keeps open
         self.failures += 1
         if self.state is State.HALF_OPEN or self.failures >= self.failure_threshold:
             self.opened_at = self.clock()
             self._set(State.OPEN)
 
-    def record(self, exc: BaseException) -> None:
-        """A call ended in ``exc``: a failure of the destination, or an answer from it."""
-        if isinstance(exc, FAILURES):
-            self.on_failure()
+    def record(self, exc: BaseException, ticket: int | None = None) -> None:
+        """A call ended in ``exc``: a failure of the destination, an answer from it, or (the
+        message never sent, the client closed) no outcome at all."""
+        if isinstance(exc, NO_OUTCOME):
+            self.abandon(ticket)
+        elif isinstance(exc, FAILURES):
+            self.on_failure(ticket)
         else:
-            self.on_success()
+            self.on_success(ticket)
 
-    def abandon(self) -> None:
-        """The caller gave up on its call: a half-open trial slot goes back (open again,
-        half-open later) instead of waiting for an outcome that will not come."""
-        if self.state is State.HALF_OPEN:
-            self.on_failure()
+    def abandon(self, ticket: int | None = None) -> None:
+        """The call ends with no outcome (its caller gave up, or it never left): a half-open
+        trial's slot goes back, for the next call to try, instead of waiting for an outcome
+        that will not come. A cancel says nothing about the destination: nothing else changes."""
+        if (self.state is State.HALF_OPEN and self._trials > 0
+                and (ticket is None or ticket == self._epoch)):
+            self._trials -= 1
 
     def _set(self, state: State) -> None:
         if state is not self.state:
             self.state = state
             self.transitions += 1
+            self._epoch += 1

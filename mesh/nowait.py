@@ -42,13 +42,14 @@ class ReplyWaiter:
     """What the core resolves with a REPLY's frames (or fails with an error): it decodes
     the frames with ``decode`` into ``future`` and tells the destination's breaker."""
 
-    __slots__ = ("future", "decode", "breaker", "keys", "dest")
+    __slots__ = ("future", "decode", "breaker", "ticket", "keys", "dest")
 
     def __init__(self, future: ReplyFuture, decode: Any, breaker: CircuitBreaker | None,
-                 keys: ServiceKeys | None = None, dest: str = "") -> None:
+                 keys: ServiceKeys | None = None, dest: str = "", ticket: int = 0) -> None:
         self.future = future
         self.decode = decode  # msg -> the caller's value (opens a sealed reply)
         self.breaker = breaker
+        self.ticket = ticket  # the breaker's, from before_call: only a trial's outcome decides
         self.keys, self.dest = keys, dest  # a sealed request: the keys it was sealed for
 
     def done(self) -> bool:
@@ -59,7 +60,7 @@ class ReplyWaiter:
         if future.done():
             return
         if self.breaker is not None:
-            self.breaker.on_success()
+            self.breaker.on_success(self.ticket)
         try:
             value = self.decode(msg)
         except Exception as exc:  # the caller's error (forged, undecodable), as from request
@@ -74,7 +75,7 @@ class ReplyWaiter:
         if future.done():
             return
         if self.breaker is not None:
-            self.breaker.record(exc)
+            self.breaker.record(exc, self.ticket)
         future.set_exception(exc)
 
 
@@ -114,8 +115,7 @@ class NowaitRequests:
                 idempotency_key=idempotency_key))
         address = self._address(dest)
         breaker = self.breaker(dest)
-        if breaker is not None:
-            breaker.before_call()
+        ticket = 0 if breaker is None else breaker.before_call()
         try:  # every way out from here reports to the breaker (a half-open trial slot)
             core = self.core
             payload: list[Any] = [data] if raw else codec.encode(data)
@@ -137,14 +137,14 @@ class NowaitRequests:
             def on_cancel() -> None:
                 core.cancel_request(ident)
                 if breaker is not None:
-                    breaker.abandon()
+                    breaker.abandon(ticket)
 
             future.on_cancel = on_cancel
             core.start_request(Cmd.REQUEST, address, header, payload,
-                               ReplyWaiter(future, decode, breaker, keys, dest), flags=flags,
-                               timeout=timeout, ident=ident)
+                               ReplyWaiter(future, decode, breaker, keys, dest, ticket),
+                               flags=flags, timeout=timeout, ident=ident)
         except BaseException:
             if breaker is not None:
-                breaker.abandon()  # not sent: no outcome will come for this trial
+                breaker.abandon(ticket)  # not sent: no outcome will come for this trial
             raise
         return future

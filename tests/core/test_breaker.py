@@ -41,16 +41,16 @@ def test_a_half_open_trial_answered_with_a_handler_error_closes_it() -> None:
     assert b.state is State.CLOSED
 
 
-def test_an_abandoned_trial_gives_its_slot_back_by_opening_again() -> None:
+def test_an_abandoned_trial_gives_its_slot_back_without_opening_again() -> None:
     b, now = _breaker()
     _half_open(b, now)
     with pytest.raises(CircuitOpen):
         b.before_call()  # one trial at a time
-    b.abandon()
-    assert b.state is State.OPEN
-    now[0] += 5.0
-    b.before_call()  # a new trial after the reset timeout, not stuck half-open
+    b.abandon()  # its caller gave up: that says nothing about the destination
     assert b.state is State.HALF_OPEN
+    b.before_call()  # a new trial at once, not stuck half-open
+    with pytest.raises(CircuitOpen):
+        b.before_call()
 
 
 def test_abandoning_a_call_on_a_closed_breaker_changes_nothing() -> None:
