@@ -22,9 +22,12 @@ stream whose reader stalls is cut off, and its buffered bytes dropped), and at m
 
 Admin actions need ``Authorization: Bearer <JWT>``: a token from the mesh's token service,
 verified with the router's keys (signature, issuer, audience, expiry, revocation when the
-verifier shares the router's list), then the RBAC ``admin`` action on the target name.
-Missing or bad token: 401; valid token without the right: 403. Over HTTP there is no CURVE
-key to bind the token to, so the server listens on 127.0.0.1 only, by default.
+verifier shares the router's list), then the key it was issued to (``cnf.curve``) against the
+trust store's revocation file as it is now (one stat: `agp keys revoke admin` ends that
+admin's tokens here at once, not when they expire), then the RBAC ``admin`` action on the
+target name. Missing or bad token, or a revoked key: 401; valid token without the right:
+403. Over HTTP there is no CURVE key to bind the token to, so the server listens on
+127.0.0.1 only, by default.
 """
 
 from __future__ import annotations
@@ -54,16 +57,20 @@ ROUTER = "agp/router"
 class ControlServer:
     """The HTTP side. ``verifier`` has ``verify(token, key) -> claims`` (a
     ``security.tokens.TokenVerifier``); ``policy`` has ``check(principal, action, name)``
-    (a ``security.rbac.PolicyStore``). Without them admin actions are refused (403)."""
+    (a ``security.rbac.PolicyStore``). Without them admin actions are refused (403).
+    ``trust`` (a ``security.trust.TrustStore``): whose keys are revoked; with it, a token
+    must name its key and that key must not be revoked."""
 
     def __init__(self, status: StatusCollector, *, port: int = 7790, host: str = "127.0.0.1",
-                 verifier: Any = None, policy: Any = None, store_url: str | None = None,
+                 verifier: Any = None, policy: Any = None, trust: Any = None,
+                 store_url: str | None = None,
                  drain: Callable[[str], Any] | None = None,
                  request_timeout: float = REQUEST_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
                  max_streams: int = MAX_SSE_CLIENTS) -> None:
         self.status = status
         self.verifier = verifier
         self.policy = policy
+        self.trust = trust
         self.store_url = store_url
         self.drain = drain
         self.request_timeout = request_timeout
@@ -115,8 +122,11 @@ class ControlServer:
         from security.rbac import Principal
 
         cnf = claims.get("cnf") or {}
-        principal = Principal(sub=str(claims.get("sub", "")),
-                              key=cnf.get("curve") if isinstance(cnf, dict) else None,
+        key = cnf.get("curve") if isinstance(cnf, dict) else None
+        if self.trust is not None and self._key_revoked(key):
+            self.drop("admin_key_revoked")
+            raise AdminError(401, "the key this token was issued to is revoked")
+        principal = Principal(sub=str(claims.get("sub", "")), key=key,
                               roles=tuple(str(r) for r in claims.get("roles", ())))
         reload = getattr(self.policy, "maybe_reload", None)
         if reload is not None:
@@ -126,6 +136,13 @@ class ControlServer:
             raise AdminError(403, f"{principal.sub} may not administer {target}: "
                                   f"{getattr(decision, 'reason', 'denied')}")
         return claims
+
+    def _key_revoked(self, key: Any) -> bool:
+        """Revoked now, or not a key at all (a token bound to no key cannot be checked)."""
+        if not isinstance(key, str) or not key:
+            return True
+        self.trust.refresh_if_revoked()  # (an admin request, not a hot path: one stat)
+        return bool(self.trust.is_revoked(key))
 
     def admin(self, action: str, header: str | None, body: dict[str, Any]) -> dict[str, Any]:
         if action == "cancel":
@@ -169,10 +186,10 @@ class ControlServer:
 
 
 # ---------------------------------------------------------------------- assembly
-def home_verifier(home_dir: str | None = None) -> tuple[Any, Any]:
-    """A token verifier and policy from AGP_HOME, for a control plane apart from the router:
-    the router's signing keys and the tokens it revoked (each re-read when its file
-    changes) and its RBAC policy file."""
+def home_verifier(home_dir: str | None = None) -> tuple[Any, Any, Any]:
+    """A token verifier, policy and trust store from AGP_HOME, for a control plane apart
+    from the router: the router's signing keys and the tokens it revoked (each re-read when
+    its file changes), its RBAC policy file, and the revoked keys (re-read likewise)."""
     import os
 
     from security.home import AUDIENCE, ISSUER, open_home
@@ -191,7 +208,7 @@ def home_verifier(home_dir: str | None = None) -> tuple[Any, Any]:
 
     return (TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE,
                           revocations=RevokedOnDisk(home.revoked_tokens)),
-            PolicyStore(home.policy))
+            PolicyStore(home.policy), home.trust())
 
 
 def embedded(router: Any, *, port: int = 7790, access: Any = None,
@@ -209,7 +226,8 @@ def embedded(router: Any, *, port: int = 7790, access: Any = None,
     # a drain from here is done on the router's own table, as the router's `drain` action
     # does: one flag an instance's picks read (a request picked a moment before still goes)
     server = ControlServer(status, port=port, verifier=getattr(access, "verifier", None),
-                           policy=getattr(access, "policy", None), store_url=store_url,
+                           policy=getattr(access, "policy", None),
+                           trust=getattr(access, "trust", None), store_url=store_url,
                            drain=lambda name: router.drain_instance(name.encode()))
     (REGISTRY if registry is None else registry).register(ControlCollector(status, server))
     return server.start()
@@ -257,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(1.0)
     if mesh is None:
         return 0
-    verifier, policy = (None, None) if args.insecure else home_verifier(args.home)
+    verifier, policy, trust = (None, None, None) if args.insecure else home_verifier(args.home)
     status = StatusCollector(mesh_fetcher(mesh), store_url=args.store,
                              interval=args.interval).start()
     server = ControlServer(status, port=args.port, host=args.host, verifier=verifier,
-                           policy=policy, store_url=args.store,
+                           policy=policy, trust=trust, store_url=args.store,
                            drain=lambda name: mesh.request(ROUTER, "drain", {"instance": name},
                                                            timeout=5.0))
     REGISTRY.register(ControlCollector(status, server))

@@ -192,7 +192,12 @@ class SecureAccess:
 
     # ------------------------------------------------------------------ the auth service
     def issue_for_key(self, identity: str) -> dict[str, Any]:
-        """A token for the OAuth2 client whose CURVE key this connection proved it holds."""
+        """A token for the OAuth2 client whose CURVE key this connection proved it holds,
+        while that key is not revoked: the revocation file as it is now (one stat), not the
+        snapshot of the last heartbeat, as the HTTP token endpoint looks."""
+        self.trust.refresh_if_revoked()
+        if self.trust.is_revoked(identity) or not self.trust.is_trusted(identity):
+            raise Unauthenticated("this key is not enrolled or was revoked")
         name = self.trust.name_of(identity)
         client = self.tokens.registry.get(name) if name else None
         if client is None or client.curve_public.decode() != identity:

@@ -8,9 +8,10 @@ and on connections served at once (each may cost a scrypt of a secret): past
 :data:`MAX_CONNECTIONS` a connection is answered 503 with ``Retry-After`` and closed,
 counted in ``agp_token_endpoint_refused_total{reason="busy"}``.
 
-Before it signs, the endpoint looks at the trust store's revocation file (one stat) and reads
-the store again when it changed: `agp keys revoke NAME` (another process) holds from the next
-request on, not from the router's next periodic refresh of its trust snapshot.
+Before it signs, the endpoint has the trust store look at its revocation file (one stat,
+:meth:`security.trust.TrustStore.refresh_if_revoked`, a reload only if it changed): `agp keys
+revoke NAME` (another process) holds from the next request on, not from the router's next
+periodic refresh of its trust snapshot.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ import json
 import logging
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily
 
 from mesh.errors import Malformed
 
-from .keys import file_signature
 from .tokens import TokenService, oauth_error, parse_basic_auth
 
 __all__ = ["TOKEN_PATH", "JWKS_PATH", "TokenHTTPServer"]
@@ -45,30 +44,6 @@ _BUSY_BODY: Final = b'{"error": "temporarily_unavailable"}'
 _BUSY: Final = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
                 + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
-_UNSEEN: Final = object()
-
-
-class _RevocationLook:
-    """Refresh a trust store whose revocation file changed since it was last seen here (the
-    file is replaced on every write, so its inode alone tells). Without a store, or one that
-    is not a :class:`security.trust.TrustStore` kept on disk, there is nothing to look at."""
-
-    def __init__(self, trust: Any) -> None:
-        self._trust = trust
-        self._path: Path | None = getattr(trust, "revoked_path", None)
-        self._seen: object = _UNSEEN  # the first request reads the store once
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        if self._path is None:
-            return
-        signature = file_signature(self._path)
-        if signature == self._seen:
-            return
-        with self._lock:  # the others wait for the refresh: none signs from the old view
-            if signature != self._seen:
-                self._trust.refresh()
-                self._seen = signature
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -78,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # seconds per socket read: slowloris guard
 
     service: TokenService  # set on the subclass the server builds
-    revocations: _RevocationLook  # and this
+    revocations: Callable[[], None]  # and this: TrustStore.refresh_if_revoked, or a no-op
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -195,8 +170,9 @@ class TokenHTTPServer:
 
     def __init__(self, service: TokenService, *, host: str = "127.0.0.1", port: int = 0,
                  max_connections: int = MAX_CONNECTIONS) -> None:
+        look = getattr(service.trust, "refresh_if_revoked", None) or (lambda: None)
         handler = type("TokenHandler", (_Handler,),
-                       {"service": service, "revocations": _RevocationLook(service.trust)})
+                       {"service": service, "revocations": staticmethod(look)})
         self._httpd = _BoundedServer((host, port), handler, max_connections)
         self._thread: threading.Thread | None = None
 

@@ -12,6 +12,13 @@ copied back into ``trusted/``, and :meth:`TrustStore.enroll` refuses it with
 snapshot that :meth:`TrustStore.refresh` swaps in one assignment, so the ZAP thread can call
 :meth:`is_trusted` while another thread refreshes. Writers in several processes (the CLI and
 a running router) serialize on an ``flock`` of ``.lock``.
+
+A revocation written by another process (`agp keys revoke`) must hold from the next
+handshake or token on, not from a reader's next periodic :meth:`~TrustStore.refresh`:
+:meth:`TrustStore.refresh_if_revoked` is one stat of ``revoked.json`` (replaced whole on every
+change), and reads the store again only when it differs from the one the snapshot was read
+with. Refreshes are serialized in-process, so the last snapshot swapped in is never older
+than one an earlier refresh read.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +81,7 @@ class _Snapshot:
     trusted: dict[bytes, str] = field(default_factory=dict)
     revoked: dict[bytes, Revocation] = field(default_factory=dict)
     signature: tuple[Any, ...] = ()
+    revoked_file: Any = None  # revoked.json's file_signature, taken before it was read
 
 
 def _as_z85(key: bytes | str) -> bytes | None:
@@ -97,6 +106,8 @@ class TrustStore:
         self._trusted_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._snap = _Snapshot()
         self._dir_sig: Any = None  # the trusted directory's stat at the last full look
+        self._bad_revoked: Any = None  # a damaged revoked.json's stat: not read again
+        self._refreshing = threading.Lock()
         self.refresh()
 
     # ---- lookups (any thread) -------------------------------------------------------------
@@ -165,7 +176,20 @@ class TrustStore:
     def refresh(self) -> frozenset[bytes]:
         """Reload if anything changed on disk; returns keys that lost trust (drop their
         sessions: ZAP only runs at handshake, so live connections need the caller's help)."""
+        with self._refreshing:  # (ZAP, the heartbeat, HTTP threads: none swaps in older)
+            return self._refresh()
+
+    def refresh_if_revoked(self) -> None:
+        """The look a handshake or a token takes: one stat of the revocation file, and a
+        refresh only when it is not the file the snapshot was read from (a revocation by
+        another process holds from now on, not from the next periodic refresh)."""
+        sig = file_signature(self.revoked_path)
+        if sig != self._snap.revoked_file and sig != self._bad_revoked:
+            self.refresh()
+
+    def _refresh(self) -> frozenset[bytes]:
         self._dir_sig = self._trusted_dir_stat()
+        revoked_file = file_signature(self.revoked_path)  # before reading: never newer
         sig = self._signature()
         old = self._snap
         if sig == old.signature:
@@ -175,6 +199,7 @@ class TrustStore:
         except ConfigError as exc:
             if not old.signature:
                 raise  # at start: refuse to run without a readable revocation list
+            self._bad_revoked = revoked_file  # one log line, not one per handshake
             log.error("keeping the previous trust snapshot: %s", exc.message)
             return frozenset()
         trusted: dict[bytes, str] = {}
@@ -188,7 +213,7 @@ class TrustStore:
                 log.warning("refusing revoked key %s found in %s", key.decode(), path)
             elif key not in trusted:
                 trusted[key] = name
-        self._snap = _Snapshot(trusted, revoked, sig)
+        self._snap = _Snapshot(trusted, revoked, sig, revoked_file)
         return frozenset(old.trusted.keys() - trusted.keys())
 
     # ---- internals ----------------------------------------------------------------------

@@ -13,6 +13,10 @@ starts (and insists it refuses NULL); and the policy refuses every mechanism but
 On success the reply's user id is the client's z85 public key, so every message received on
 that connection carries it as the ``User-Id`` property (:func:`peer_key`), and the metadata
 carries ``X-Agp-Name``, the enrolled name (for logs only: the key is the identity).
+
+Each handshake first lets the trust store look at its revocation file (one stat, a reload
+only when it changed), so a key revoked by another process is refused from the next
+handshake on, not from the router's next periodic refresh of the store.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ class ZapPolicy:
         self.trust = trust
         self.domains = None if domains is None else frozenset(d.encode() for d in domains)
         self.stats: collections.Counter[str] = collections.Counter()
+        # a store kept on disk re-reads it when its revocation file changed (a stat per
+        # handshake, never per message: ZAP runs once per connection)
+        self._revocation_look = getattr(trust, "refresh_if_revoked", None)
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
         """Reply frames for request ``frames``; always a reply (a REP socket must answer)."""
@@ -110,6 +117,8 @@ class ZapPolicy:
         if len(credentials) != 1 or len(credentials[0]) != 32:
             return self._refuse(request_id, b"400", "malformed request")
         key = z85.encode(bytes(credentials[0]))
+        if self._revocation_look is not None:
+            self._revocation_look()  # one stat: `agp keys revoke` holds from this handshake
         if self.trust.is_revoked(key):
             return self._refuse(request_id, b"400", "revoked key")
         if not self.trust.is_trusted(key):
