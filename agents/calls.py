@@ -58,6 +58,8 @@ class Calls:
     _error: Any
     _count_drop: Any
     _envelopes: dict[bytes, agp_pb2.Envelope]
+    sessions: int  # (Presence) sessions announced in
+    _slot_back: Any  # (Presence) a held thread returned: its slot offered again
 
     def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
                      ) -> tuple[Any, BaseException | None]:
@@ -145,12 +147,16 @@ class Calls:
         then and sends no call to a pool with no free thread (it would wait, unseen by the
         balancer, behind the hung one while another instance stood idle). The caller hears
         DEADLINE_EXCEEDED at its deadline from its own clock; the router's queue and other
-        instances take what comes meanwhile. A drain does not wait for it (left_running)."""
+        instances take what comes meanwhile. A drain does not wait for it (left_running).
+        A router met in a later session does not count it: READY there offers the free
+        threads only, and the thread's return gives its slot back (``Presence._slot_back``)."""
         self.overrunning += 1
         self._count_drop("handler_overrun")
+        held_since = self.sessions  # (a router met in a later session does not count it)
 
         def returned(done: asyncio.Future[Any]) -> None:
             self.overrunning -= 1
+            self._slot_back(held_since)
             if not done.cancelled():
                 done.exception()  # (retrieved: too late, the answer is ``exc`` whatever it is)
             self._finish(ctx, reply, None, exc)

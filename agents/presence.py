@@ -2,6 +2,11 @@
 restarted router learns of it again), and a lease in the discovery registry (its record,
 with the public key clients seal for, kept alive by a heartbeat a second: soft state).
 
+A READY offers the free threads only: a handler thread past its deadline holds its call in
+flight at the router that sent it (see ``Calls._hold_slot``), but a router met in a new
+session counts nothing in flight, and would send calls to wait unseen behind the hung
+thread. Such a thread's return gives its slot back with a READY on the same session.
+
 A mixin of :class:`agents.base.Agent`.
 """
 
@@ -41,22 +46,49 @@ class Presence:
     _actions: dict[str, Any]
     _ready: asyncio.Future[str] | None
     _registry_task: asyncio.Task[None] | None
+    overrunning: int  # (Calls) handler threads past their deadline, still running
+    sessions = 0  # sessions announced in: a thread held since an earlier one is unseen
+    unseen_overruns = 0  # overrunning threads the current router does not count in flight
 
     def _on_session(self) -> None:
-        assert self.loop is not None
+        if not self._may_announce():
+            return
+        self.sessions += 1
+        self.unseen_overruns = self.overrunning
+        self._announce()
+
+    def _may_announce(self) -> bool:
         core = self.core
         if core is not None and core.security is not None and not core.security.token:
-            return  # bootstrap session: READY waits for the token's HELLO
-        if self.draining:
-            return  # (a router restarted mid-drain: it would route new calls here to refuse)
-        self.loop.create_task(self._announce())
+            return False  # bootstrap session: READY waits for the token's HELLO
+        # (a router restarted mid-drain: it would route new calls here to refuse)
+        return not self.draining
 
-    async def _announce(self) -> None:
+    def _slot_back(self, held_since: int) -> None:
+        """A thread past its deadline returned (``held_since``: the sessions count when it
+        was held). Unseen by the current router, its slot is offered there again; the
+        router that did count it frees the slot on its answer."""
+        if held_since >= self.sessions:
+            return
+        self.unseen_overruns -= 1
+        core = self.core
+        if core is not None and core.connected and self._may_announce():
+            self._announce()  # (sent before the thread's late answer: it finds the instance)
+
+    def _announce(self) -> None:
+        """Send READY (now: what is sent after it reaches the router after it) offering the
+        free threads. None free: no READY, as the router reads a capacity of 0 as 1; the
+        instance is unknown there (calls go to others) until a thread returns."""
         core = self.core
         assert core is not None
         assert self.loop is not None
+        free = self.capacity - self.unseen_overruns
+        if free <= 0:
+            log.warning("no free thread (%d past their deadline): READY when one returns",
+                        self.unseen_overruns)
+            return
         ready = agp_pb2.Ready(
-            service=self.service, instance=self.instance, capacity=self.capacity,
+            service=self.service, instance=self.instance, capacity=free,
             weight=self.weight, policy=_POLICIES.get(self.policy, 1),
             actions=sorted(self._actions), labels=self.labels, version=self.version,
             public_key=core.security.public if core.security is not None else b"",
@@ -64,6 +96,10 @@ class Presence:
         waiter = self.loop.create_future()
         core.start_request(Cmd.READY, self.service.encode(), ready.SerializeToString(), [],
                            waiter, timeout=10.0)
+        self.loop.create_task(self._announced(waiter))
+
+    async def _announced(self, waiter: asyncio.Future[list[bytes]]) -> None:
+        assert self.loop is not None
         try:
             msg = await waiter
         except Error as exc:
