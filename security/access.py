@@ -86,6 +86,7 @@ class SecureAccess:
     def hello(self, identity: str | None, token: str, peer_name: str) -> Any:
         if identity is None:
             raise Unauthenticated("no authenticated CURVE key on this connection")
+        self.trust.refresh_if_revoked()  # (once per session: a handshake just before a revoke)
         if self.trust.is_revoked(identity) or not self.trust.is_trusted(identity):
             raise Unauthenticated("this key is not enrolled or was revoked")
         if not token:

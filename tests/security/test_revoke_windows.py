@@ -118,3 +118,18 @@ def test_control_plane_apart_refuses_a_token_of_a_key_revoked_since(mesh_home: H
             assert ctl.dropped() == {"admin_key_revoked": 1}
         finally:
             ctl.stop()
+
+
+def test_a_hello_after_the_revoke_is_refused_though_its_handshake_came_before(
+        mesh_home: Home) -> None:
+    """A connection whose CURVE handshake passed just before `agp keys revoke` says HELLO
+    after it: the session is refused then, not at the next heartbeat's expiry check."""
+    enroll_identity(mesh_home, "dave", roles=("client",))
+    with quiet_router() as (r, parts), \
+            Mesh.connect(r.endpoint, identity="dave", timeout=15.0) as m:
+        token = m.request("agp/system/auth", "token")["access_token"]
+        key = mesh_home.keypair("dave").public.decode()
+        assert parts.access.hello(key, token, "dave").principal is not None
+        revoke(mesh_home, "dave")
+        with pytest.raises(Unauthenticated, match="revoked"):
+            parts.access.hello(key, token, "dave")
