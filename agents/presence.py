@@ -2,10 +2,11 @@
 restarted router learns of it again), and a lease in the discovery registry (its record,
 with the public key clients seal for, kept alive by a heartbeat a second: soft state).
 
-A READY offers the free threads only: a handler thread past its deadline holds its call in
-flight at the router that sent it (see ``Calls._hold_slot``), but a router met in a new
-session counts nothing in flight, and would send calls to wait unseen behind the hung
-thread. Such a thread's return gives its slot back with a READY on the same session.
+A READY offers the free threads only (``free_slots``, 0 included): a handler thread past its
+deadline holds its call in flight at the router that sent it (see ``Calls._hold_slot``), but
+a router met in a new session counts nothing in flight, and would send calls to wait unseen
+behind the hung thread. Such a thread's return gives its slot back with a READY on the same
+session.
 
 A mixin of :class:`agents.base.Agent`.
 """
@@ -77,19 +78,18 @@ class Presence:
 
     def _announce(self) -> None:
         """Send READY (now: what is sent after it reaches the router after it) offering the
-        free threads. None free: no READY, as the router reads a capacity of 0 as 1; the
-        instance is unknown there (calls go to others) until a thread returns."""
+        free threads. None free: 0, so the instance is known there (its service's calls wait
+        in the router's queue, not refused as having no instance) until a thread returns."""
         core = self.core
         assert core is not None
         assert self.loop is not None
-        free = self.capacity - self.unseen_overruns
-        if free <= 0:
-            log.warning("no free thread (%d past their deadline): READY when one returns",
-                        self.unseen_overruns)
-            return
-        ready = agp_pb2.Ready(
+        free = max(0, self.capacity - self.unseen_overruns)
+        if free == 0:
+            log.warning("no free thread (%d past their deadline): none offered until one "
+                        "returns", self.unseen_overruns)
+        ready = agp_pb2.Ready(  # (capacity too: what a router older than free_slots reads)
             service=self.service, instance=self.instance, capacity=free,
-            weight=self.weight, policy=_POLICIES.get(self.policy, 1),
+            free_slots=free, weight=self.weight, policy=_POLICIES.get(self.policy, 1),
             actions=sorted(self._actions), labels=self.labels, version=self.version,
             public_key=core.security.public if core.security is not None else b"",
         )

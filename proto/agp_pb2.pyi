@@ -153,7 +153,7 @@ class Welcome(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., router_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., pub_endpoint: _Optional[str] = ..., server_key: _Optional[bytes] = ..., session_id: _Optional[int] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("service", "instance", "capacity", "weight", "policy", "actions", "public_key", "labels", "version")
+    __slots__ = ("service", "instance", "capacity", "weight", "policy", "actions", "public_key", "labels", "version", "free_slots")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class Ready(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     service: str
     instance: str
     capacity: int
@@ -179,7 +180,8 @@ class Ready(_message.Message):
     public_key: bytes
     labels: _containers.ScalarMap[str, str]
     version: str
-    def __init__(self, service: _Optional[str] = ..., instance: _Optional[str] = ..., capacity: _Optional[int] = ..., weight: _Optional[int] = ..., policy: _Optional[_Union[BalancePolicy, str]] = ..., actions: _Optional[_Iterable[str]] = ..., public_key: _Optional[bytes] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ...) -> None: ...
+    free_slots: int
+    def __init__(self, service: _Optional[str] = ..., instance: _Optional[str] = ..., capacity: _Optional[int] = ..., weight: _Optional[int] = ..., policy: _Optional[_Union[BalancePolicy, str]] = ..., actions: _Optional[_Iterable[str]] = ..., public_key: _Optional[bytes] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., free_slots: _Optional[int] = ...) -> None: ...
 
 class StreamGrant(_message.Message):
     __slots__ = ("credits", "instance")

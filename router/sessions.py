@@ -39,6 +39,7 @@ class Sessions:
     server_keypair: tuple[bytes, bytes] | None
     _send: Any
     _error: Any
+    _malformed: Any
     _deny: Any
     _remove_peer: Any
     _remove_instance: Any
@@ -103,15 +104,25 @@ class Sessions:
             self._error(peer.rid, ErrorCode.MALFORMED,
                         f"bad service or instance name {ready.service!r}/{ready.instance!r}", ident)
             return
+        slots = _slots(ready)
+        if slots > max(1, ready.capacity):
+            self._malformed(msg, "ready_free_slots", "READY offers more free slots than its "
+                            f"capacity ({ready.free_slots} > {ready.capacity})", ident)
+            return
         if self.secure and not self.access.allowed(peer.session, "register", service):
             self._deny(peer, "register", service, ident)
             return
         full = service + b"/" + instance
         if peer.instance is not None:
-            if peer.instance.name == full:  # the same READY again: capacity and weight
-                peer.instance.capacity = max(1, ready.capacity or 1)
-                peer.instance.weight = max(1, ready.weight or 1)
+            inst = peer.instance
+            if inst.name == full:  # the same READY again: slots and weight
+                inst.capacity = slots
+                inst.weight = max(1, ready.weight or 1)
                 self._send([peer.rid, pack_route(Cmd.READY, 0, 0, 0, ident), full, b""])
+                # a slot given back (a thread past its deadline returned) takes a queued
+                # call now, not at the next tick
+                if inst.service.queue and inst.service.has_room():
+                    self._drain_queue(inst.service)
                 return
             # refused before anything changes: the instance of that name stays its owner's
             self._error(peer.rid, ErrorCode.MALFORMED,
@@ -125,7 +136,7 @@ class Sessions:
             self._remove_instance(existing, "replaced by a new connection")
         inst = self.table.add_instance(
             peer, service, instance,
-            capacity=ready.capacity or 1, weight=ready.weight or 1, policy=int(ready.policy),
+            capacity=slots, weight=ready.weight or 1, policy=int(ready.policy),
             actions=tuple(ready.actions), public_key=ready.public_key,
             labels=dict(ready.labels), version=ready.version,
         )
@@ -134,6 +145,15 @@ class Sessions:
         self._send([peer.rid, pack_route(Cmd.READY, 0, 0, 0, ident), full, b""])
         if inst.service.queue:
             self._drain_queue(inst.service)
+
+
+def _slots(ready: agp_pb2.Ready) -> int:
+    """The calls the router may send an instance at once: its free slots when it says so
+    (0: none yet; it is known, and its service's calls wait in the queue), else its
+    capacity (0 or unset: 1, as before free slots were said)."""
+    if ready.HasField("free_slots"):
+        return ready.free_slots
+    return max(1, ready.capacity)
 
 
 def _valid_name(name: bytes) -> bool:

@@ -37,7 +37,7 @@ class Instance:
     peer: Peer
     service: Service
     name: bytes  # full instance name: service/instance
-    capacity: int
+    capacity: int  # calls in flight at once; 0: none until a later READY gives a slot
     weight: int
     actions: tuple[str, ...] = ()
     public_key: bytes = b""
@@ -104,7 +104,7 @@ class RoutingTable:
                 self._aliases.setdefault(short, set()).add(service)
         full = service + b"/" + instance
         inst = Instance(
-            peer, svc, full, max(1, capacity), max(1, weight), actions, public_key,
+            peer, svc, full, max(0, capacity), max(1, weight), actions, public_key,
             dict(labels or {}), version,
         )
         svc.instances.append(inst)

@@ -1,6 +1,6 @@
 """A handler thread past its deadline across a router restart: the new router counts nothing
-in flight, so the agent offers it only its free threads (none: it waits to announce itself)
-and gives the slot back when the thread returns. Otherwise calls sent to a pool whose only
+in flight, so the agent offers it only its free threads (none: 0, known but sent nothing) and
+gives the slot back when the thread returns. Otherwise calls sent to a pool whose only
 thread is hung wait there, unseen, and time out while another instance idles.
 
 Real routers in threads of this process (the second on the first's ports), the agents and
