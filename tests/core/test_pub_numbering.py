@@ -29,7 +29,7 @@ def test_a_router_skip_is_a_gap_and_the_publishers_same_skip_is_not_lost() -> No
     assert n.explained == {}  # shown by the publisher's numbering too: nothing left
     # the router counted 2 more (its beacon) that the publisher shows later: not lost
     assert n.beacon(b"t", 6) == 2
-    assert n.explained == {b"t": 2}
+    assert n.explained == {b"t": [[2, 2, 1]]}  # (serial 2: 2 messages, 1 publisher to show)
     assert n.published(b"t", 7, 1, stamp(P, 7)) == (0, 0)
     assert n.explained == {}
 
