@@ -39,7 +39,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from agents.calls import Calls, answer_key
+from agents.calls import Calls
 from agents.context import Context, action
 from agents.presence import Presence
 from agents.stream_in import StreamIn, accept
@@ -125,6 +125,7 @@ class Agent(Presence, Calls):
         self._streams: dict[tuple[bytes, int], StreamIn] = {}
         self._idem: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._idem_bytes = 0
+        self._running: dict[Hashable, Any] = {}  # keyed calls running here (agents.retries)
         self._envelopes: dict[bytes, agp_pb2.Envelope] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.capacity, thread_name_prefix=f"agp-{self.name}")
@@ -327,13 +328,10 @@ class Agent(Presence, Calls):
                 ctx.reply_to = env.sender_key
             elif self.require_e2e and env.action not in self.plain_actions:
                 raise Unauthenticated("this agent takes sealed payloads only")
-            if reply and env.idempotency_key:
-                cached = self._idem.get(answer_key(ctx))
-                if cached is not None:
-                    self._replay(ctx, cached)
-                    return
             data = (payload[0] if payload else b"") if flags & _RAW else (
                 codec.decode(payload) if payload and payload != [b""] else None)
+            if reply and env.idempotency_key and self._kept_or_running(ctx, data, spec):
+                return  # answered from the kept answer, or waits for the run it repeats
         except Error as exc:
             telemetry.end_span(ctx.span, exc)
             self._count_drop(f"refused_{exc.code.name.lower()}")

@@ -7,7 +7,8 @@ DEADLINE_EXCEEDED (a thread, which cannot be stopped, keeps its call in flight a
 until it returns: no call is sent to a pool with no free thread). Its result is encoded and
 sent back (sealed with the request's key when the request was sealed, once); its exception
 becomes an error reply with a code, and a fire-and-forget's failure is counted, since nobody
-waits for it.
+waits for it. A call with an idempotency key has its answer kept for its retries, and a
+retry that comes while it runs waits for that run (``agents.retries``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from agents.context import Context
+from agents.retries import Retries, Run
 from mesh import codec, telemetry
-from mesh.errors import Cancelled, DeadlineExceeded, Error, ErrorCode, Unauthenticated
+from mesh.errors import Cancelled, DeadlineExceeded, Error, HandlerError, Unauthenticated
 from mesh.metrics import payload_bytes
 from mesh.wire import Cmd, Flag, pack_route, split_nonce
 from proto import agp_pb2
@@ -39,7 +41,7 @@ _KEY_KEPT_WHOLE = 64  # longer idempotency keys are kept as their digest (outsid
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
 
 
-class Calls:
+class Calls(Retries):
     """Handlers under their deadlines, and the answers. A mixin of Agent."""
 
     # provided by Agent
@@ -54,6 +56,7 @@ class Calls:
     _streams: dict[tuple[bytes, int], Any]
     _idem: OrderedDict[Hashable, list[Any]]  # answer_key() -> [flags, size, *payload]
     _idem_bytes: int
+    _running: dict[Hashable, Run]  # answer_key() -> a call running here (agents.retries)
     _send: Any
     _error: Any
     _count_drop: Any
@@ -190,12 +193,13 @@ class Calls:
                 log.warning("%s (fire-and-forget) failed: %r", ctx.action, exc)
                 self._count_drop("send_handler_error")
                 return
-            if isinstance(exc, Error):
-                self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
-            else:
+            if not isinstance(exc, Error):
                 log.warning("%s raised %s: %s", ctx.action, type(exc).__name__, exc)
-                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
-                            f"{type(exc).__name__}: {exc}", {"type": type(exc).__name__})
+                exc = HandlerError(f"{type(exc).__name__}: {exc}",
+                                   details={"type": type(exc).__name__})
+            self._error(ctx.crid, ctx.ident, exc.code, exc.message, exc.details)
+            if ctx.envelope.idempotency_key:  # (the retries waiting for it hear it too)
+                self._run_ended(answer_key(ctx), ctx, exc)
             return
         self.served += 1
         if not reply:
@@ -206,12 +210,30 @@ class Calls:
             try:
                 flags, payload = 0, codec.encode(result)
             except (TypeError, ValueError, Error) as e:  # (ValueError: nested too deep)
-                self._error(ctx.crid, ctx.ident, ErrorCode.HANDLER_ERROR,
-                            f"result cannot be encoded: {e}")
+                bad = HandlerError(f"result cannot be encoded: {e}")
+                self._error(ctx.crid, ctx.ident, bad.code, bad.message)
+                if ctx.envelope.idempotency_key:
+                    self._run_ended(answer_key(ctx), ctx, bad)
                 return
         if ctx.envelope.idempotency_key:
-            self._remember_answer(answer_key(ctx), flags, payload)
+            kept = answer_key(ctx)
+            if not ctx.cancelled:  # (what a handler told to stop returns is no answer)
+                self._remember_answer(kept, flags, payload)
+            self._run_ended(kept, ctx, (flags, payload))
         self._reply(ctx, flags, payload)
+
+    def _kept_or_running(self, ctx: Context, data: Any,
+                         spec: tuple[Callable[..., Any], bool, bool]) -> bool:
+        """A call with an idempotency key: True when it is answered from the answer kept
+        for it, or waits for the run of the call it repeats (``agents.retries``); False
+        when its handler (``spec``: function, stream, inline) is to run."""
+        key = answer_key(ctx)
+        cached = self._idem.get(key)
+        if cached is not None:
+            self._replay(ctx, cached)
+            return True
+        fn, is_stream, inline = spec
+        return not (is_stream or inline) and self._lead_or_wait(key, ctx, data, fn)
 
     def _replay(self, ctx: Context, cached: list[Any]) -> None:
         """Answer a retried call from the idempotency cache: served, as a first call is

@@ -1,0 +1,124 @@
+"""A retry of a call that still runs here waits for that run, for :class:`agents.base.Agent`.
+
+A call with an idempotency key has its answer kept for its retries (``agents.calls``); a
+retry that came while the first still ran (a workflow step retried after a router restart,
+a timed-out attempt, a lost reply) found nothing kept and ran the handler a second time, at
+once. Now it waits, under its own deadline, for the run's outcome:
+
+- the run ends on its own (its result, or its handler's own error): the retry is answered
+  with it, sealed for the retry as a kept answer is replayed;
+- the run is given up (its caller's CANCEL, its deadline; what a handler told to stop
+  returns is no answer): the first retry still waiting runs the handler itself, with its own
+  payload (a sealed one opens once: it was opened when the retry came) under its own
+  deadline, and the others wait for that run. It is not handed the first caller's cancel (a
+  join that did so was reverted). A thread past its deadline ends its run only when it
+  returns (``Calls._hold_slot``), so two runs of one call never overlap;
+- its own deadline passes, or its caller cancels: it alone is answered, and leaves.
+
+Streams and inline handlers (done before the next message is read) never wait; calls
+without a key never reach this module. Each waiting retry holds a slot at the router, so
+the router's count of this agent's capacity bounds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from agents.context import Context
+from mesh.errors import Cancelled, DeadlineExceeded, Error
+
+_PROMOTED = object()  # handed to the waiting retry that is to run the handler itself
+
+
+class Run:
+    """A call with an idempotency key running here, and the retries waiting for it."""
+
+    __slots__ = ("leader", "waiters")
+
+    def __init__(self, leader: Context) -> None:
+        self.leader = leader  # the call whose handler runs
+        self.waiters: dict[Context, asyncio.Future[Any]] = {}  # in the order they came
+
+
+class Retries:
+    """Retries waiting for the run they repeat. A mixin of Agent (through Calls)."""
+
+    # provided by Agent
+    loop: asyncio.AbstractEventLoop | None
+    _tasks: dict[tuple[bytes, int], Any]
+    _running: dict[Hashable, Run]  # answer_key() -> the run of that call here
+    _finish: Any
+    _replay: Any
+    _run_async: Any
+    _run_threaded: Any
+
+    def _lead_or_wait(self, key: Hashable, ctx: Context, data: Any,
+                      fn: Callable[..., Any]) -> bool:
+        """False when no call with answer key ``key`` runs here: ``ctx``'s handler is to run,
+        as that run. True when one runs: ``ctx`` waits for it (with ``data``, its payload)."""
+        run = self._running.get(key)
+        if run is None:
+            self._running[key] = Run(ctx)
+            return False
+        assert self.loop is not None
+        outcome = self.loop.create_future()
+        run.waiters[ctx] = outcome
+        task = self.loop.create_task(self._wait_for_run(outcome, ctx, data, fn))
+        self._tasks[(ctx.crid, ctx.ident)] = (task, ctx)  # its caller's CANCEL finds it
+        return True
+
+    def _run_ended(self, key: Hashable, ctx: Context, outcome: Error | tuple[int, list[Any]]
+                   ) -> None:
+        """Call ``ctx`` (answer key ``key``) was answered ``outcome``, an error or its
+        (flags, payload). Its run's waiting retries get that outcome; if it was given up
+        (told to stop), the first of them runs the handler itself. A waiting retry that
+        was answered (its deadline, its caller's cancel) only leaves the wait."""
+        run = self._running.get(key)
+        if run is None:
+            return
+        if run.leader is not ctx:
+            run.waiters.pop(ctx, None)
+            return
+        if not ctx.cancelled:
+            del self._running[key]
+            for waiter in run.waiters.values():
+                waiter.set_result(outcome)
+            return
+        if not run.waiters:
+            del self._running[key]
+            return
+        run.leader = nxt = next(iter(run.waiters))
+        run.waiters.pop(nxt).set_result(_PROMOTED)
+
+    async def _wait_for_run(self, outcome: asyncio.Future[Any], ctx: Context, data: Any,
+                            fn: Callable[..., Any]) -> None:
+        """Wait, up to ``ctx``'s own deadline, for the run ``ctx`` repeats; answer ``ctx``
+        with its outcome, or run the handler if that run was given up."""
+        assert self.loop is not None
+        got: Any
+        try:
+            got = await asyncio.wait_for(asyncio.shield(outcome),
+                                         max(0.0, ctx.deadline - self.loop.time()))
+        except asyncio.TimeoutError:
+            ctx.cancel()  # (given up: were it just made the runner, the next one runs)
+            got = DeadlineExceeded("passed its deadline waiting for the run of the call it "
+                                   "repeats")
+        except asyncio.CancelledError:
+            ctx.cancel()
+            got = Cancelled("cancelled by the caller")
+        if got is _PROMOTED and not ctx.cancelled:
+            if inspect.iscoroutinefunction(fn):
+                await self._run_async(fn(self, data, ctx), ctx, True)
+            else:
+                await self._run_threaded(fn, data, ctx, True)
+        elif got is _PROMOTED:  # its caller's CANCEL came as it was made the runner
+            self._finish(ctx, True, None, Cancelled("cancelled by the caller"))
+        elif isinstance(got, Error):
+            self._finish(ctx, True, None, got)
+        else:
+            self._tasks.pop((ctx.crid, ctx.ident), None)
+            flags, payload = got
+            self._replay(ctx, [flags, 0, *payload])
