@@ -78,7 +78,11 @@ class MeshStepCaller:
         free = [i for i in matches[0]["instances"] if i["accepting"] and i["name"] not in avoid]
         if not free:
             return agent
-        best = min(free, key=lambda i: (i["inflight"] / max(1, i["capacity"]), i["name"]))
+        # one with no free slot last (READY may offer 0: its threads past their deadline;
+        # with nothing in flight it looked the least loaded, and the router refuses a call
+        # addressed to it at once)
+        best = min(free, key=lambda i: (i["inflight"] >= i["capacity"],
+                                        i["inflight"] / max(1, i["capacity"]), i["name"]))
         return str(best["name"])
 
     async def request(self, dest: str, action_name: str, payload: Any, key: str,
@@ -94,8 +98,8 @@ class MeshStepCaller:
         body = codec.encode(payload)  # TooLarge, say: before a trial slot is taken
         breaker = self.mesh.breaker(dest)
         # CircuitOpen: the attempt fails at once, retried later; the ticket goes back with
-        # the outcome (only a half-open breaker's trial decides it)
-        ticket = 0 if breaker is None else breaker.before_call()
+        # the outcome, within ``timeout`` (only a half-open breaker's trial decides it)
+        ticket = 0 if breaker is None else breaker.before_call(timeout)
         seen: list[str] = []
 
         def progress(instance: bytes, msg: list[bytes]) -> None:

@@ -258,10 +258,11 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
         ticket = 0
         while True:
             attempt += 1
+            remaining = deadline - loop.time()
             if breaker is not None:
-                ticket = breaker.before_call()  # handed back with this attempt's outcome
+                # handed back with this attempt's outcome, which comes within ``remaining``
+                ticket = breaker.before_call(remaining)
             try:  # every way out from here reports to the breaker (a half-open trial slot)
-                remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise DeadlineExceeded(f"{dest} {action}: no reply within {timeout:g}s")
                 waiter = loop.create_future()

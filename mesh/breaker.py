@@ -11,9 +11,12 @@ its late outcome neither closes nor re-opens an open or half-open breaker. A cal
 with no word from the destination (its caller gave up, the message was never sent, this client
 closed) is no outcome: a trial's slot goes back for the next call.
 
-A trial slot is held at most ``reset_timeout``: a trial that reported nothing by then (its
-caller dropped it without a word) is presumed abandoned and the next call is a new trial, so
-one lost outcome cannot leave the breaker half-open, turning every call away, for ever.
+A trial slot is held at most ``reset_timeout``, or the trial's own deadline (``hold``) when
+that is longer: a trial that reported nothing by then (its caller dropped it without a word)
+is presumed abandoned and the next call is a new trial, so one lost outcome cannot leave the
+breaker half-open, turning every call away, for ever. Held only ``reset_timeout``, a trial
+slower than that (a destination whose calls take longer) was superseded before it answered,
+its answer ignored as too late, and under steady traffic the breaker never closed.
 A call turned away changes nothing: the trials' outcomes alone decide.
 """
 
@@ -51,13 +54,15 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self._trials = 0
-        self._trial_at = 0.0  # when the last trial slot was taken
+        self._trial_until = 0.0  # past this, the trial slots taken are presumed abandoned
         self._epoch = 0  # a call's ticket: moved on by each transition and each new trial round
         self.transitions = 0
 
-    def before_call(self) -> int:
+    def before_call(self, hold: float = 0.0) -> int:
         """Raise CircuitOpen when the call must not go out; else the call's ticket, to pass
-        back with its outcome (``record``, ``on_success``, ``on_failure``, ``abandon``)."""
+        back with its outcome (``record``, ``on_success``, ``on_failure``, ``abandon``).
+        ``hold``: the call's own timeout, by which its caller reports (a trial's slot is kept
+        that long, at least ``reset_timeout``)."""
         if self.state is State.CLOSED:
             return self._epoch
         now = self.clock()
@@ -67,13 +72,14 @@ class CircuitBreaker:
             self._set(State.HALF_OPEN)
             self._trials = 0
         if self._trials >= self.half_open_max:
-            if now - self._trial_at < self.reset_timeout:
+            if now < self._trial_until:
                 raise CircuitOpen(f"circuit for {self.name} is half-open, trial in progress")
-            # no outcome within the open interval: presumed abandoned, and too late to decide
+            # no outcome within its deadline: presumed abandoned, and too late to decide
             self._trials = 0
             self._epoch += 1
+        until = now + max(self.reset_timeout, hold)
+        self._trial_until = until if self._trials == 0 else max(self._trial_until, until)
         self._trials += 1
-        self._trial_at = now
         return self._epoch
 
     def on_success(self, ticket: int | None = None) -> None:

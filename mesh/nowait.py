@@ -115,7 +115,7 @@ class NowaitRequests:
                 idempotency_key=idempotency_key))
         address = self._address(dest)
         breaker = self.breaker(dest)
-        ticket = 0 if breaker is None else breaker.before_call()
+        ticket = 0 if breaker is None else breaker.before_call(timeout)
         try:  # every way out from here reports to the breaker (a half-open trial slot)
             core = self.core
             payload: list[Any] = [data] if raw else codec.encode(data)
