@@ -118,11 +118,14 @@ class Publishing:
         for frames in queued:
             topic = frames[1]
             seq = pub_seq.get(topic, 0)
+            if seq == 0 and len(pub_seq) >= MAX_TRACKED:
+                # every topic's numbering restarts: as a new publisher, or a subscriber
+                # takes the numbers as already seen and a loss after them as none
+                pub_seq.clear()
+                self.publisher_id = os.urandom(8)
             frames[2] = STAMP.pack(self.publisher_id, seq + 1)
             try:
                 self.core.send_frames(frames)
-                if seq == 0 and len(pub_seq) >= MAX_TRACKED:
-                    pub_seq.clear()
                 pub_seq[topic] = seq + ROUTE.unpack(frames[0])[4]  # numbered once sent
             except Error as exc:
                 n = ROUTE.unpack(frames[0])[4]

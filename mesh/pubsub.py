@@ -13,6 +13,9 @@ socket by an earlier subscription) skip what was published while nobody here lis
 A prefix stays subscribed on the socket until every SUBACK owed for it came: one answering
 a ``subscribe()`` that timed out would otherwise confirm the next one of that prefix while
 the router still had the timed-out one's UNSUBSCRIBE to process, and lose what came between.
+A SUBACK still owed ``suback_grace`` after its SUBSCRIBE, with no ``subscribe()`` waiting, is
+taken as dropped by the router's XPUB (a full queue drops it silently; counted
+``pubsub_suback_missing``): the UNSUBSCRIBEs held for it go.
 
 Messages can also die with a router (SIGKILL with batches inside it, or published to a
 restarted router before this subscriber's subscription was back): the router's numbering
@@ -46,7 +49,10 @@ from mesh.subscription import MAX_BATCH, MAX_BATCH_BYTES, Message, Subscription,
 from mesh.wire import MAX_ADDRESS_BYTES, ROUTE, Cmd, Flag
 from mesh.zmqio import readable, recv_frames
 
-__all__ = ["MAX_BATCH", "MAX_BATCH_BYTES", "Message", "SubscriberSide", "Subscription"]
+__all__ = ["MAX_BATCH", "MAX_BATCH_BYTES", "SUBACK_GRACE", "Message", "SubscriberSide",
+           "Subscription"]
+
+SUBACK_GRACE = 30.0  # seconds a SUBACK no subscribe() waits for may still come
 
 if TYPE_CHECKING:
     from mesh.core import Core
@@ -75,6 +81,8 @@ class SubscriberSide(Publishing):
         # UNSUBSCRIBEs held until they came (see _answered)
         self._owed: dict[bytes, int] = {}
         self._held: dict[bytes, int] = {}
+        self._asked: dict[bytes, float] = {}  # prefix -> when its last owed SUBSCRIBE went
+        self.suback_grace = SUBACK_GRACE  # (a test may lower it)
         # prefixes nothing confirmed here heard when subscribed: numbering restarts at their
         # SUBACK (what the socket holds before it is older; see _dispatch)
         self._fresh: set[bytes] = set()
@@ -106,6 +114,7 @@ class SubscriberSide(Publishing):
             self.endpoint = endpoint
             self._held.clear()  # (the old socket's; the new one subscribes only these)
             self._owed = {prefix: len(subs) for prefix, subs in self.subs.items()}
+            self._asked = dict.fromkeys(self.subs, self._now())
             if self.subs:
                 sock = self._ensure_socket()
                 for prefix, subs in self.subs.items():
@@ -118,6 +127,7 @@ class SubscriberSide(Publishing):
             # libzmq re-sent our subscriptions on reconnect, before the new router knew this
             # session, so RBAC refused them: send them again now that it does
             self._owed = dict.fromkeys(self.subs, 1)  # the old router's SUBACKs died with it
+            self._asked = dict.fromkeys(self.subs, self._now())
             for prefix in list(self.subs):
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
                 self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -159,16 +169,28 @@ class SubscriberSide(Publishing):
         self.subs.setdefault(prefix, []).append(sub)
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self._owed[prefix] = self._owed.get(prefix, 0) + 1
+        self._asked[prefix] = self._now()
         self._schedule_drain()
         try:
             await asyncio.wait_for(ack, timeout)
         except asyncio.TimeoutError:
-            self._unsubscribe(sub)
+            self._given_up(sub, ack)
             raise DeadlineExceeded(f"subscription to {prefix!r} not confirmed within {timeout}s")
-        except Error:
-            self._unsubscribe(sub)
+        except (Error, asyncio.CancelledError):  # (cancelled: the caller never gets ``sub``,
+            self._given_up(sub, ack)  # so it could never close it)
             raise
         return sub
+
+    def _given_up(self, sub: Subscription, ack: asyncio.Future[None]) -> None:
+        waiting = self._acks.get(sub.prefix)
+        if waiting is not None and ack in waiting:
+            waiting.remove(ack)
+            if not waiting:
+                del self._acks[sub.prefix]
+        self._unsubscribe(sub)
+
+    def _now(self) -> float:
+        return self.core.loop.time() if self.core.loop is not None else 0.0
 
     def _unsubscribe(self, sub: Subscription) -> None:
         lst = self.subs.get(sub.prefix)
@@ -199,9 +221,24 @@ class SubscriberSide(Publishing):
         if owed > 1:
             self._owed[prefix] = owed - 1
         elif owed:
-            for _ in range(self._held.pop(prefix, 0)):
-                if self.sock is not None:
-                    self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            self._release(prefix)
+
+    def _release(self, prefix: bytes) -> None:
+        """No SUBACK owed for ``prefix`` any more: the UNSUBSCRIBEs held for it go."""
+        self._asked.pop(prefix, None)
+        for _ in range(self._held.pop(prefix, 0)):
+            if self.sock is not None:
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+
+    def _missing(self, now: float) -> None:
+        """SUBACKs owed past ``suback_grace`` that no ``subscribe()`` waits for were dropped
+        (an XPUB drops silently for a full queue) and never come: the prefix held only for
+        them would stay subscribed at the router for ever, with nobody here for it."""
+        late = now - self.suback_grace
+        for prefix in [p for p in self._held
+                       if p not in self._acks and self._asked.get(p, now) < late]:
+            self.count("pubsub_suback_missing", self._owed.pop(prefix, 0))
+            self._release(prefix)
 
     def refused(self, prefix: bytes, exc: Error) -> None:
         """The router refused a subscription (FORBIDDEN): fail its waiters."""
@@ -325,6 +362,8 @@ class SubscriberSide(Publishing):
                     s.lost += lost
 
     def tick(self, now: float) -> None:
+        if self._held:
+            self._missing(now)
         self._schedule_drain()
 
     def _close_socket(self) -> None:
@@ -351,4 +390,5 @@ class SubscriberSide(Publishing):
         self._fresh.clear()
         self._owed.clear()
         self._held.clear()
+        self._asked.clear()
         self._close_socket()
