@@ -61,8 +61,9 @@ class Calls(Retries):
     _error: Any
     _count_drop: Any
     _envelopes: dict[bytes, agp_pb2.Envelope]
-    sessions: int  # (Presence) sessions announced in
+    sessions: int  # (Presence) routers announced to (a new one counts nothing in flight)
     _slot_back: Any  # (Presence) a held thread returned: its slot offered again
+    _slot_taken: Any  # (Presence) a call from an earlier session held: its slot withdrawn
 
     def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
                      ) -> tuple[Any, BaseException | None]:
@@ -97,8 +98,12 @@ class Calls(Retries):
         self._finish(ctx, reply, result, exc)
 
     async def _run_threaded(self, fn: Callable[..., Any], data: Any, ctx: Context,
-                            reply: bool) -> None:
+                            reply: bool, arrived: int | None = None) -> None:
+        """``arrived``: the sessions count when the call came (now, unless a waiting retry's:
+        ``agents.retries``), that is which router counts it in flight (see _hold_slot)."""
         assert self.loop is not None
+        if arrived is None:
+            arrived = self.sessions
         if ctx.span is None:
             job = self._pool.submit(fn, self, data, ctx)
         else:  # the pool thread runs with the span current (executors copy no context)
@@ -129,13 +134,13 @@ class Calls(Retries):
             ctx.cancel()
             result, exc = None, DeadlineExceeded("handler passed its deadline")
             if not job.cancel():
-                self._hold_slot(fut, ctx, reply, exc)
+                self._hold_slot(fut, ctx, reply, exc, arrived)
                 return
         except asyncio.CancelledError:
             ctx.cancel()
             result, exc = None, Cancelled("cancelled by the caller")
             if not job.cancel():
-                self._hold_slot(fut, ctx, reply, exc)
+                self._hold_slot(fut, ctx, reply, exc, arrived)
                 return
         except Exception as e:
             result, exc = None, e
@@ -144,18 +149,21 @@ class Calls(Retries):
         self._finish(ctx, reply, result, exc)
 
     def _hold_slot(self, fut: asyncio.Future[Any], ctx: Context, reply: bool,
-                   exc: BaseException) -> None:
+                   exc: BaseException, held_since: int) -> None:
         """A handler thread given up on but still running (Python cannot stop it): its call
         is answered only when the thread returns, so the router counts it in flight until
         then and sends no call to a pool with no free thread (it would wait, unseen by the
         balancer, behind the hung one while another instance stood idle). The caller hears
         DEADLINE_EXCEEDED at its deadline from its own clock; the router's queue and other
         instances take what comes meanwhile. A drain does not wait for it (left_running).
-        A router met in a later session does not count it: READY there offers the free
-        threads only, and the thread's return gives its slot back (``Presence._slot_back``)."""
+        A router met in a session after the call came (``held_since``) does not count it:
+        READY there offers the free threads only (its thread taken back from the offer if
+        the call came before that router and passed its deadline since,
+        ``Presence._slot_taken``), and the thread's return gives its slot back
+        (``Presence._slot_back``)."""
         self.overrunning += 1
         self._count_drop("handler_overrun")
-        held_since = self.sessions  # (a router met in a later session does not count it)
+        self._slot_taken(held_since)
 
         def returned(done: asyncio.Future[Any]) -> None:
             self.overrunning -= 1

@@ -5,8 +5,10 @@ with the public key clients seal for, kept alive by a heartbeat a second: soft s
 A READY offers the free threads only (``free_slots``, 0 included): a handler thread past its
 deadline holds its call in flight at the router that sent it (see ``Calls._hold_slot``), but
 a router met in a new session counts nothing in flight, and would send calls to wait unseen
-behind the hung thread. Such a thread's return gives its slot back with a READY on the same
-session.
+behind the hung thread (a HELLO again to the same router, a token refresh, changes nothing
+there). Such a thread's return gives its slot back with a READY on the same session. A call
+that came before the restart and passes its deadline after it is unseen too: its thread is
+taken back from the offer (a READY with one slot less) until it returns.
 
 A mixin of :class:`agents.base.Agent`.
 """
@@ -48,14 +50,21 @@ class Presence:
     _ready: asyncio.Future[str] | None
     _registry_task: asyncio.Task[None] | None
     overrunning: int  # (Calls) handler threads past their deadline, still running
-    sessions = 0  # sessions announced in: a thread held since an earlier one is unseen
+    sessions = 0  # routers announced to: a thread held since an earlier one is unseen
     unseen_overruns = 0  # overrunning threads the current router does not count in flight
+    _announced_epoch = -1  # core.epoch (the router's run) sessions was last counted for
 
     def _on_session(self) -> None:
         if not self._may_announce():
             return
-        self.sessions += 1
-        self.unseen_overruns = self.overrunning
+        epoch = self.core.epoch
+        if epoch != self._announced_epoch:
+            # a router that counts nothing of ours in flight (the first, a restarted one);
+            # not a HELLO on the live connection (a token refresh): that one still counts
+            # its calls, and the threads it counts are not taken off its offer again
+            self._announced_epoch = epoch
+            self.sessions += 1
+            self.unseen_overruns = self.overrunning
         self._announce()
 
     def _may_announce(self) -> bool:
@@ -65,9 +74,21 @@ class Presence:
         # (a router restarted mid-drain: it would route new calls here to refuse)
         return not self.draining
 
+    def _slot_taken(self, held_since: int) -> None:
+        """A thread past its deadline now, whose call came in an earlier session than the
+        current router's (``held_since``): that router never counted it and was offered its
+        thread, so it is offered one less until the thread returns (``_slot_back``). Not
+        connected: the next session's READY counts it (``overrunning``)."""
+        if held_since >= self.sessions:
+            return
+        self.unseen_overruns += 1
+        core = self.core
+        if core is not None and core.connected and self._may_announce():
+            self._announce()
+
     def _slot_back(self, held_since: int) -> None:
-        """A thread past its deadline returned (``held_since``: the sessions count when it
-        was held). Unseen by the current router, its slot is offered there again; the
+        """A thread past its deadline returned (``held_since``: the sessions count when its
+        call came). Unseen by the current router, its slot is offered there again; the
         router that did count it frees the slot on its answer."""
         if held_since >= self.sessions:
             return

@@ -8,7 +8,8 @@ once. Now it waits, under its own deadline, for the run's outcome:
 - the run ends on its own (its result, or its handler's own error): the retry is answered
   with it, sealed for the retry as a kept answer is replayed;
 - the run is given up (its caller's CANCEL, its deadline; what a handler told to stop
-  returns is no answer): the first retry still waiting runs the handler itself, with its own
+  returns is no answer) or fails with a DEADLINE_EXCEEDED of its own (its time, not the
+  retry's): the first retry still waiting runs the handler itself, with its own
   payload (a sealed one opens once: it was opened when the retry came) under its own
   deadline, and the others wait for that run. It is not handed the first caller's cancel (a
   join that did so was reverted). A thread past its deadline ends its run only when it
@@ -54,6 +55,7 @@ class Retries:
     _replay: Any
     _run_async: Any
     _run_threaded: Any
+    sessions: int  # (Presence) routers announced to (a new one counts nothing in flight)
 
     def _lead_or_wait(self, key: Hashable, ctx: Context, data: Any,
                       fn: Callable[..., Any]) -> bool:
@@ -74,15 +76,17 @@ class Retries:
                    ) -> None:
         """Call ``ctx`` (answer key ``key``) was answered ``outcome``, an error or its
         (flags, payload). Its run's waiting retries get that outcome; if it was given up
-        (told to stop), the first of them runs the handler itself. A waiting retry that
-        was answered (its deadline, its caller's cancel) only leaves the wait."""
+        (told to stop) or ran out of time (a DEADLINE_EXCEEDED of its own: a margin, a
+        downstream call given what was left, a moment before its timer; not the retries'
+        time), the first of them runs the handler itself. A waiting retry that was
+        answered (its deadline, its caller's cancel) only leaves the wait."""
         run = self._running.get(key)
         if run is None:
             return
         if run.leader is not ctx:
             run.waiters.pop(ctx, None)
             return
-        if not ctx.cancelled:
+        if not ctx.cancelled and not isinstance(outcome, DeadlineExceeded):
             del self._running[key]
             for waiter in run.waiters.values():
                 waiter.set_result(outcome)
@@ -98,6 +102,7 @@ class Retries:
         """Wait, up to ``ctx``'s own deadline, for the run ``ctx`` repeats; answer ``ctx``
         with its outcome, or run the handler if that run was given up."""
         assert self.loop is not None
+        arrived = self.sessions  # (the router that counts it in flight: Calls._hold_slot)
         got: Any
         try:
             got = await asyncio.wait_for(asyncio.shield(outcome),
@@ -113,7 +118,7 @@ class Retries:
             if inspect.iscoroutinefunction(fn):
                 await self._run_async(fn(self, data, ctx), ctx, True)
             else:
-                await self._run_threaded(fn, data, ctx, True)
+                await self._run_threaded(fn, data, ctx, True, arrived)
         elif got is _PROMOTED:  # its caller's CANCEL came as it was made the runner
             self._finish(ctx, True, None, Cancelled("cancelled by the caller"))
         elif isinstance(got, Error):
