@@ -375,7 +375,11 @@ class AsyncMesh(FireAndForget, NowaitRequests, Sealing):
             raise Closed("client closed")
         sub = await self.core.subs.subscribe(prefix.encode(), callback, raw, timeout)
         if self.core.subs.crypto is not None:  # an exact topic: its key before its messages
-            await self.core.subs.crypto.prefetch(prefix)
+            try:
+                await self.core.subs.crypto.prefetch(prefix)
+            except BaseException:  # (cancelled) the caller never gets ``sub`` to close
+                sub.close()
+                raise
         return sub
 
     # ------------------------------------------------------------------ streaming
