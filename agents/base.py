@@ -233,10 +233,8 @@ class Agent(Presence, Calls):
                                              "public_key": self.public_key}, timeout=1.0)
                 except Error:
                     pass
-        tasks = [t for t, _ in self._tasks.values() if t is not None]
-        running = (await asyncio.wait(tasks, timeout=drain_timeout))[1] if tasks else ()
         # (threads cannot be stopped, past their deadlines neither: the runner leaves them)
-        self.left_running = len(running) + self.overrunning
+        self.left_running = await self._drain_calls(drain_timeout) + self.overrunning
         await self.on_stop()
         if core.subs.crypto is not None:
             core.subs.crypto.close()

@@ -4,7 +4,8 @@ A handler runs inline on the loop (``@action(inline=True)``), as a task (``async
 in the agent's thread pool (plain functions, so a long fit never stalls heartbeats), each
 under the call's deadline: past it the handler is cancelled and the caller hears
 DEADLINE_EXCEEDED (a thread, which cannot be stopped, keeps its call in flight at the router
-until it returns: no call is sent to a pool with no free thread). Its result is encoded and
+until it returns: no call is sent to a pool with no free thread; a router met after a call
+came is offered its thread once the call ends, ``agents.presence``). Its result is encoded and
 sent back (sealed with the request's key when the request was sealed, once); its exception
 becomes an error reply with a code, and a fire-and-forget's failure is counted, since nobody
 waits for it. A call with an idempotency key has its answer kept for its retries, and a
@@ -51,6 +52,7 @@ class Calls(Retries):
     failed: int
     served: int
     overrunning = 0  # handler threads past their deadline, still running (see _hold_slot)
+    threads_busy = 0  # pool jobs not ended (running, or queued for a thread): see Presence
     _pool: Any
     _tasks: dict[tuple[bytes, int], Any]
     _streams: dict[tuple[bytes, int], Any]
@@ -62,8 +64,8 @@ class Calls(Retries):
     _count_drop: Any
     _envelopes: dict[bytes, agp_pb2.Envelope]
     sessions: int  # (Presence) routers announced to (a new one counts nothing in flight)
-    _slot_back: Any  # (Presence) a held thread returned: its slot offered again
-    _slot_taken: Any  # (Presence) a call from an earlier session held: its slot withdrawn
+    _slot_back: Any  # (Presence) a call from an earlier session ended: its thread offered
+    _slot_taken: Any  # (Presence) a call from an earlier session takes a thread: withdrawn
 
     def _call_inline(self, fn: Callable[..., Any], data: Any, ctx: Context
                      ) -> tuple[Any, BaseException | None]:
@@ -100,15 +102,19 @@ class Calls(Retries):
     async def _run_threaded(self, fn: Callable[..., Any], data: Any, ctx: Context,
                             reply: bool, arrived: int | None = None) -> None:
         """``arrived``: the sessions count when the call came (now, unless a waiting retry's:
-        ``agents.retries``), that is which router counts it in flight (see _hold_slot)."""
+        ``agents.retries``), that is which router counts it in flight: an earlier one's call
+        holds a thread the current router was not told of (``Presence._slot_taken``)."""
         assert self.loop is not None
         if arrived is None:
             arrived = self.sessions
+        elif arrived < self.sessions:
+            self._slot_taken()
         if ctx.span is None:
             job = self._pool.submit(fn, self, data, ctx)
         else:  # the pool thread runs with the span current (executors copy no context)
             telemetry.use_span(ctx.span)
             job = self._pool.submit(contextvars.copy_context().run, fn, self, data, ctx)
+        self.threads_busy += 1
         fut = asyncio.wrap_future(job, loop=self.loop)  # (what run_in_executor does)
         expired = False
 
@@ -133,19 +139,20 @@ class Calls(Retries):
         except asyncio.TimeoutError:
             ctx.cancel()
             result, exc = None, DeadlineExceeded("handler passed its deadline")
-            if not job.cancel():
-                self._hold_slot(fut, ctx, reply, exc, arrived)
-                return
         except asyncio.CancelledError:
             ctx.cancel()
             result, exc = None, Cancelled("cancelled by the caller")
-            if not job.cancel():
-                self._hold_slot(fut, ctx, reply, exc, arrived)
-                return
-        except Exception as e:
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
+            # (a pool thread's own SystemExit fails its call: raised on, it ended the loop)
             result, exc = None, e
         finally:
             timer.cancel()
+        if exc is not None and not fut.done() and not job.cancel():
+            self._hold_slot(fut, ctx, reply, exc, arrived)
+            return
+        self.threads_busy -= 1
+        if arrived < self.sessions:
+            self._slot_back()
         self._finish(ctx, reply, result, exc)
 
     def _hold_slot(self, fut: asyncio.Future[Any], ctx: Context, reply: bool,
@@ -156,18 +163,21 @@ class Calls(Retries):
         balancer, behind the hung one while another instance stood idle). The caller hears
         DEADLINE_EXCEEDED at its deadline from its own clock; the router's queue and other
         instances take what comes meanwhile. A drain does not wait for it (left_running).
-        A router met in a session after the call came (``held_since``) does not count it:
-        READY there offers the free threads only (its thread taken back from the offer if
-        the call came before that router and passed its deadline since,
-        ``Presence._slot_taken``), and the thread's return gives its slot back
-        (``Presence._slot_back``)."""
+        A router met in a session after the call came (``held_since``) was not offered its
+        thread (``Presence``), and is offered it again when it returns. Its run's waiting
+        retries are left to the router by a drain (``Retries._drain_calls``)."""
         self.overrunning += 1
         self._count_drop("handler_overrun")
-        self._slot_taken(held_since)
+        if ctx.envelope.idempotency_key:
+            run = self._running.get(answer_key(ctx))
+            if run is not None and run.leader is ctx:
+                run.held = True
 
         def returned(done: asyncio.Future[Any]) -> None:
             self.overrunning -= 1
-            self._slot_back(held_since)
+            self.threads_busy -= 1
+            if held_since < self.sessions:
+                self._slot_back()
             if not done.cancelled():
                 done.exception()  # (retrieved: too late, the answer is ``exc`` whatever it is)
             self._finish(ctx, reply, None, exc)

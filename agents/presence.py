@@ -2,13 +2,15 @@
 restarted router learns of it again), and a lease in the discovery registry (its record,
 with the public key clients seal for, kept alive by a heartbeat a second: soft state).
 
-A READY offers the free threads only (``free_slots``, 0 included): a handler thread past its
-deadline holds its call in flight at the router that sent it (see ``Calls._hold_slot``), but
-a router met in a new session counts nothing in flight, and would send calls to wait unseen
-behind the hung thread (a HELLO again to the same router, a token refresh, changes nothing
-there). Such a thread's return gives its slot back with a READY on the same session. A call
-that came before the restart and passes its deadline after it is unseen too: its thread is
-taken back from the offer (a READY with one slot less) until it returns.
+A READY offers the free threads only (``free_slots``, 0 included). A router met in a new
+session counts nothing in flight, so a pool thread still busy with a call from an earlier
+session (within its deadline, a training step with minutes to go, or past it: see
+``Calls._hold_slot``) is not offered to it, else it sends calls that wait unseen behind that
+one while other instances idle. Each such call's end gives its thread back with a READY on
+the same session; a retry from an earlier session that runs the handler now
+(``agents.retries``) takes one back from the offer until it ends. A HELLO again to the
+same router (a token refresh) is not a new session: that router counts its calls, and is
+offered the same.
 
 A mixin of :class:`agents.base.Agent`.
 """
@@ -49,9 +51,9 @@ class Presence:
     _actions: dict[str, Any]
     _ready: asyncio.Future[str] | None
     _registry_task: asyncio.Task[None] | None
-    overrunning: int  # (Calls) handler threads past their deadline, still running
-    sessions = 0  # routers announced to: a thread held since an earlier one is unseen
-    unseen_overruns = 0  # overrunning threads the current router does not count in flight
+    threads_busy: int  # (Calls) pool jobs not ended, whichever router sent them
+    sessions = 0  # routers announced to: a call from an earlier one is unseen by this one
+    unseen_calls = 0  # of threads_busy, those the current router does not count in flight
     _announced_epoch = -1  # core.epoch (the router's run) sessions was last counted for
 
     def _on_session(self) -> None:
@@ -64,7 +66,7 @@ class Presence:
             # its calls, and the threads it counts are not taken off its offer again
             self._announced_epoch = epoch
             self.sessions += 1
-            self.unseen_overruns = self.overrunning
+            self.unseen_calls = self.threads_busy  # (all came before it)
         self._announce()
 
     def _may_announce(self) -> bool:
@@ -74,28 +76,25 @@ class Presence:
         # (a router restarted mid-drain: it would route new calls here to refuse)
         return not self.draining
 
-    def _slot_taken(self, held_since: int) -> None:
-        """A thread past its deadline now, whose call came in an earlier session than the
-        current router's (``held_since``): that router never counted it and was offered its
-        thread, so it is offered one less until the thread returns (``_slot_back``). Not
-        connected: the next session's READY counts it (``overrunning``)."""
-        if held_since >= self.sessions:
-            return
-        self.unseen_overruns += 1
+    def _slot_taken(self) -> None:
+        """A call that came in an earlier session than the current router's takes a thread
+        (a retry made the runner): that router was offered the thread, so it is offered one
+        less until the call ends (``_slot_back``)."""
+        self.unseen_calls += 1
+        self._offer_again()
+
+    def _slot_back(self) -> None:
+        """A call that came in an earlier session than the current router's ended: its
+        thread is offered there again (the router that counted it frees it on its answer)."""
+        self.unseen_calls -= 1
+        self._offer_again()  # (sent before the call's late answer: it finds the instance)
+
+    def _offer_again(self) -> None:
+        """READY again on the live session. Not connected: the next session's READY counts
+        every busy thread."""
         core = self.core
         if core is not None and core.connected and self._may_announce():
             self._announce()
-
-    def _slot_back(self, held_since: int) -> None:
-        """A thread past its deadline returned (``held_since``: the sessions count when its
-        call came). Unseen by the current router, its slot is offered there again; the
-        router that did count it frees the slot on its answer."""
-        if held_since >= self.sessions:
-            return
-        self.unseen_overruns -= 1
-        core = self.core
-        if core is not None and core.connected and self._may_announce():
-            self._announce()  # (sent before the thread's late answer: it finds the instance)
 
     def _announce(self) -> None:
         """Send READY (now: what is sent after it reaches the router after it) offering the
@@ -104,10 +103,10 @@ class Presence:
         core = self.core
         assert core is not None
         assert self.loop is not None
-        free = max(0, self.capacity - self.unseen_overruns)
+        free = max(0, self.capacity - self.unseen_calls)
         if free == 0:
-            log.warning("no free thread (%d past their deadline): none offered until one "
-                        "returns", self.unseen_overruns)
+            log.warning("no free thread (%d busy with calls from before this router): none "
+                        "offered until one returns", self.unseen_calls)
         ready = agp_pb2.Ready(  # (capacity too: what a router older than free_slots reads)
             service=self.service, instance=self.instance, capacity=free,
             free_slots=free, weight=self.weight, policy=_POLICIES.get(self.policy, 1),

@@ -14,7 +14,11 @@ once. Now it waits, under its own deadline, for the run's outcome:
   deadline, and the others wait for that run. It is not handed the first caller's cancel (a
   join that did so was reverted). A thread past its deadline ends its run only when it
   returns (``Calls._hold_slot``), so two runs of one call never overlap;
-- its own deadline passes, or its caller cancels: it alone is answered, and leaves.
+- its own deadline passes, or its caller cancels: it alone is answered, and leaves;
+- the agent drains: the drain does not wait for a run whose thread is past its deadline,
+  nor for its retries: they are left in flight at the router, which sends them to another
+  instance when this one leaves (they are idempotent) or answers UNAVAILABLE, at once, as
+  the calls the drain gives up on at its timeout.
 
 Streams and inline handlers (done before the next message is read) never wait; calls
 without a key never reach this module. Each waiting retry holds a slot at the router, so
@@ -37,11 +41,12 @@ _PROMOTED = object()  # handed to the waiting retry that is to run the handler i
 class Run:
     """A call with an idempotency key running here, and the retries waiting for it."""
 
-    __slots__ = ("leader", "waiters")
+    __slots__ = ("held", "leader", "waiters")
 
     def __init__(self, leader: Context) -> None:
         self.leader = leader  # the call whose handler runs
         self.waiters: dict[Context, asyncio.Future[Any]] = {}  # in the order they came
+        self.held = False  # its thread past its deadline: it ends when it returns, if ever
 
 
 class Retries:
@@ -127,3 +132,24 @@ class Retries:
             self._tasks.pop((ctx.crid, ctx.ident), None)
             flags, payload = got
             self._replay(ctx, [flags, 0, *payload])
+
+    async def _drain_calls(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the calls in flight but the retries waiting for a run
+        whose thread is past its deadline (its run may never end: the drain leaves them to
+        the router, see above); return how many are left running. Those left waiting are
+        told to stop: a run that ends after the agent closed makes none the runner."""
+        assert self.loop is not None
+        end = self.loop.time() + timeout
+        while True:
+            held = {ctx for run in self._running.values() if run.held for ctx in run.waiters}
+            waits = [task for task, ctx in self._tasks.values()
+                     if task is not None and not task.done() and ctx not in held]
+            left = end - self.loop.time()
+            if not waits or left <= 0:
+                break
+            # (a run that passes its deadline meanwhile ends its task: looked at again)
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        for run in self._running.values():
+            for ctx in run.waiters:
+                ctx.cancel()
+        return len(waits)

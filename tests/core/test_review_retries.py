@@ -73,7 +73,7 @@ def test_a_call_from_before_a_restart_that_overruns_after_it_is_not_offered(
                 gate.set()  # its thread returns: a offers its slot again
                 await _until_seen(m, "a", 1)
                 assert await m.request(f"{SVC}/a", "work", 1, timeout=2.0) == "a"
-                assert a.unseen_overruns == 0
+                assert a.unseen_calls == 0
             finally:
                 gate.set()
                 if m is not None:
