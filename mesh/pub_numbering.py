@@ -102,12 +102,9 @@ class PubNumbering:
         waiting = self.publishers.get(topic)
         if not waiting:
             return
-        table = self.explained
-        shares = table.get(topic)
-        if shares is None:
-            if len(table) >= self.max_tracked:
-                table.clear()
-            shares = table[topic] = []
+        # (bounded without a check of its own: a topic is here only with a publisher in
+        # pub_next, which max_tracked bounds and whose clear empties this table too)
+        shares = self.explained.setdefault(topic, [])
         self.serial += 1
         shares.append([self.serial, missed, waiting])
         if len(shares) > MAX_SHARES:

@@ -141,8 +141,7 @@ class ControlServer:
         """Revoked now, or not a key at all (a token bound to no key cannot be checked)."""
         if not isinstance(key, str) or not key:
             return True
-        self.trust.refresh_if_revoked()  # (an admin request, not a hot path: one stat)
-        return bool(self.trust.is_revoked(key))
+        return bool(self.trust.revoked_now(key))  # (an admin request: one stat)
 
     def admin(self, action: str, header: str | None, body: dict[str, Any]) -> dict[str, Any]:
         if action == "cancel":

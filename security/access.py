@@ -86,9 +86,7 @@ class SecureAccess:
     def hello(self, identity: str | None, token: str, peer_name: str) -> Any:
         if identity is None:
             raise Unauthenticated("no authenticated CURVE key on this connection")
-        self.trust.refresh_if_revoked()  # (once per session: a handshake just before a revoke)
-        if self.trust.is_revoked(identity) or not self.trust.is_trusted(identity):
-            raise Unauthenticated("this key is not enrolled or was revoked")
+        self._admit_key(identity)  # (once per session: a handshake just before a revoke)
         if not token:
             return Session(identity, None, expires=time.time() + 60)
         claims = self.verifier.verify(token, identity)
@@ -191,14 +189,18 @@ class SecureAccess:
         self._generation += 1
         return True
 
+    def _admit_key(self, identity: str) -> None:
+        """Unauthenticated unless the key is enrolled and, as the revocation file is now,
+        not revoked."""
+        if self.trust.revoked_now(identity) or not self.trust.is_trusted(identity):
+            raise Unauthenticated("this key is not enrolled or was revoked")
+
     # ------------------------------------------------------------------ the auth service
     def issue_for_key(self, identity: str) -> dict[str, Any]:
         """A token for the OAuth2 client whose CURVE key this connection proved it holds,
         while that key is not revoked: the revocation file as it is now (one stat), not the
         snapshot of the last heartbeat, as the HTTP token endpoint looks."""
-        self.trust.refresh_if_revoked()
-        if self.trust.is_revoked(identity) or not self.trust.is_trusted(identity):
-            raise Unauthenticated("this key is not enrolled or was revoked")
+        self._admit_key(identity)
         name = self.trust.name_of(identity)
         client = self.tokens.registry.get(name) if name else None
         if client is None or client.curve_public.decode() != identity:

@@ -187,6 +187,12 @@ class TrustStore:
         if sig != self._snap.revoked_file and sig != self._bad_revoked:
             self.refresh()
 
+    def revoked_now(self, key: bytes | str) -> bool:
+        """:meth:`is_revoked` as the revocation file is now (a handshake, HELLO or token
+        asks this; the per-session checks between heartbeats read the snapshot)."""
+        self.refresh_if_revoked()
+        return self.is_revoked(key)
+
     def _refresh(self) -> frozenset[bytes]:
         self._dir_sig = self._trusted_dir_stat()
         revoked_file = file_signature(self.revoked_path)  # before reading: never newer

@@ -90,7 +90,7 @@ class ZapPolicy:
         self.stats: collections.Counter[str] = collections.Counter()
         # a store kept on disk re-reads it when its revocation file changed (a stat per
         # handshake, never per message: ZAP runs once per connection)
-        self._revocation_look = getattr(trust, "refresh_if_revoked", None)
+        self._revoked = getattr(trust, "revoked_now", None) or trust.is_revoked
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
         """Reply frames for request ``frames``; always a reply (a REP socket must answer)."""
@@ -117,9 +117,7 @@ class ZapPolicy:
         if len(credentials) != 1 or len(credentials[0]) != 32:
             return self._refuse(request_id, b"400", "malformed request")
         key = z85.encode(bytes(credentials[0]))
-        if self._revocation_look is not None:
-            self._revocation_look()  # one stat: `agp keys revoke` holds from this handshake
-        if self.trust.is_revoked(key):
+        if self._revoked(key):  # one stat: `agp keys revoke` holds from this handshake
             return self._refuse(request_id, b"400", "revoked key")
         if not self.trust.is_trusted(key):
             # a key enrolled since the last periodic refresh must not be refused: libzmq

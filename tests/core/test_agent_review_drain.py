@@ -12,8 +12,6 @@ import asyncio
 import threading
 from typing import Any
 
-import pytest
-
 from agents.base import Agent, action
 from agents.context import Context
 from router.config import RouterConfig
@@ -54,11 +52,6 @@ def _stop(r: Router, thread: threading.Thread) -> None:
     r.stop()
     thread.join(10)
     assert not thread.is_alive(), "the router thread did not stop"
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # insecure routers
 
 
 def test_a_router_restarted_mid_drain_gets_no_ready(no_identity: None) -> None:

@@ -12,79 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
-from typing import Any
 
 import pytest
 
 from mesh import AsyncMesh
 from mesh.errors import Error
-from mesh.wire import Cmd
-from tests.core.test_overrun_threads import SVC, Worker, _overrun, _started
+from tests.core.hung_pool import (
+    DEADLINE,
+    SVC,
+    _client,
+    _overrun,
+    _restart,
+    _services,
+    _started,
+    _until_seen,
+)
 from tests.helpers import router_in_thread, until
-
-DEADLINE = 20.0  # generous: 2 shared cores
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # insecure routers
-
-
-async def _services(m: AsyncMesh) -> dict[str, dict[str, Any]]:
-    """The router's view of SVC's instances, by instance name."""
-    services = await m.request("agp/router", "services", timeout=5)
-    return {i["name"].rsplit("/", 1)[-1]: i for s in services if s["service"] == SVC
-            for i in s["instances"]}
-
-
-async def _until_seen(m: AsyncMesh, instance: str, capacity: int) -> None:
-    """Until the router lists ``instance`` with ``capacity``."""
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while (await _services(m)).get(instance, {}).get("capacity") != capacity:
-        assert asyncio.get_running_loop().time() < deadline, f"{instance} never at {capacity}"
-        await asyncio.sleep(0.02)
-
-
-def _settled(agent: Worker, router: Any) -> bool:
-    """In a session with ``router``, its READY (if any) answered."""
-    core = agent.core
-    return bool(core is not None and core.connected
-                and core.router_id == router.config.router_id
-                and not any(p.frames and p.frames[0][1] == Cmd.READY
-                            for p in core.pending.values()))
-
-
-async def _restart(old: contextlib.ExitStack, stack: contextlib.ExitStack, r1: Any,
-                   *agents: Worker) -> Any:
-    """Stop ``r1``, start another router on its ports; return once every agent has a
-    session with it and its READY, if it sent one, was answered."""
-    endpoint, pub = r1.endpoint, r1.pub_endpoint
-    old.close()
-    # (zmq closes the old listeners in its IO thread, a moment after the router's sockets)
-    await until(lambda: not _listening(endpoint) and not _listening(pub), DEADLINE,
-                what="the old router's ports free")
-    r2 = stack.enter_context(router_in_thread(bind=endpoint, pub_bind=pub))
-    await until(lambda: all(_settled(a, r2) for a in agents), DEADLINE,
-                what="the agents in session with the new router")
-    return r2
-
-
-def _listening(endpoint: str) -> bool:
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1.0).close()
-    except ConnectionRefusedError:
-        return False
-    return True
-
-
-async def _client(endpoint: str, r2: Any) -> AsyncMesh:
-    m = await AsyncMesh.connect(endpoint, breakers=False, timeout=DEADLINE)
-    await until(lambda: m.core.router_id == r2.config.router_id, DEADLINE,
-                what="the client in session with the new router")
-    return m
 
 
 def test_after_a_router_restart_no_call_waits_behind_a_hung_thread(no_identity: None) -> None:

@@ -16,61 +16,11 @@ from typing import Any
 
 import pytest
 
-from agents.base import Agent, action
-from agents.context import Context
 from agents.procs import agent_process
 from mesh import AsyncMesh
 from mesh.errors import DeadlineExceeded, Overloaded
+from tests.core.hung_pool import SVC, _overrun, _started
 from tests.helpers import router_in_thread, until, wait_for
-
-SVC = "test/overrun/work"
-
-
-class Worker(Agent):
-    """``work`` answers with its instance; ``"hang"`` holds its thread until let go, never
-    looking at ``ctx.cancelled`` (as a long fit does)."""
-
-    name = "work"
-    namespace = "test/overrun"
-    register_with_registry = False
-    direct_streams = False
-    drain_timeout = 20.0
-
-    def __init__(self, gate: threading.Event, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.gate = gate
-        self.hung: list[int] = []  # one entry per "hang" call begun
-
-    @action()
-    def work(self, data: Any, ctx: Context) -> Any:
-        if data == "hang":
-            self.hung.append(1)
-            self.gate.wait(30)
-        return self.instance
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # an insecure router
-
-
-async def _started(endpoint: str, gate: threading.Event, instance: str,
-                   capacity: int) -> tuple[Worker, asyncio.Future[None]]:
-    agent = Worker(gate, endpoint=endpoint, instance=instance, capacity=capacity)
-    await agent.start()
-    return agent, asyncio.ensure_future(agent.serve())
-
-
-async def _overrun(m: AsyncMesh, agent: Worker) -> None:
-    """A call to ``agent`` whose handler hangs past its deadline: its caller hears so at
-    the deadline; then (the agent's clock, not the caller's) the agent gives up on it."""
-    overruns = agent.dropped.get("handler_overrun", 0)
-    t0 = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
-        await m.request(agent.instance_name, "work", "hang", timeout=0.3)
-    assert time.monotonic() - t0 < 2.0
-    await until(lambda: agent.dropped.get("handler_overrun", 0) == overruns + 1,
-                what="the overrun counted")
 
 
 def test_calls_after_an_overrun_go_to_an_instance_with_a_free_thread(no_identity: None) -> None:

@@ -24,17 +24,20 @@ from mesh import AsyncMesh
 from mesh.errors import Error, Malformed
 from mesh.wire import HEARTBEAT_FRAME, Cmd
 from proto import agp_pb2
-from tests.core.test_overrun_capacity import _client, _listening, _services, _settled
-from tests.core.test_overrun_threads import SVC, Worker, _overrun, _started
+from tests.core.hung_pool import (
+    SVC,
+    Worker,
+    _client,
+    _listening,
+    _overrun,
+    _services,
+    _settled,
+    _started,
+)
 from tests.helpers import router_in_thread, until, wait_for
 
 DEADLINE = 20.0  # generous: 2 shared cores
 SLOW_TICK = 60.0  # a housekeeping tick that never comes within a test
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # insecure routers
 
 
 async def _restart(old: contextlib.ExitStack, stack: contextlib.ExitStack, r1: Any,

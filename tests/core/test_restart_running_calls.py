@@ -27,20 +27,17 @@ from agents.context import Context
 from mesh import AsyncMesh
 from mesh.errors import Error, HandlerError, Unavailable
 from mesh.wire import Cmd
-from tests.core.test_overrun_capacity import (
+from tests.core.hung_pool import (
     DEADLINE,
+    SVC,
+    Worker,
     _client,
     _restart,
     _services,
+    _started,
     _until_seen,
 )
-from tests.core.test_overrun_threads import SVC, Worker, _started
 from tests.helpers import router_in_thread, until
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # insecure routers
 
 
 async def _refreshed(agent: Worker) -> None:

@@ -19,22 +19,19 @@ from agents.base import Agent, action
 from agents.context import Context
 from mesh import AsyncMesh, DeadlineExceeded
 from mesh.wire import Cmd
-from tests.core.test_overrun_capacity import (
+from tests.core.hung_pool import (
     DEADLINE,
+    SVC,
     _client,
+    _overrun,
     _restart,
     _services,
+    _started,
     _until_seen,
 )
-from tests.core.test_overrun_threads import SVC, _overrun, _started
 from tests.helpers import router_in_thread, until
 
 NS = "test/review-retry"
-
-
-@pytest.fixture
-def no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AGP_IDENTITY", raising=False)  # insecure routers
 
 
 def test_a_call_from_before_a_restart_that_overruns_after_it_is_not_offered(
