@@ -149,9 +149,12 @@ def test_restart_after_kill_9(supervise: Callable[..., Any], tmp_path: Path) -> 
         assert instances(m, "test/sup/echo") == ["test/sup/echo/echo-0"]
     print(f"\nrecovery after kill -9: {recovery:.2f} s (new pid {after['pid']})")
     assert recovery < 30.0
-    state = wait_for(lambda: (s := read_state(run_dir)) and next(
-        p for p in s["processes"] if p["name"] == "echo-0")["restarts"] == 1 and s, 10,
-        message="restart recorded")
+    def recorded() -> Any:  # the restart at spawn; its recovery once the supervisor saw it ready
+        s = read_state(run_dir)
+        p = s and next(p for p in s["processes"] if p["name"] == "echo-0")
+        return s if p and p["restarts"] == 1 and p["last_recovery_s"] is not None else None
+
+    state = wait_for(recorded, 10, message="restart and recovery recorded")
     echo = next(p for p in state["processes"] if p["name"] == "echo-0")
     assert echo["pid"] == after["pid"]
     assert 0 < echo["last_recovery_s"] < recovery
