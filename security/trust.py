@@ -19,6 +19,11 @@ handshake or token on, not from a reader's next periodic :meth:`~TrustStore.refr
 change), and reads the store again only when it differs from the one the snapshot was read
 with. Refreshes are serialized in-process, so the last snapshot swapped in is never older
 than one an earlier refresh read.
+
+A revocation is for good (there is no un-revoke): a process keeps every key it has seen
+revoked even if ``revoked.json`` is then deleted or edited to drop it (logged as an error),
+and its next :meth:`TrustStore.revoke` writes them back. A damaged file keeps the previous
+snapshot; at start a damaged file is an error, a missing one an empty list.
 """
 
 from __future__ import annotations
@@ -161,9 +166,14 @@ class TrustStore:
             self.refresh()
             key, name = self._resolve(name_or_key)
             entries = self._read_revoked_file()
-            if not any(e.public == key for e in entries):
+            on_file = {e.public for e in entries}
+            # what this process saw revoked and the file lost (deleted, edited) goes back
+            # with it: the file is again the whole list
+            entries += [r for k, r in self._snap.revoked.items() if k not in on_file]
+            if key not in on_file and key not in self._snap.revoked:
                 at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
                 entries.append(Revocation(key, name, at, reason))
+            if len(entries) > len(on_file):
                 self._write_revoked_file(entries)  # revoke first: a crash leaves it revoked
             for path in self._trusted_dir.glob("*.key"):
                 with contextlib.suppress(ConfigError):
@@ -208,6 +218,12 @@ class TrustStore:
             self._bad_revoked = revoked_file  # one log line, not one per handshake
             log.error("keeping the previous trust snapshot: %s", exc.message)
             return frozenset()
+        lost = old.revoked.keys() - revoked.keys()
+        if lost:  # a revocation is for good: an edited or deleted file does not undo it
+            log.error("%s lacks %d key(s) this process saw revoked; they stay revoked",
+                      self.revoked_path, len(lost))
+            for key in lost:
+                revoked[key] = old.revoked[key]
         trusted: dict[bytes, str] = {}
         for path in sorted(self._trusted_dir.glob("*.key")):
             try:

@@ -121,6 +121,51 @@ def test_damaged_revocation_list_fails_closed(store):
         TrustStore(store.directory)  # a new one refuses to start
 
 
+def _keys_on_file(store: TrustStore) -> set[str]:
+    doc = json.loads((store.directory / "revoked.json").read_text())
+    return {e["key"] for e in doc["revoked"]}
+
+
+def test_a_revocation_outlives_the_deletion_of_its_file(store):
+    """Deleting revoked.json under a running process does not un-revoke: the key stays
+    refused (re-enrolling it too, its certificate copied back too), and the next revoke
+    writes it back."""
+    other = TrustStore(store.directory)  # e.g. the CLI while the router runs
+    a, b, c = keys.generate(), keys.generate(), keys.generate()
+    other.enroll("a", a.public)
+    other.enroll("b", b.public)
+    cert = (store.directory / "trusted" / "a.key").read_bytes()
+    other.revoke("a")
+    store.refresh()
+    assert store.is_revoked(a.public)
+    (store.directory / "revoked.json").unlink()
+    (store.directory / "trusted" / "a.key").write_bytes(cert)
+    assert store.revoked_now(a.public)
+    assert not store.is_trusted(a.public)
+    assert store.is_trusted(b.public)
+    with pytest.raises(RevokedKey):
+        store.enroll("a2", a.public)
+    store.revoke(c.public)
+    assert _keys_on_file(store) == {a.public.decode(), c.public.decode()}
+
+
+def test_a_revocation_outlives_an_edit_that_drops_it(store):
+    a, b = keys.generate(), keys.generate()
+    store.enroll("a", a.public)
+    store.enroll("b", b.public)
+    store.revoke("a")
+    store.revoke("b")
+    path = store.directory / "revoked.json"
+    doc = json.loads(path.read_text())
+    doc["revoked"] = [e for e in doc["revoked"] if e["key"] != a.public.decode()]
+    path.write_text(json.dumps(doc))
+    assert store.revoked_now(a.public)
+    assert store.revoked_now(b.public)
+    assert {r.public for r in store.revoked()} == {a.public, b.public}
+    store.revoke(b.public)  # already revoked: the file is made whole again
+    assert _keys_on_file(store) == {a.public.decode(), b.public.decode()}
+
+
 def test_trusted_dir_is_readable_by_pyzmq(store):
     pair = keys.generate()
     store.enroll("zmq", pair.public)
