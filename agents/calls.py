@@ -7,7 +7,8 @@ DEADLINE_EXCEEDED (a thread, which cannot be stopped, keeps its call in flight a
 until it returns: no call is sent to a pool with no free thread; a router met after a call
 came is offered its thread once the call ends, ``agents.presence``). Its result is encoded and
 sent back (sealed with the request's key when the request was sealed, once); its exception
-becomes an error reply with a code, and a fire-and-forget's failure is counted, since nobody
+becomes an error reply with a code (a handler's SystemExit or KeyboardInterrupt too: it
+fails its call, not the agent's loop), and a fire-and-forget's failure is counted, since nobody
 waits for it. A call with an idempotency key has its answer kept for its retries, and a
 retry that comes while it runs waits for that run (``agents.retries``).
 """
@@ -72,7 +73,9 @@ class Calls(Retries):
         token = telemetry.use_span(ctx.span)
         try:
             return fn(self, data, ctx), None
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # (a handler's own SystemExit fails its call: raised on, it ended the loop; the
+            # agent stops on SIGINT/SIGTERM through the loop's signal handlers instead)
             return None, exc
         finally:
             telemetry.release(token)
@@ -93,8 +96,8 @@ class Calls(Retries):
                    else Cancelled("cancelled by the caller"))
             del cancelled
             result = None
-        except Exception as e:
-            result, exc = None, e
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
+            result, exc = None, e  # (as _call_inline's: that call's failure, not the loop's)
         finally:
             timer.cancel()
         self._finish(ctx, reply, result, exc)
