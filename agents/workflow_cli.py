@@ -4,7 +4,7 @@
     agp workflow status [RUN] [--store URL] [--service] [--json]
     agp workflow cancel RUN [--store URL]
     agp workflow resume RUN [--endpoint E] [--store URL] [--force]
-    agp workflow prune --older-than AGE [--keep N] [--dry-run] [--store URL]
+    agp workflow prune --older-than AGE [--keep N] [--orphans] [--dry-run] [--store URL]
 
 ``run`` drives the workflow from this process with a live progress display; its state is in
 the store, so after a crash (or SIGTERM, which detaches) ``resume`` continues it without
@@ -18,6 +18,8 @@ or ``--timeout`` ran out: the run is left resumable). ``--artifacts`` defaults t
 ``prune`` deletes finished runs (with their steps and the artifacts no kept run points at)
 that ended more than AGE (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) ago, except each
 workflow's N most recent; never a running (resumable) run, nor one whose lease is held.
+With ``--orphans`` it also deletes the blobs no run left in the store points at (a step's
+output whose commit a crash lost, a run deleted by other means) once untouched for AGE.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="runs that ended more than AGE ago: 90s, 30m, 12h, 7d, 2w")
     prune.add_argument("--keep", type=int_in(0, 10**9, "count"), default=0, metavar="N",
                        help="keep each workflow's N most recent finished runs, however old")
+    prune.add_argument("--orphans", action="store_true",
+                       help="also delete the blob files under the artifact directory that no "
+                            "run left in the store points at (e.g. a step output written "
+                            "before a crash lost its commit) and that were not written "
+                            "or touched for AGE; other files, temp files and symlinks stay")
     prune.add_argument("--dry-run", action="store_true",
                        help="print what would be removed, remove nothing")
     prune.add_argument("--store", default=store)
@@ -306,7 +313,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     """Runs first, each batch one transaction; then the blobs only they pointed at (a
-    prune killed in between leaves blobs behind, never a kept run pointing at none)."""
+    prune killed in between leaves blobs behind, never a kept run pointing at none); with
+    ``--orphans``, then every blob no run left points at. Blobs stored or touched since
+    the cutoff stay: a running step may be about to record one."""
     cutoff = time.time() - args.older_than
     db = _sqlite_file(args.store)
     if db is not None and not db.is_file():  # (opening it would make an empty store)
@@ -323,20 +332,41 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb} run {run.id}  {run.state.value:<10} {run.name}  "
               f"(ended {stamp(run.finished)})")
     root = Path(args.artifacts or artifacts_dir_for(args.store))
-    blobs, size = 0, 0
+    (blobs, size), (orphans, orphan_size) = (0, 0), (0, 0)
     if root.is_dir():
         artifacts = ArtifactStore(root)
-        for uri in sorted(pruned.refs - kept):
-            try:
-                freed = artifacts.discard(uri, untouched_since=cutoff, dry_run=args.dry_run)
-            except (ArtifactError, OSError) as exc:
-                print(f"agp workflow prune: kept artifact {uri}: {exc}", file=sys.stderr)
-                continue
-            if freed is not None:
-                blobs, size = blobs + 1, size + freed
-                print(f"{verb} artifact {uri} ({freed} bytes)")
+        blobs, size = _discard(artifacts, sorted(pruned.refs - kept), cutoff, args, "artifact")
+        if args.orphans:  # (the pruned runs' own blobs were just dealt with, kept or not)
+            stray = (uri for uri in artifacts.blobs(on_error=_scan_error)
+                     if uri not in kept and uri not in pruned.refs)
+            orphans, orphan_size = _discard(artifacts, stray, cutoff, args, "orphan artifact")
     print(f"{verb} {len(pruned.runs)} run(s) and {blobs} artifact(s), {size} bytes")
+    if args.orphans:
+        print(f"{verb} {orphans} orphan artifact(s), {orphan_size} bytes")
     return 0
+
+
+def _discard(artifacts: ArtifactStore, uris: Iterable[str], cutoff: float,
+             args: argparse.Namespace, what: str) -> tuple[int, int]:
+    """Discard the blobs ``uris`` name (none touched since ``cutoff``), one line each;
+    returns how many and their bytes. A blob that cannot go is kept and said on stderr."""
+    verb = "would remove" if args.dry_run else "removed"
+    count, size = 0, 0
+    for uri in uris:
+        try:
+            freed = artifacts.discard(uri, untouched_since=cutoff, dry_run=args.dry_run)
+        except (ArtifactError, OSError) as exc:
+            print(f"agp workflow prune: kept {what} {uri}: {exc}", file=sys.stderr)
+            continue
+        if freed is not None:
+            count, size = count + 1, size + freed
+            print(f"{verb} {what} {uri} ({freed} bytes)")
+    return count, size
+
+
+def _scan_error(exc: OSError) -> None:
+    print(f"agp workflow prune: cannot look for orphans in {exc.filename}: {exc.strerror}",
+          file=sys.stderr)
 
 
 def _sqlite_file(url: str) -> Path | None:

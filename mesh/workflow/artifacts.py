@@ -14,8 +14,9 @@ import hashlib
 import io
 import os
 import re
+import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -29,6 +30,7 @@ OCTET_STREAM: Final = "application/octet-stream"
 NUMPY_TYPE: Final = "application/x-numpy"
 CHUNK: Final = 4 * 1024 * 1024
 _HEX_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+_SHARD_RE: Final = re.compile(r"^[0-9a-f]{2}$")
 _ARRAY_KINDS: Final = "biufcmMSU"
 
 
@@ -177,27 +179,56 @@ class ArtifactStore:
         name it in its next commit. The blob is first renamed away, so a ``put`` racing
         this either touched it before (then it is put back) or finds it gone and writes it
         again. Returns the bytes freed (with ``dry_run``: that would be), or None if kept
-        or already gone."""
+        or already gone; ArtifactError if the name is a symlink or not a regular file."""
         sha = uri[len(URI_PREFIX):]
         if not uri.startswith(URI_PREFIX) or not _HEX_RE.match(sha):
             raise ArtifactError(f"malformed artifact reference {uri!r}")
         final = self._path_for(sha)
         try:
+            st = _blob_stat(final)
             if dry_run:
-                st = final.stat()
                 return st.st_size if st.st_mtime < untouched_since else None
             grave = self._tmp / f"discard-{sha}-{os.getpid()}"
             os.replace(final, grave)
         except FileNotFoundError:
             return None
-        st = grave.stat()
-        if st.st_mtime >= untouched_since:  # reused meanwhile: back (unless put wrote it anew)
+        st = os.lstat(grave)
+        if st.st_mtime >= untouched_since or not stat.S_ISREG(st.st_mode):
+            # reused meanwhile (or swapped for a link): back, unless put wrote it anew
             with contextlib.suppress(FileExistsError):
-                os.link(grave, final)
+                os.link(grave, final, follow_symlinks=False)
             grave.unlink()
             return None
         grave.unlink()
         return st.st_size
+
+    def blobs(self, *, on_error: Callable[[OSError], None] | None = None) -> Iterator[str]:
+        """The URI of every blob file under the root, whether or not a run points at it
+        (an orphan collector compares them with the store's references). Only what ``put``
+        writes counts: a regular file named by a sha256 in the directory ``_path_for``
+        gives it. Temp files, other names, symlinks and directories are skipped, so a scan
+        never leaves the root. A directory that cannot be read goes to ``on_error`` (raised
+        without one) and the scan goes on."""
+        try:
+            with os.scandir(self.root) as top:
+                shards = sorted(e.name for e in top
+                                if _SHARD_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            return
+        for shard in shards:
+            try:
+                with os.scandir(self.root / shard) as entries:
+                    names = sorted(e.name for e in entries if _HEX_RE.match(e.name)
+                                   and e.name[:2] == shard and e.is_file(follow_symlinks=False))
+            except OSError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            yield from (URI_PREFIX + name for name in names)
 
     def _path_for(self, sha: str) -> Path:
         return self.root / sha[:2] / sha
@@ -250,6 +281,17 @@ def _reuse(path: Path) -> bool:
     except PermissionError:  # another user's blob: it exists, and it is theirs to age
         return True
     return True
+
+
+def _blob_stat(path: Path) -> os.stat_result:
+    """The blob file's own stat; ArtifactError if it (or its directory) is a symlink or not
+    a regular file: a prune deletes what ``put`` wrote, never what a link points at."""
+    if not stat.S_ISDIR(os.lstat(path.parent).st_mode):
+        raise ArtifactError(f"{path.parent} is not a directory of blobs")
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"{path} is not a blob file")
+    return st
 
 
 def _fsync_dir(path: Path) -> None:
