@@ -69,6 +69,18 @@ def _install_postgres() -> None:
         subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=True)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL, for each back end: a SQLite file, a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs.db'}"
+        return
+    from .test_workflow_pg_store import fresh_schema
+
+    with fresh_schema(request.getfixturevalue("pg_dsn")) as dsn:
+        yield dsn
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A throwaway PostgreSQL server: initdb in a temp dir, pg_ctl start on a free port.

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,9 @@ from mesh.workflow import (
 from mesh.workflow.sqlite_store import SqliteStore
 
 from ._helpers import run_async
-from .test_workflow_pg_store import fresh_schema
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-        return
-    with fresh_schema(request.getfixturevalue("pg_dsn")) as dsn:
-        yield dsn
 
 
 def _run(url: str, artifacts: ArtifactStore, name: str, outputs: dict[str, bytes], *,

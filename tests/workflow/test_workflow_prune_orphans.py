@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,9 @@ from mesh.workflow import (
 from mesh.workflow.sqlite_store import SqliteStore
 
 from ._helpers import run_async
-from .test_workflow_pg_store import fresh_schema
 from .test_workflow_prune import DAY, REPO, _age_blobs, _backdate, _prune, _run
 
 OLD = 10 * DAY  # past the 7d used below
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-        return
-    with fresh_schema(request.getfixturevalue("pg_dsn")) as dsn:
-        yield dsn
 
 
 def _age(path: Path, seconds: float = OLD) -> None:
