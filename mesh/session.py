@@ -202,7 +202,12 @@ class SessionSide:
             self.counters["malformed"] += 1
             return
         restarted = bool(self.router_id) and welcome.router_id != self.router_id
-        if self.connected and not restarted and ident not in self._live_hellos:
+        # the same router, another session (0: a router that numbers none): it forgot this
+        # client's (expired it, or its connection was re-made) and the calls sent in it
+        kept = self.welcome.session_id if self.welcome is not None else 0
+        lost = (not restarted and bool(kept) and bool(welcome.session_id)
+                and welcome.session_id != kept)
+        if self.connected and not restarted and not lost and ident not in self._live_hellos:
             # the answer to a HELLO resent while the router was out of reach (a partition
             # held them all): the session is already up, so it changes nothing
             self.counters["stale_welcomes"] = self.counters.get("stale_welcomes", 0) + 1
@@ -218,6 +223,13 @@ class SessionSide:
             self.epoch += 1
             log.info("router restarted (new id %s); session re-established", welcome.router_id)
             self._fail_lost(self._hello_ids.get(ident, self._hellos + 1))
+        elif lost:  # for calls and agents as a restart; not for pub/sub (not the peer's)
+            self.epoch += 1
+            self._count("sessions_lost")
+            log.info("router %s lost this client's session %d; session %d established",
+                     welcome.router_id, kept, welcome.session_id)
+            self._fail_lost(self._hello_ids.get(ident, self._hellos + 1),
+                            "the router lost this client's session with this request in flight")
         for rid in self._resend:
             p = self.pending.get(rid)
             if p is not None:
@@ -240,16 +252,18 @@ class SessionSide:
         if self.on_session is not None:
             self.on_session()
 
-    def _fail_lost(self, hello: int) -> None:
-        """A new router answered HELLO number ``hello``: what was sent before that HELLO went
-        to the old router and died with it (unless the new one refused it: ``_resend``);
-        what was sent after it reached the new router behind it, and will be answered."""
+    def _fail_lost(self, hello: int,
+                   why: str = "the router restarted with this request in flight") -> None:
+        """A new router (or a new session of the same one) answered HELLO number ``hello``:
+        what was sent before that HELLO went to the old router (session) and died with it
+        (unless the new one refused it: ``_resend``); what was sent after it reached the new
+        one behind it, and will be answered. ``why`` is the Unavailable's message."""
         resend = set(self._resend)
         for rid, p in list(self.pending.items()):
             if (p.hellos < hello and rid not in resend and p.frames
                     and p.frames[0][1] != Cmd.READY):
                 del self.pending[rid]
-                _fail(p.waiter, Unavailable("the router restarted with this request in flight"))
+                _fail(p.waiter, Unavailable(why))
 
     def _on_error(self, route: Any, msg: list[bytes], ident: int) -> None:
         """An ERROR: a pending request's fails its caller; UNKNOWN_SESSION says HELLO again

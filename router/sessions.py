@@ -6,6 +6,7 @@ path; a mixin of :class:`router.server.Router`, answering through ``self._send``
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from mesh.errors import Error, ErrorCode
@@ -44,6 +45,10 @@ class Sessions:
     _remove_peer: Any
     _remove_instance: Any
     _drain_queue: Any
+    # the last session number given (the router's own once it gives one): each new Peer
+    # takes the next, so a client that hears another in a WELCOME of the same router knows
+    # its session was lost (expired, or a connection re-made) and its calls with it
+    _last_session_id: int = 0
 
     def _on_hello(self, msg: list[bytes], identity: str | None, ident: int) -> None:
         rid = msg[0]
@@ -74,6 +79,9 @@ class Sessions:
             if peer is not None:
                 self._remove_peer(peer, "identity changed")
             peer = Peer(rid, hello.peer_name[:128], int(hello.kind), identity, session)
+            # (from a random start: a router restarted under a fixed id numbers anew)
+            self._last_session_id = (self._last_session_id or secrets.randbits(40)) + 1
+            peer.session_id = self._last_session_id
             self.peers[rid] = peer
         peer.last_seen = self.now
         peer.batches = bool(msg[1][2] & _TAKES_BATCHES)
@@ -84,6 +92,7 @@ class Sessions:
             max_message_bytes=self.config.max_message_bytes,
             pub_endpoint=self.pub_endpoint,
             server_key=self.server_keypair[0] if self.server_keypair else b"",
+            session_id=peer.session_id,  # the same on a token refresh of a live session
         )
         # the router takes batches from anyone; it says so, and sends them to who takes them
         self._send([rid, pack_route(Cmd.WELCOME, _TAKES_BATCHES, 0, 0, ident), b"",

@@ -28,6 +28,7 @@ class Peer:
     instance: Instance | None = None
     streams: set[int] = field(default_factory=set)
     batches: bool = False  # it takes BATCH messages (said on HELLO)
+    session_id: int = 0  # its WELCOMEs' (a new one per new Peer: says a session was lost)
 
 
 @dataclass(eq=False, slots=True)
