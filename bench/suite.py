@@ -198,7 +198,9 @@ def check_targets(report: Any, security: str = "on") -> list[str]:
             continue
         higher_is_better = op == ">="
         ok = row.value >= figure if higher_is_better else row.value < figure
-        verdict = "" if ok else f", missed by {abs(row.value / figure - 1):.0%}"
+        miss = abs(row.value / figure - 1)
+        verdict = "" if ok else f", missed by {miss:.0%}" if miss >= 0.01 else (
+            f", missed by {miss:.1%}")
         ratio = row.ratio
         if ratio is None:
             ratio_ok, vs_raw = True, ""
@@ -208,8 +210,19 @@ def check_targets(report: Any, security: str = "on") -> list[str]:
             vs_raw = (f"; raw pyzmq {row.baseline:,.3g}: {ratio:.2f}x ({bound}"
                       f"{'' if ratio_ok else ': MISSED'})")
         lines.append(f"  {'met ' if ok and ratio_ok else 'MISS'} {what} (security {security}): "
-                     f"{row.value:,.3g} {unit} (target {op} {figure:,} {unit}{verdict}{vs_raw})")
+                     f"{_shown(row.value, figure)} {unit} (target {op} {figure:,} {unit}"
+                     f"{verdict}{vs_raw})")
     return lines
+
+
+def _shown(value: float, figure: float) -> str:
+    """``value`` to three significant digits, or as many more (up to six) as it takes not
+    to read as its target (1.4969 GB/s against 1.5 is not "1.5", met or missed)."""
+    for digits in range(3, 7):
+        text = f"{value:,.{digits}g}"
+        if float(text.replace(",", "")) != figure:
+            return text
+    return text
 
 
 def peers_hook(report: Any, p: Any) -> None:

@@ -138,3 +138,20 @@ def test_target_lines_judge_the_figure_and_its_ratio_to_raw() -> None:
     assert "1.50x (at most 2x)" in p50
     assert lines["sequential p99"].startswith("  met ")
     assert "not measured" in lines["pub/sub to one subscriber"]
+
+
+def test_a_figure_just_short_of_its_target_does_not_read_as_the_target() -> None:
+    """1.4969 GB/s against 1.5 printed "1.5 GB/s ... missed by 0%": the figure gets the
+    digits that tell it from its target, the miss a decimal."""
+    from bench import suite
+    from bench.baselines import RR, ST
+
+    rep = Report()
+    rep.add(ST, "direct 1 MiB", 1.4969, "GB/s", baseline=1.52, security="on")
+    rep.add(RR, "sequential p50", 0.49996, "ms", baseline=0.4, security="on")
+    lines = {line.split("(security")[0].split(None, 1)[1].strip(): line
+             for line in suite.check_targets(rep, "on")}
+    stream = lines["streaming without end-to-end sealing"]
+    assert stream.startswith("  MISS")
+    assert ": 1.497 GB/s (target >= 1.5 GB/s, missed by 0.2%;" in stream
+    assert ": 0.49996 ms (target < 0.5 ms;" in lines["sequential p50"]  # met, not "0.5"
