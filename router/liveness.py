@@ -140,7 +140,31 @@ class Liveness:
                 if entry is not None:
                     self._send([inst.peer.rid, pack_route(Cmd.CANCEL, 0, 0, 0, sid), peer.rid, b""])
         peer.streams.clear()
+        self._forget_calls_of(peer.rid)
         log.info("peer %s removed: %s", peer.name, why)
+
+    def _forget_calls_of(self, rid: bytes) -> None:
+        """A forgotten client's calls are no one's: each at an instance is cancelled there
+        (a scan: removals are rare, the hot path pays nothing), its entry kept, for the
+        slot is the agent's until it answers (a pool thread may run on) and that answer
+        frees it; each still queued is taken out and never runs. Both counted."""
+        cancels = [(inst, key[1]) for inst in self.table.instances.values()
+                   for key, entry in inst.inflight.items()
+                   if key[0] == rid and not entry[2] & _STREAM]
+        for inst, ident in cancels:
+            # (a CANCEL that cannot go removes its instance, whose calls are then settled)
+            if (rid, ident) in inst.inflight:
+                self.stats.drop("client_gone")
+                self._send([inst.peer.rid, pack_route(Cmd.CANCEL, 0, 0, 0, ident), rid, b""])
+        for svc in list(self.table.services.values()):
+            queue = svc.queue  # changed in place: a drain up the stack may be looping on it
+            kept = [q for q in queue if q.frames[0] != rid]
+            if len(kept) != len(queue):
+                # (the reason _drain_queue counts one under: the same call, taken out sooner)
+                self.stats.drop("caller_gone", len(queue) - len(kept))
+                queue.clear()
+                queue.extend(kept)
+                self.table.forget_if_empty(svc)
 
     def _remove_instance(self, inst: Instance, why: str) -> None:
         self.table.remove_instance(inst)
