@@ -48,6 +48,17 @@ def _reconnect(core: Core) -> None:
     core.sock.connect(core.endpoint)
 
 
+async def _wind_down(gate: threading.Event, meshes: tuple[AsyncMesh | None, ...], agent: Any,
+                     serving: asyncio.Future[None]) -> None:
+    """Let the held handler go, close the clients, stop the agent and wait for it."""
+    gate.set()
+    for mesh in meshes:
+        if mesh is not None:
+            await mesh.close()
+    agent.stop()
+    await asyncio.wait_for(serving, 10)
+
+
 FAULTS: dict[str, Callable[[Core], None]] = {"goodbye": _goodbye, "reconnect": _reconnect}
 
 
@@ -99,12 +110,7 @@ def test_a_lost_session_fails_its_calls_at_once_and_keeps_pubsub(
             assert (sub.gaps, sub.lost) == (0, 0)
             assert core.counters["sessions_lost"] == 1  # (one loss, one count)
         finally:
-            gate.set()
-            for mesh in (m, p):
-                if mesh is not None:
-                    await mesh.close()
-            a.stop()
-            await asyncio.wait_for(serving, 10)
+            await _wind_down(gate, (m, p), a, serving)
 
     with router_in_thread() as r:
         asyncio.run(main(r))
@@ -140,12 +146,7 @@ def test_a_token_refresh_keeps_the_session_and_its_calls(no_identity: None) -> N
             gate.set()
             assert await held == "a"
         finally:
-            gate.set()
-            for mesh in (m, p):
-                if mesh is not None:
-                    await mesh.close()
-            a.stop()
-            await asyncio.wait_for(serving, 10)
+            await _wind_down(gate, (m, p), a, serving)
 
     with router_in_thread() as r:
         asyncio.run(main(r))
