@@ -40,6 +40,9 @@ _PAST_DEADLINE = "past its deadline"  # the cancel message of a handler whose ti
 IDEMPOTENCY_CACHE = 10_000  # answers kept for retried calls (by idempotency key) ...
 IDEMPOTENCY_CACHE_BYTES = 64 * 1024 * 1024  # ... and their bytes: a workflow step's dataset
 _KEY_KEPT_WHOLE = 64  # longer idempotency keys are kept as their digest (outside the budget)
+# what a handler raising fails its call with, not the agent's loop: its own SystemExit or
+# KeyboardInterrupt too (the agent stops on SIGINT/SIGTERM through the loop's handlers)
+_HANDLER_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 _ENCRYPTED, _RAW = int(Flag.ENCRYPTED), int(Flag.RAW)
 
 
@@ -73,9 +76,7 @@ class Calls(Retries):
         token = telemetry.use_span(ctx.span)
         try:
             return fn(self, data, ctx), None
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            # (a handler's own SystemExit fails its call: raised on, it ended the loop; the
-            # agent stops on SIGINT/SIGTERM through the loop's signal handlers instead)
+        except _HANDLER_FAILURES as exc:
             return None, exc
         finally:
             telemetry.release(token)
@@ -96,8 +97,8 @@ class Calls(Retries):
                    else Cancelled("cancelled by the caller"))
             del cancelled
             result = None
-        except (Exception, SystemExit, KeyboardInterrupt) as e:
-            result, exc = None, e  # (as _call_inline's: that call's failure, not the loop's)
+        except _HANDLER_FAILURES as e:
+            result, exc = None, e
         finally:
             timer.cancel()
         self._finish(ctx, reply, result, exc)
@@ -145,8 +146,7 @@ class Calls(Retries):
         except asyncio.CancelledError:
             ctx.cancel()
             result, exc = None, Cancelled("cancelled by the caller")
-        except (Exception, SystemExit, KeyboardInterrupt) as e:
-            # (a pool thread's own SystemExit fails its call: raised on, it ended the loop)
+        except _HANDLER_FAILURES as e:
             result, exc = None, e
         finally:
             timer.cancel()

@@ -165,16 +165,16 @@ class TrustStore:
         with self._locked():
             self.refresh()
             key, name = self._resolve(name_or_key)
-            entries = self._read_revoked_file()
-            on_file = {e.public for e in entries}
-            # what this process saw revoked and the file lost (deleted, edited) goes back
-            # with it: the file is again the whole list
-            entries += [r for k, r in self._snap.revoked.items() if k not in on_file]
-            if key not in on_file and key not in self._snap.revoked:
+            on_file = {e.public for e in self._read_revoked_file()}  # (damaged: raises)
+            # the snapshot: the file's revocations and those it lost (deleted, edited), which
+            # go back with this one: the file is again the whole list
+            revoked = dict(self._snap.revoked)
+            if key not in revoked:
                 at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-                entries.append(Revocation(key, name, at, reason))
-            if len(entries) > len(on_file):
-                self._write_revoked_file(entries)  # revoke first: a crash leaves it revoked
+                revoked[key] = Revocation(key, name, at, reason)
+            if revoked.keys() != on_file:
+                # revoke first: a crash leaves it revoked
+                self._write_revoked_file(list(revoked.values()))
             for path in self._trusted_dir.glob("*.key"):
                 with contextlib.suppress(ConfigError):
                     if read_certificate(path, check_mode=False)[0] == key:

@@ -95,15 +95,15 @@ def _settled(agent: Worker, router: Any) -> bool:
 
 
 async def _restart(old: contextlib.ExitStack, stack: contextlib.ExitStack, r1: Any,
-                   *agents: Worker) -> Any:
-    """Stop ``r1``, start another router on its ports; return once every agent has a
-    session with it and its READY, if it sent one, was answered."""
+                   *agents: Worker, **config: Any) -> Any:
+    """Stop ``r1``, start another router (``config``) on its ports; return once every agent
+    has a session with it and its READY, if it sent one, was answered."""
     endpoint, pub = r1.endpoint, r1.pub_endpoint
     old.close()
     # (zmq closes the old listeners in its IO thread, a moment after the router's sockets)
     await until(lambda: not _listening(endpoint) and not _listening(pub), DEADLINE,
                 what="the old router's ports free")
-    r2 = stack.enter_context(router_in_thread(bind=endpoint, pub_bind=pub))
+    r2 = stack.enter_context(router_in_thread(bind=endpoint, pub_bind=pub, **config))
     await until(lambda: all(_settled(a, r2) for a in agents), DEADLINE,
                 what="the agents in session with the new router")
     return r2

@@ -28,30 +28,15 @@ from tests.core.hung_pool import (
     SVC,
     Worker,
     _client,
-    _listening,
     _overrun,
+    _restart,
     _services,
-    _settled,
     _started,
 )
 from tests.helpers import router_in_thread, until, wait_for
 
 DEADLINE = 20.0  # generous: 2 shared cores
 SLOW_TICK = 60.0  # a housekeeping tick that never comes within a test
-
-
-async def _restart(old: contextlib.ExitStack, stack: contextlib.ExitStack, r1: Any,
-                   agent: Worker, **config: Any) -> Any:
-    """Stop ``r1``, start another router (``config``) on its ports; return once ``agent``
-    has a session with it and its READY, if it sent one, was answered."""
-    endpoint, pub = r1.endpoint, r1.pub_endpoint
-    old.close()
-    await until(lambda: not _listening(endpoint) and not _listening(pub), DEADLINE,
-                what="the old router's ports free")
-    r2 = stack.enter_context(router_in_thread(bind=endpoint, pub_bind=pub, **config))
-    await until(lambda: _settled(agent, r2), DEADLINE,
-                what="the agent in session with the new router")
-    return r2
 
 
 async def _queued(m: AsyncMesh) -> int:
